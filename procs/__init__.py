@@ -1,0 +1,1 @@
+"""Lava Processes of SpikedAttention (imported as ``lava_spikedattn.procs``)."""
