@@ -1,0 +1,355 @@
+"""Run a Lava Process graph to completion and always tear it down.
+
+Lava 0.10.0 runs every ProcessModel in a forked worker and its own error
+handling is fragile:
+
+* an exception inside a ProcessModel surfaces only as
+  ``RuntimeError("1 Exception(s) occurred. See output above")`` while the
+  traceback goes to a logger at INFO level, i.e. nowhere;
+* ``Runtime.stop()`` (also called from ``Process.__del__``) blocks forever in
+  ``recv()`` once a worker has died, and a worker that waits on a dead
+  neighbour's port blocks forever too, so the parent hangs at exit.
+
+:func:`run_processes` therefore drives the Runtime itself: it starts a
+non-blocking run, polls the runtime services and the worker processes, and on
+any problem (model exception, worker death, timeout, ``KeyboardInterrupt``)
+collects the workers' tracebacks (Lava's ``SystemProcess`` pipes them to the
+parent), terminates the workers and raises :class:`LavaRunError` with the
+original traceback text. On success it performs Lava's stop protocol with a
+deadline, killing the workers as a last resort.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import pickle
+import time
+import typing as ty
+
+import numpy as np
+from lava.magma.compiler.compiler_graphs import find_processes
+from lava.magma.core.process.message_interface_enum import ActorType
+from lava.magma.core.run_conditions import RunSteps
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.magma.runtime.mgmt_token_enums import (MGMT_COMMAND, MGMT_RESPONSE,
+                                                 enum_equal)
+from lava.magma.runtime.runtime import Runtime
+
+from lava_spikedattn.procs.spike_sink.process import SpikeSink
+
+__all__ = ["LavaRunError", "run_processes"]
+
+#: Seconds a failing worker gets to report its traceback before the others
+#: are terminated.
+_REPORT_GRACE_S = 2.0
+#: Poll interval of the parent while the workers run.
+_POLL_S = 0.002
+
+
+class LavaRunError(RuntimeError):
+    """A Lava run failed; ``str()`` contains the workers' tracebacks.
+
+    Attributes
+    ----------
+    reason : str
+        What the runner observed (e.g. "a Lava worker exited during the run").
+    worker_tracebacks : list of str
+        Original traceback texts of exceptions raised in worker processes.
+    """
+
+    def __init__(self, reason: str,
+                 worker_tracebacks: ty.Sequence[str] = ()) -> None:
+        self.reason = reason
+        self.worker_tracebacks = [tb for tb in worker_tracebacks if tb]
+        parts = [reason]
+        for i, tb in enumerate(self.worker_tracebacks, 1):
+            parts.append(f"--- Lava worker traceback {i} ---\n{tb.rstrip()}")
+        super().__init__("\n".join(parts))
+
+
+def run_processes(
+        sinks: ty.Union[ty.Mapping[str, SpikeSink], ty.Sequence[SpikeSink]],
+        num_steps: int,
+        *,
+        select_tag: str = "floating_pt",
+        timeout: ty.Optional[float] = None,
+        stop_timeout: float = 10.0,
+) -> ty.Dict[str, np.ndarray]:
+    """Compile and run the graph containing ``sinks`` for ``num_steps``.
+
+    Parameters
+    ----------
+    sinks
+        ``{name: SpikeSink}``, or a sequence of sinks (keyed by
+        ``sink.name``). All must belong to one connected Process graph.
+    num_steps
+        Exact number of time steps to run (``<=`` every sink's num_steps).
+    select_tag
+        ProcessModel tag for ``Loihi2SimCfg``.
+    timeout
+        Seconds the run itself (after the workers are built) may take;
+        ``None`` waits indefinitely.
+    stop_timeout
+        Seconds Lava's stop protocol may take before the workers are killed.
+
+    Returns
+    -------
+    dict
+        ``{name: float64 array of shape (num_steps, *sink.shape)}``; row ``t``
+        is what the sink received at 0-based time step ``t``.
+
+    Raises
+    ------
+    ValueError
+        Invalid arguments.
+    LavaRunError
+        A worker raised (message includes its original traceback), died,
+        the run exceeded ``timeout`` or the shutdown exceeded ``stop_timeout``.
+        The workers are gone when this is raised; ``KeyboardInterrupt`` is
+        re-raised after the same cleanup.
+    """
+    named = _named_sinks(sinks)
+    if (isinstance(num_steps, bool)
+            or not isinstance(num_steps, (int, np.integer)) or num_steps < 1):
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    num_steps = int(num_steps)
+    for name, sink in named.items():
+        if sink.num_steps < num_steps:
+            raise ValueError(
+                f"sink {name!r} records {sink.num_steps} steps, fewer than "
+                f"num_steps={num_steps}")
+    root = next(iter(named.values()))
+    graph = find_processes(root)
+    missing = [n for n, s in named.items() if s not in graph]
+    if missing:
+        raise ValueError(f"sinks {missing} are not connected to the graph of "
+                         f"sink {next(iter(named))!r}")
+    if mp.get_start_method() != "fork":
+        raise RuntimeError("SpikeSink needs the 'fork' start method (Lava "
+                           "sets it on import on Linux/macOS)")
+
+    executable = root.compile(Loihi2SimCfg(select_tag=select_tag))
+    runtime = Runtime(executable, ActorType.MultiProcessing,
+                      loglevel=logging.WARNING)
+    executable.assign_runtime_to_all_processes(runtime)
+    finished = False
+    try:
+        try:
+            # Forks the workers. A worker's build error is print()ed by Lava
+            # and re-raised here with its traceback text in ``exc.trace``.
+            # (No stdout redirection here: the workers would inherit it.)
+            runtime.initialize()
+        except Exception as exc:
+            raise _failure(
+                runtime, f"building the ProcessModels failed: "
+                         f"{type(exc).__name__}: {exc}",
+                fallback=[getattr(exc, "trace", "")]) from exc
+        runtime.start(RunSteps(num_steps=num_steps, blocking=False))
+        _wait_until_done(runtime, timeout)
+        finished = True
+    finally:
+        try:
+            _teardown(runtime, graceful=finished, stop_timeout=stop_timeout)
+        finally:
+            # Process.__del__ calls runtime.stop(); make that a no-op.
+            for proc in executable.process_list:
+                proc.runtime = None
+    return {name: sink.data()[:num_steps] for name, sink in named.items()}
+
+
+def _named_sinks(sinks: ty.Any) -> ty.Dict[str, SpikeSink]:
+    """Validate ``sinks`` and return them as an ordered ``{name: sink}``."""
+    if isinstance(sinks, ty.Mapping):
+        named = dict(sinks)
+    elif isinstance(sinks, ty.Sequence) and not isinstance(sinks, str):
+        named = {}
+        for sink in sinks:
+            name = getattr(sink, "name", None)
+            if name in named:
+                raise ValueError(f"two sinks are named {name!r}; pass a dict")
+            named[name] = sink
+    else:
+        raise ValueError(f"sinks must be a mapping or sequence of SpikeSink, "
+                         f"got {type(sinks).__name__}")
+    if not named:
+        raise ValueError("sinks must not be empty")
+    for name, sink in named.items():
+        if not isinstance(sink, SpikeSink):
+            raise ValueError(f"sink {name!r} is a {type(sink).__name__}, "
+                             f"not a SpikeSink")
+    return named
+
+
+def _actors(runtime: Runtime) -> ty.List[mp.Process]:
+    """The forked worker processes (ProcessModels and runtime services)."""
+    infra = runtime._messaging_infrastructure
+    return list(infra.actors) if infra is not None else []
+
+
+def _wait_until_done(runtime: Runtime, timeout: ty.Optional[float]) -> None:
+    """Poll until every runtime service reported DONE, or raise."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list(runtime.service_to_runtime)
+    actors = _actors(runtime)
+    sentinels = [a.sentinel for a in actors]
+    while pending:
+        for port in list(pending):
+            if port.probe():
+                msg = port.recv()
+                if not enum_equal(msg, MGMT_RESPONSE.DONE):
+                    raise _failure(runtime, f"a Lava runtime service "
+                                            f"reported {_response_name(msg)}")
+                pending.remove(port)
+        if not pending:
+            break
+        if any(a.exitcode is not None for a in actors):
+            raise _failure(runtime, "a Lava worker process exited during the "
+                                    "run")
+        if deadline is not None and time.monotonic() > deadline:
+            raise _failure(runtime, f"the run did not finish within "
+                                    f"timeout={timeout} s", wait=False)
+        mp.connection.wait(sentinels, timeout=_POLL_S)
+    runtime._is_running = False
+
+
+def _response_name(msg: np.ndarray) -> str:
+    for name, value in vars(MGMT_RESPONSE).items():
+        if isinstance(value, np.ndarray) and enum_equal(msg, value):
+            return name
+    return repr(msg)
+
+
+def _failure(runtime: Runtime, reason: str, *, wait: bool = True,
+             fallback: ty.Sequence[str] = ()) -> LavaRunError:
+    """Collect worker tracebacks (waiting a short grace period for a failing
+    worker to report if ``wait``), kill all workers, return the error to
+    raise. ``fallback`` tracebacks are used if no worker reported one."""
+    reports = _collect_reports(runtime, wait=wait)
+    _kill_workers(runtime)
+    reports += _collect_reports(runtime, wait=False)
+    return LavaRunError(reason, reports or list(fallback))
+
+
+def _collect_reports(runtime: Runtime, wait: bool) -> ty.List[str]:
+    """Read the (exception, traceback) reports Lava's SystemProcess pipes to
+    the parent when a worker raises. With ``wait``, wait up to
+    ``_REPORT_GRACE_S`` for the first report (or for all workers to exit)."""
+    actors = _actors(runtime)
+    reports: ty.List[str] = []
+    deadline = time.monotonic() + (_REPORT_GRACE_S if wait else 0.0)
+    while True:
+        for actor in actors:
+            conn = getattr(actor, "_pconn", None)
+            try:
+                if conn is None or conn.closed or not conn.poll():
+                    continue
+                payload = conn.recv_bytes()
+            except (OSError, EOFError):
+                continue
+            tb = _traceback_text(payload)
+            if tb:
+                reports.append(tb)
+        done = reports or all(a.exitcode is not None for a in actors)
+        if done or time.monotonic() >= deadline:
+            return reports
+        mp.connection.wait([a.sentinel for a in actors], timeout=0.02)
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    """Unpickles worker reports even when the exception class cannot be
+    re-created in the parent (odd ``__init__`` signature, missing module)."""
+
+    def find_class(self, module: str, name: str) -> ty.Any:
+        try:
+            cls = super().find_class(module, name)
+        except Exception:
+            cls = None
+        if cls is None or (isinstance(cls, type)
+                           and issubclass(cls, BaseException)):
+            def rebuild(*args: ty.Any) -> BaseException:
+                try:
+                    return cls(*args)
+                except Exception:
+                    return RuntimeError(f"{module}.{name}{args!r}")
+            return rebuild
+        return cls
+
+
+def _traceback_text(payload: bytes) -> str:
+    """Traceback text of a SystemProcess report; "" for a clean exit."""
+    try:
+        report = _LenientUnpickler(io.BytesIO(payload)).load()
+    except Exception as exc:  # pragma: no cover - defensive
+        return f"<unreadable worker report: {type(exc).__name__}: {exc}>"
+    if isinstance(report, tuple) and len(report) == 2:
+        return str(report[1])
+    return ""
+
+
+def _kill_workers(runtime: Runtime, timeout: float = 2.0) -> None:
+    """Terminate (then kill) every worker that is still alive and reap it."""
+    actors = [a for a in _actors(runtime) if a.exitcode is None]
+    for actor in actors:
+        actor.terminate()
+    deadline = time.monotonic() + timeout
+    for actor in actors:
+        mp.Process.join(actor, max(0.0, deadline - time.monotonic()))
+    for actor in actors:
+        if actor.exitcode is None:
+            actor.kill()
+            mp.Process.join(actor)
+
+
+def _graceful_stop(runtime: Runtime, timeout: float) -> ty.Optional[str]:
+    """Lava's ``Runtime.stop()`` protocol with a deadline.
+
+    Returns ``None`` on success or a description of what went wrong.
+    """
+    deadline = time.monotonic() + timeout
+    for port in runtime.runtime_to_service:
+        if not port.probe():
+            return "a runtime service does not accept the STOP command"
+        port.send(MGMT_COMMAND.STOP)
+    for port in runtime.service_to_runtime:
+        while not port.probe():
+            if time.monotonic() > deadline:
+                return f"stop() did not finish within {timeout} s"
+            time.sleep(_POLL_S)
+        msg = port.recv()
+        if not enum_equal(msg, MGMT_RESPONSE.TERMINATED):
+            return f"a runtime service answered STOP with " \
+                   f"{_response_name(msg)}"
+    actors = _actors(runtime)
+    while any(a.exitcode is None for a in actors):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"the workers did not exit within {timeout} s of STOP"
+        mp.connection.wait([a.sentinel for a in actors], timeout=left)
+    return None
+
+
+def _teardown(runtime: Runtime, graceful: bool, stop_timeout: float) -> None:
+    """Stop the run (gracefully if possible), make sure no worker survives,
+    release Lava's shared memory manager; raise if a graceful stop failed."""
+    problem = None
+    try:
+        if graceful and runtime._is_started:
+            problem = _graceful_stop(runtime, stop_timeout)
+    finally:
+        tracebacks = _collect_reports(runtime, wait=False)
+        _kill_workers(runtime)
+        runtime._is_running = False
+        runtime._is_started = False
+        try:
+            runtime.join()
+        finally:
+            if runtime._messaging_infrastructure is not None:
+                runtime._messaging_infrastructure.stop()
+            if runtime._watchdog_manager is not None:
+                runtime._watchdog_manager.stop()
+    if problem is not None or (graceful and tracebacks):
+        raise LavaRunError(problem or "a Lava worker raised during stop()",
+                           tracebacks)

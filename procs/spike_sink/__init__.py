@@ -1,0 +1,1 @@
+"""SpikeSink: records the tensor arriving on its InPort at every time step."""

@@ -1,0 +1,1 @@
+"""SpikeSource: plays back a (steps, *shape) tensor, one slice per step."""

@@ -1,0 +1,82 @@
+"""SpikeSource Process: replays a recorded tensor sequence on an OutPort."""
+
+import typing as ty
+
+import numpy as np
+from lava.magma.core.process.ports.ports import OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+
+
+class SpikeSource(AbstractProcess):
+    """Plays back ``data[t]`` on ``s_out`` at time step ``t``.
+
+    Time step ``t`` is 0-based and counts from the first step the Process
+    executes (Lava's ``time_step - 1``). Once ``t >= data.shape[0]`` the
+    source sends zeros. Payloads are graded (float64), so one message carries
+    a whole dense tensor per step.
+
+    A receiver that ``recv()``s in its own ``run_spk`` gets ``data[t]`` in
+    the same time step ``t`` (no delay; measured with Lava 0.10.0).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Shape ``(steps, *shape)`` with ``ndim >= 2``; finite real values.
+        It is copied (as float64) and handed to the ProcessModel as a
+        Process parameter, not as a Var, because Lava moves Var values one
+        element at a time.
+
+    Ports
+    -----
+    s_out : OutPort, shape ``data.shape[1:]``
+        Graded output: the slice ``data[t]`` at step ``t``, zeros afterwards.
+    """
+
+    # Lava 0.10.0 bug workaround: AbstractProcess.__del__ reads _runtime,
+    # which is unset when validation raises before super().__init__().
+    _runtime = None
+
+    def __init__(
+        self,
+        *,
+        data: np.ndarray,
+        name: ty.Optional[str] = None,
+        log_config: ty.Optional[LogConfig] = None,
+    ) -> None:
+        data = _validated_data(data)
+        super().__init__(data=data, name=name, log_config=log_config)
+        self.s_out = OutPort(shape=data.shape[1:])
+
+    @property
+    def num_steps(self) -> int:
+        """Number of recorded steps (after which the source sends zeros)."""
+        return int(self.proc_params["data"].shape[0])
+
+    @property
+    def shape(self) -> ty.Tuple[int, ...]:
+        """Shape of the tensor sent each step."""
+        return tuple(self.s_out.shape)
+
+
+def _validated_data(data: ty.Any) -> np.ndarray:
+    """Return ``data`` as a read-only float64 copy or raise ValueError."""
+    if not isinstance(data, np.ndarray):
+        raise ValueError(
+            f"SpikeSource: data must be a numpy.ndarray, got "
+            f"{type(data).__name__}")
+    if data.ndim < 2:
+        raise ValueError(
+            f"SpikeSource: data must have shape (steps, *shape) with "
+            f"ndim >= 2, got shape {data.shape}")
+    if data.size == 0:
+        raise ValueError(
+            f"SpikeSource: data must not be empty, got shape {data.shape}")
+    if not (np.issubdtype(data.dtype, np.number)
+            or data.dtype == np.bool_) or np.iscomplexobj(data):
+        raise ValueError(
+            f"SpikeSource: data must be real numeric, got dtype {data.dtype}")
+    out = np.array(data, dtype=np.float64, copy=True)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("SpikeSource: data must be finite (found NaN or inf)")
+    out.setflags(write=False)
+    return out
