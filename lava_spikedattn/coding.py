@@ -116,6 +116,14 @@ class PhaseCode:
         return s - 1.0 if self.official else s
 
     @property
+    def bias_gain(self) -> float:
+        """Integrated value, in ANN units, of a bias injected as b/bias_divisor for T steps, per b.
+
+        1 in the exact convention; S/((S−1)·B) ≈ 1.0006 (B=1.15, T=40) in the official one.
+        """
+        return self.geometric_sum / (self.bias_divisor * self.unit_gain)
+
+    @property
     def trace_start(self) -> float:
         """Global trace value at fire step 0; it decays by 1/B per step (1/B official, 1 exact)."""
         return self.base**-self.level_offset

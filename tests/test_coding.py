@@ -47,6 +47,8 @@ def test_constants_of_spec_section0():
     assert code.woss_slope == pytest.approx(32.554, abs=1e-3)
     assert code.woss_ramp_start * code.woss_slope == pytest.approx(16.277, abs=1e-3)
     assert PhaseCode(1.15, 40).bias_divisor == pytest.approx(code.geometric_sum)
+    assert PhaseCode(1.15, 40).bias_gain == pytest.approx(1.0)
+    assert code.bias_gain == pytest.approx(7.638045 / (6.638045 * 1.15), abs=1e-6)
 
 
 @pytest.mark.parametrize("base,steps", [(1.15, 40), (1.4, 16), (1.05, 8), (2.0, 5)])

@@ -110,12 +110,8 @@ def attention_logits(q, k, code: PhaseCode, scale_q, scale_k, bias=None) -> torc
     """
     logits = trace_matmul(q, k, code, scale_q, scale_k) * q.shape[-1] ** -0.5
     if bias is not None:
-        logits = logits + torch.as_tensor(bias, dtype=logits.dtype) * _bias_gain(code)
+        logits = logits + torch.as_tensor(bias, dtype=logits.dtype) * code.bias_gain
     return logits
-
-
-def _bias_gain(code: PhaseCode) -> float:
-    return code.geometric_sum / (code.bias_divisor * code.unit_gain)
 
 
 def spiking_attention(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out,
