@@ -201,6 +201,22 @@ class PhaseCode:
         x, scale = self._prepare(x, scale)
         return self._decode(self._fire_step(x, scale, signed), torch.sign(x), scale)
 
+    def decode_spike_train(self, spikes, fire_start: int = 0) -> torch.Tensor:
+        """Decode recorded graded spikes (steps, *shape), raw ``sign·scale``, into values.
+
+        The first nonzero spike inside ``[fire_start, fire_start+T)`` at fire step k decodes to
+        spike·level[k]; a neuron with no spike there decodes to 0.
+        """
+        spikes = torch.as_tensor(spikes, dtype=torch.float64)
+        window = spikes[fire_start:fire_start + self.timesteps]
+        if window.shape[0] != self.timesteps:
+            raise ValueError(f"the record ends before the fire window [{fire_start}, "
+                             f"{fire_start + self.timesteps}) closes ({spikes.shape[0]} steps)")
+        fired = window != 0
+        k = torch.where(fired.any(0), fired.double().argmax(0), -1)
+        first = window.gather(0, k.clamp(min=0).unsqueeze(0)).squeeze(0)
+        return self._decode(k, torch.ones_like(first), first)
+
     def saturated(self, x: torch.Tensor, scale, signed: bool = True) -> torch.Tensor:
         """Mask of values above the top level (clipped to it by the code): count and report."""
         x, scale = self._prepare(x, scale)

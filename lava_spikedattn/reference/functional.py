@@ -17,6 +17,7 @@ import torch
 from lava_spikedattn.coding import PhaseCode, broadcast_shape, check_finite
 from lava_spikedattn.reference import closed
 from lava_spikedattn.reference.stepped import (
+    AttentionCoreSim,
     BitSerialEncoderSim,
     ConvertNeuronSim,
     PhaseNeuronSim,
@@ -218,28 +219,5 @@ def spiking_attention(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale
     if engine == "closed":
         return closed.spiking_attention(q, k, v, code, scale_q, scale_k, scale_v, scale_logits,
                                         scale_out, bias, ramp_start)
-    T = code.timesteps
-    out_shape = logit_shape[:-1] + (v.shape[-1],)
-    nq, nk, nv = (PhaseNeuronSim(code, s, x.shape) for s, x in ((scale_q, q), (scale_k, k), (scale_v, v)))
-    qk = PhaseNeuronSim(code, scale_logits, logit_shape, start=T)
-    wta = WOSSSim(code, logit_shape, start=2 * T, ramp_start=ramp_start)
-    out = PhaseNeuronSim(code, scale_out, out_shape, start=3 * T)
-    fifo: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
-    scale_d = q.shape[-1] ** -0.5
-    for t in range(out.end):
-        s_q, s_k, s_v = nq.step(_inject(code, q, t)), nk.step(_inject(code, k, t)), nv.step(_inject(code, v, t))
-        x_qk = None
-        if s_q is not None:
-            x_qk = scale_d * trace_product(s_q, nq.decoded, s_k.transpose(-1, -2), nk.decoded.transpose(-1, -2), code)
-            if bias is not None:
-                x_qk = x_qk + bias / code.bias_divisor
-            fifo.append((s_v, nv.decoded.clone()))
-        s_w = wta.step(qk.step(x_qk))
-        x_out = None
-        if s_w is not None:
-            v_spikes, v_decoded = fifo.popleft()
-            x_out = trace_product(s_w, wta.decoded, v_spikes, v_decoded, code)
-        if t == out.start + T - 1:
-            out.set_divisor(wta.spike_sum.unsqueeze(-1))
-        out.step(x_out)
-    return out.decoded
+    return AttentionCoreSim(q, k, v, code, scale_q, scale_k, scale_v, scale_logits, scale_out,
+                            bias=bias, ramp_start=ramp_start).run()

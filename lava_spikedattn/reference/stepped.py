@@ -12,6 +12,7 @@ spikes carry ``sign·scale`` (ANN units); ``decoded`` is the latched trace value
 from __future__ import annotations
 
 import math
+from collections import deque
 from numbers import Integral
 
 import torch
@@ -204,7 +205,7 @@ class WOSSSim:
 
     Input window (gain B): at the first step of a row with a positive input spike, that spike's
     value (the row maximum m) is subtracted from every entry of the row. Fire window (no gain):
-    ``s = [v ≥ θ]`` with the shared threshold ramp θ = mv·ramp_start − k·mv, one spike per
+    ``s = [v ≥ θ_k]`` with the shared threshold ramp θ_k = mv·ramp_start − k·mv, one spike per
     entry, which latches ``trace_start·B^-k``; ``spike_sum`` accumulates the row's latched
     values, the normaliser handed to the attention×V neuron.
     """
@@ -224,7 +225,7 @@ class WOSSSim:
         self.start, self.wait = _window(code, start, wait)
         self.slope = code.woss_slope
         ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
-        self.threshold = ramp * self.slope
+        self.threshold0 = ramp * self.slope
         self.t = 0
         self.v = torch.zeros(self.shape, dtype=torch.float64)
         self.fired = torch.zeros(self.shape, dtype=torch.bool)
@@ -250,8 +251,7 @@ class WOSSSim:
             self.v = self.code.base * self.v + x
         if W <= t_rel < W + T:
             k = t_rel - W
-            s = (self.v >= self.threshold) & ~self.fired
-            self.threshold -= self.slope
+            s = (self.v >= self.threshold0 - k * self.slope) & ~self.fired
             g = self.code.trace_start * self.code.base**-k
             self.latched = torch.where(s, torch.full_like(self.latched, g), self.latched)
             self.fire_step = torch.where(s, torch.full_like(self.fire_step, k), self.fire_step)
@@ -280,3 +280,61 @@ def trace_product(a_spikes, a_decoded, b_spikes, b_decoded, code: PhaseCode) -> 
     a_new = a_decoded.abs() if code.official else a_decoded
     a_new = torch.where(fired_now, a_new, torch.zeros_like(a_new))
     return a_spikes @ b_decoded + a_decoded @ b_spikes - a_new @ b_spikes
+
+
+class AttentionCoreSim:
+    """The SpikedAttention core pipelined in time (spec §1.5, W = T).
+
+    q/k/v neurons (start 0, input injected one-shot at step 0, fire [T, 2T)) → trace-driven QKᵀ
+    (×d^-1/2, + bias/bias_divisor) into the logits neuron (start T) → WOSS (start 2T) →
+    trace-driven attention×V with V delayed 2T steps → output neuron (start 3T, membrane divided
+    by the WOSS spike sum, fire [4T, 5T)). ``populations`` maps q, k, v, logits, woss, out to the
+    simulated populations; with ``record=True`` each keeps its per-step history.
+    """
+
+    def __init__(self, q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out, *,
+                 bias=None, ramp_start: float | None = None, record: bool = False) -> None:
+        T = code.timesteps
+        self.code = code
+        self.inputs = {"q": q, "k": k, "v": v}
+        logit_shape = torch.broadcast_shapes(q[..., :1].shape, k[..., :1].transpose(-1, -2).shape)
+        out_shape = logit_shape[:-1] + (v.shape[-1],)
+        self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+        self.populations = {
+            "q": PhaseNeuronSim(code, scale_q, q.shape, record=record),
+            "k": PhaseNeuronSim(code, scale_k, k.shape, record=record),
+            "v": PhaseNeuronSim(code, scale_v, v.shape, record=record),
+            "logits": PhaseNeuronSim(code, scale_logits, logit_shape, start=T, record=record),
+            "woss": WOSSSim(code, logit_shape, start=2 * T, ramp_start=ramp_start, record=record),
+            "out": PhaseNeuronSim(code, scale_out, out_shape, start=3 * T, record=record),
+        }
+
+    @property
+    def num_steps(self) -> int:
+        return self.populations["out"].end
+
+    def run(self) -> torch.Tensor:
+        """Run all 5T steps; returns the output neuron's decoded values (..., N, dv)."""
+        code, pop, T = self.code, self.populations, self.code.timesteps
+        nq, nk, nv, logits, wta, out = (pop[n] for n in ("q", "k", "v", "logits", "woss", "out"))
+        scale_d = self.inputs["q"].shape[-1] ** -0.5
+        v_fifo: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
+        for t in range(self.num_steps):
+            injected = {n: code.unit_gain * x.double() if t == 0 else None for n, x in self.inputs.items()}
+            s_q, s_k, s_v = nq.step(injected["q"]), nk.step(injected["k"]), nv.step(injected["v"])
+            x_logits = None
+            if s_q is not None:
+                x_logits = scale_d * trace_product(s_q, nq.decoded, s_k.transpose(-1, -2),
+                                                   nk.decoded.transpose(-1, -2), code)
+                if self.bias is not None:
+                    x_logits = x_logits + self.bias / code.bias_divisor
+                v_fifo.append((s_v, nv.decoded.clone()))
+            s_w = wta.step(logits.step(x_logits))
+            x_out = None
+            if s_w is not None:
+                v_spikes, v_decoded = v_fifo.popleft()
+                x_out = trace_product(s_w, wta.decoded, v_spikes, v_decoded, code)
+            if t == out.start + T - 1:  # the WOSS window is over: hand the spike sum on
+                out.set_divisor(wta.spike_sum.unsqueeze(-1))
+            out.step(x_out)
+        return out.decoded

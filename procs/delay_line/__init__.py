@@ -1,0 +1,1 @@
+"""delay line Process and its ProcessModels."""

@@ -1,0 +1,27 @@
+"""ProcessModels of DelayLine (numpy only)."""
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from lava_spikedattn.procs.delay_line.process import DelayLine
+
+
+@implements(proc=DelayLine, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyDelayLineModelFloat(PyLoihiProcessModel):
+    """Ring buffer: the slot of step t is sent, then overwritten with this step's input."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    buffer: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self) -> None:
+        slot = (self.time_step - 1) % self.proc_params["delay"]
+        self.a_out.send(self.buffer[slot].copy())
+        self.buffer[slot] = self.s_in.recv()

@@ -1,0 +1,65 @@
+"""Validation of Process parameters shared by the Processes in ``procs/``.
+
+Kept beside (not inside) the process folders: Lava's compiler executes every module inside a
+process folder while it searches for ProcessModels.
+"""
+
+from __future__ import annotations
+
+import typing as ty
+from numbers import Integral
+
+import numpy as np
+
+from lava_spikedattn.coding import PhaseCode
+
+
+def shape_tuple(owner: str, name: str, shape: ty.Any) -> tuple[int, ...]:
+    """``shape`` as a non-empty tuple of positive ints, or a ValueError naming it."""
+    if isinstance(shape, Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{owner}: {name} must be a tuple of ints, got {shape!r}") from None
+    if not dims or any(isinstance(d, bool) or not isinstance(d, Integral) or d < 1 for d in dims):
+        raise ValueError(f"{owner}: {name} must be a non-empty tuple of ints >= 1, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def phase_code(owner: str, code: ty.Any) -> PhaseCode:
+    if not isinstance(code, PhaseCode):
+        raise ValueError(f"{owner}: code must be a lava_spikedattn.coding.PhaseCode, got {type(code).__name__}")
+    return code
+
+
+def non_negative_int(owner: str, name: str, value: ty.Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"{owner}: {name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def window(owner: str, code: PhaseCode, start: ty.Any, wait: ty.Any) -> tuple[int, int]:
+    """(start, wait) with wait defaulting to T and never below it (no firing before input ends)."""
+    start = non_negative_int(owner, "start", start)
+    wait = code.timesteps if wait is None else non_negative_int(owner, "wait", wait)
+    if wait < code.timesteps:
+        raise ValueError(f"{owner}: wait must be >= timesteps ({code.timesteps}), got {wait}")
+    return start, wait
+
+
+def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive: bool = False) -> np.ndarray:
+    """float64 copy of ``value`` that broadcasts to ``shape``; finite (and > 0 if ``positive``)."""
+    arr = np.array(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{owner}: {name} must be finite (found NaN or inf)")
+    if positive and np.any(arr <= 0):
+        raise ValueError(f"{owner}: {name} must be > 0 everywhere (found min {arr.min():.4g})")
+    try:
+        np.broadcast_shapes(arr.shape, shape)
+    except ValueError:
+        raise ValueError(f"{owner}: {name} of shape {arr.shape} does not broadcast to {shape}") from None
+    if np.broadcast_shapes(arr.shape, shape) != shape:
+        raise ValueError(f"{owner}: {name} of shape {arr.shape} would enlarge the population {shape}")
+    arr.setflags(write=False)
+    return arr

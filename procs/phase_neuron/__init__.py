@@ -1,0 +1,1 @@
+"""phase neuron Process and its ProcessModels."""

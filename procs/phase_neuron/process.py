@@ -1,0 +1,105 @@
+"""PhaseNeuron Process: a population of one-spike phase-coded neurons of any tensor shape."""
+
+from __future__ import annotations
+
+import typing as ty
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.variable import Var
+
+from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.procs import params
+
+
+class PhaseNeuron(AbstractProcess):
+    """One-spike phase neurons (spec §1.1) that latch the global trace at their spike (§2).
+
+    With t the 0-based step, ``t_rel = t − start``, T input steps and W ≥ T wait, inside
+    ``[start, start+T+W)``::
+
+        v = v / div_in                       once at t_rel = W if ``divisor_shape`` is set (§4.5)
+        v = B·v + a_in/scale                 a_in counted only in the input window t_rel < T
+        s = [v ≥ θ] − [v ≤ −θ]               bipolar ([v ≥ θ] unipolar), fire window t_rel ≥ W,
+                                             first spike only; θ = B^W·(1+1/B)/2, no reset
+        latched = trace_in                   at the first spike
+
+    Args (keyword-only):
+        shape: population shape, e.g. (windows, heads, tokens, dims).
+        scale: calibrated scale, broadcastable to ``shape`` (scalar, per channel, per row...).
+        code: the :class:`PhaseCode` (B, T, convention).
+        signed: bipolar (default) or unipolar (ReLU) neurons.
+        start, wait: window placement; wait defaults to T.
+        divisor_shape: shape of ``div_in`` (e.g. (..., N, 1)) for the attention×V neuron that
+            divides its membrane by the WOSS spike sum; rows with divisor 0 are cleared (silent).
+
+    Ports:
+        a_in: input current in ANN units (several connections are summed).
+        trace_in (1,): the global trace of a :class:`TraceHolder` aligned with the fire window.
+        div_in: the WOSS row normaliser (``divisor_shape``; unused and (1,) without it).
+        s_out: graded spikes ``sign·scale`` (ANN units), 0 when silent.
+        trace_out: decoded value ``sign·scale·latched`` of fired neurons (trace_v), else 0.
+        v_out: the membrane after this step (a probe; free when unconnected).
+
+    Vars: v (membrane), fired (mask), fire_step (−1 = not yet), sign (±1 / 0), latched (trace).
+    """
+
+    _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
+
+    def __init__(
+        self,
+        *,
+        shape: ty.Tuple[int, ...],
+        scale: ty.Any,
+        code: PhaseCode,
+        signed: bool = True,
+        start: int = 0,
+        wait: ty.Optional[int] = None,
+        divisor_shape: ty.Optional[ty.Tuple[int, ...]] = None,
+        name: ty.Optional[str] = None,
+        log_config: ty.Optional[LogConfig] = None,
+    ) -> None:
+        owner = "PhaseNeuron"
+        shape = params.shape_tuple(owner, "shape", shape)
+        code = params.phase_code(owner, code)
+        start, wait = params.window(owner, code, start, wait)
+        scale = params.array(owner, "scale", scale, shape, positive=True)
+        if divisor_shape is not None:
+            divisor_shape = params.shape_tuple(owner, "divisor_shape", divisor_shape)
+            params.array(owner, "divisor_shape", np.ones(divisor_shape), shape)
+        super().__init__(
+            shape=shape, scale=scale, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
+            threshold=code.neuron_threshold(wait), signed=bool(signed), divisor_shape=divisor_shape,
+            name=name, log_config=log_config,
+        )
+        self.code = code
+        self.a_in = InPort(shape=shape)
+        self.trace_in = InPort(shape=(1,))
+        self.s_out = OutPort(shape=shape)
+        self.trace_out = OutPort(shape=shape)
+        self.v_out = OutPort(shape=shape)
+        self.div_in = InPort(shape=(1,) if divisor_shape is None else divisor_shape)
+        self.v = Var(shape=shape, init=0.0)
+        self.fired = Var(shape=shape, init=False)
+        self.fire_step = Var(shape=shape, init=-1)
+        self.sign = Var(shape=shape, init=0.0)
+        self.latched = Var(shape=shape, init=0.0)
+
+    @property
+    def start(self) -> int:
+        return int(self.proc_params["start"])
+
+    @property
+    def wait(self) -> int:
+        return int(self.proc_params["wait"])
+
+    @property
+    def fire_start(self) -> int:
+        """First step of the fire window."""
+        return self.start + self.wait
+
+    @property
+    def end(self) -> int:
+        """First step after the fire window."""
+        return self.start + self.wait + self.code.timesteps

@@ -1,0 +1,1 @@
+"""token linear Process and its ProcessModels."""

@@ -1,0 +1,62 @@
+"""TokenLinear Process: a weight matrix applied along the last axis of a tensor-shaped input."""
+
+from __future__ import annotations
+
+import typing as ty
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+
+from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.procs import params
+
+
+class TokenLinear(AbstractProcess):
+    """Token-wise dense synapses (Lava's ``Dense`` only takes 1-D inputs)::
+
+        a_out[..., o] = Σ_i weight[o, i]·s_in[..., i]  [+ bias[o]/bias_divisor for T steps from bias_start]
+
+    The bias is injected on each of the receiving neuron's T input steps divided by
+    ``code.bias_divisor`` (S exact, S−1 official; spec §3.2, §5.3), so it integrates to the
+    ANN's bias.
+
+    Args (keyword-only): shape_in (..., in); weight (out, in); bias (out,) or None; code (needed
+    with a bias); bias_start.
+    Ports: s_in (..., in) graded spikes; a_out (..., out) current.
+    """
+
+    _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
+
+    def __init__(
+        self,
+        *,
+        shape_in: ty.Tuple[int, ...],
+        weight: ty.Any,
+        bias: ty.Any = None,
+        code: ty.Optional[PhaseCode] = None,
+        bias_start: int = 0,
+        name: ty.Optional[str] = None,
+        log_config: ty.Optional[LogConfig] = None,
+    ) -> None:
+        owner = "TokenLinear"
+        shape_in = params.shape_tuple(owner, "shape_in", shape_in)
+        weight = np.array(weight, dtype=np.float64)
+        if weight.ndim != 2 or weight.shape[1] != shape_in[-1]:
+            raise ValueError(f"{owner}: weight must be (out, in) with in = shape_in[-1] = {shape_in[-1]}, "
+                             f"got {weight.shape}")
+        weight = params.array(owner, "weight", weight, weight.shape)
+        shape_out = shape_in[:-1] + (weight.shape[0],)
+        timesteps = 0
+        if bias is not None:
+            if code is None:
+                raise ValueError(f"{owner}: a bias needs the code (its per-step divisor and T)")
+            code = params.phase_code(owner, code)
+            bias = params.array(owner, "bias", np.asarray(bias) / code.bias_divisor, (weight.shape[0],))
+            timesteps = code.timesteps
+        super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),
+                         injected_bias=bias, timesteps=timesteps,
+                         bias_start=params.non_negative_int(owner, "bias_start", bias_start),
+                         name=name, log_config=log_config)
+        self.s_in = InPort(shape=shape_in)
+        self.a_out = OutPort(shape=shape_out)

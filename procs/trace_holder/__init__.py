@@ -1,0 +1,1 @@
+"""trace holder Process and its ProcessModels."""

@@ -1,0 +1,37 @@
+"""TraceHolder Process: the global trace that phase neurons latch at their first spike."""
+
+from __future__ import annotations
+
+import typing as ty
+
+from lava.magma.core.process.ports.ports import OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.variable import Var
+
+from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.procs import params
+
+
+class TraceHolder(AbstractProcess):
+    """One global trace per network (the paper's hardware picture, spec §2)::
+
+        value[t] = trace_start                  if (t − phase) mod T == 0
+        value[t] = value[t−1] / B               otherwise
+
+    trace_start is 1 (exact) or 1/B (official). With W = T every layer's fire window starts at
+    a multiple of T, so one holder with ``phase = 0`` serves the whole pipeline; a neuron whose
+    fire window starts elsewhere needs a holder with ``phase = its fire_start``.
+
+    Ports: s_out (1,): the trace value of this step. Var: value (1,).
+    """
+
+    _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
+
+    def __init__(self, *, code: PhaseCode, phase: int = 0, name: ty.Optional[str] = None,
+                 log_config: ty.Optional[LogConfig] = None) -> None:
+        code = params.phase_code("TraceHolder", code)
+        phase = params.non_negative_int("TraceHolder", "phase", phase)
+        super().__init__(base=code.base, timesteps=code.timesteps, trace_start=code.trace_start,
+                         phase=phase, name=name, log_config=log_config)
+        self.s_out = OutPort(shape=(1,))
+        self.value = Var(shape=(1,), init=code.trace_start)

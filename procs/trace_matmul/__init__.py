@@ -1,0 +1,1 @@
+"""trace matmul Process and its ProcessModels."""

@@ -1,0 +1,1 @@
+"""woss inhibitor Process and its ProcessModels."""

@@ -1,0 +1,1 @@
+"""woss neuron Process and its ProcessModels."""

@@ -1,0 +1,55 @@
+"""WossNeuron Process: the winner-oriented spike shift softmax neurons."""
+
+from __future__ import annotations
+
+import typing as ty
+
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.variable import Var
+
+from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.procs import params
+
+
+class WossNeuron(AbstractProcess):
+    """WOSS softmax neurons, rows along the last axis (spec §4.2, §4.4).
+
+    With ``t_rel = t − start``::
+
+        input window (t_rel < T):        v = B·v + a_in − shift_in          (gain only here)
+        fire window (W ≤ t_rel < W+T):   s = [v ≥ theta_in], first spike only (unipolar, 0/1)
+                                         latched = trace_in at the spike
+
+    The row shift (the winner's value at the row's first positive spike) and the shared
+    threshold ramp come from a :class:`WossInhibitor`; ``latched`` is the softmax weight before
+    the row normalisation, ``trace_start·B^-k`` for an entry that fired at step k.
+
+    Args (keyword-only): shape (..., N, M) with keys on the last axis; code; start; wait.
+    Ports: a_in (logit spikes, ANN units), shift_in (..., N, 1), theta_in (1,), trace_in (1,)
+    from a TraceHolder; s_out (0/1 spikes), trace_out (latched), v_out (membrane probe).
+    Vars: v, fired, fire_step, latched.
+    """
+
+    _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
+                 wait: ty.Optional[int] = None, name: ty.Optional[str] = None,
+                 log_config: ty.Optional[LogConfig] = None) -> None:
+        owner = "WossNeuron"
+        shape = params.shape_tuple(owner, "shape", shape)
+        code = params.phase_code(owner, code)
+        start, wait = params.window(owner, code, start, wait)
+        super().__init__(shape=shape, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
+                         name=name, log_config=log_config)
+        self.a_in = InPort(shape=shape)
+        self.shift_in = InPort(shape=shape[:-1] + (1,))
+        self.theta_in = InPort(shape=(1,))
+        self.trace_in = InPort(shape=(1,))
+        self.s_out = OutPort(shape=shape)
+        self.trace_out = OutPort(shape=shape)
+        self.v_out = OutPort(shape=shape)
+        self.v = Var(shape=shape, init=0.0)
+        self.fired = Var(shape=shape, init=False)
+        self.fire_step = Var(shape=shape, init=-1)
+        self.latched = Var(shape=shape, init=0.0)
