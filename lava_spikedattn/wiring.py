@@ -110,7 +110,7 @@ def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_lo
         "qk": TraceMatMul(shape_a=tuple(q.shape), shape_b=tuple(k.shape), code=code, transpose_b=True,
                           factor=q.shape[-1] ** -0.5, bias=None if bias is None else _np(bias), bias_start=T),
         "logits": PhaseNeuron(shape=logit_shape, scale=_np(scale_logits), code=code, start=T),
-        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T),
+        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start),
         "inhibitor": WossInhibitor(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start),
         "v_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
         "v_trace_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),

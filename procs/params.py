@@ -63,3 +63,14 @@ def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive
         raise ValueError(f"{owner}: {name} of shape {arr.shape} would enlarge the population {shape}")
     arr.setflags(write=False)
     return arr
+
+
+def woss_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty.Any,
+                ramp_start: ty.Any) -> dict[str, ty.Any]:
+    """Process parameters shared by a WossNeuron and its WossInhibitor (same arguments, same values)."""
+    shape = shape_tuple(owner, "shape", shape)
+    code = phase_code(owner, code)
+    start, wait = window(owner, code, start, wait)
+    ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
+    return dict(shape=shape, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
+                slope=code.woss_slope, theta0=ramp * code.woss_slope)

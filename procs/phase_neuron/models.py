@@ -8,6 +8,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 
 
@@ -15,7 +16,7 @@ from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 @requires(CPU)
 @tag("floating_pt")
 class PyPhaseNeuronModelFloat(PyLoihiProcessModel):
-    """float64 phase neurons; the update mirrors ``reference.stepped.PhaseNeuronSim``."""
+    """float64 phase neurons: ``dynamics.phase_step`` (mirrors ``reference.stepped.PhaseNeuronSim``)."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
@@ -31,40 +32,12 @@ class PyPhaseNeuronModelFloat(PyLoihiProcessModel):
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        p = proc_params
-        self.scale = p["scale"]
-        self.gain, self.timesteps = p["base"], p["timesteps"]
-        self.window_start, self.wait, self.threshold = p["start"], p["wait"], p["threshold"]
-        self.signed = p["signed"]
-        self.normalized = p["divisor_shape"] is not None
+        self.params = dynamics.PhaseParams.from_proc_params(proc_params)
 
     def run_spk(self) -> None:
-        x = self.a_in.recv()
-        trace = self.trace_in.recv()[0]
-        divisor = self.div_in.recv()
-        t_rel = self.time_step - 1 - self.window_start
-        spikes = np.zeros_like(self.v)
-        if 0 <= t_rel < self.timesteps + self.wait:
-            if self.normalized and t_rel == self.wait:
-                safe = np.where(divisor == 0, 1.0, divisor)
-                self.v[:] = np.where(divisor == 0, 0.0, self.v / safe)
-            self.v[:] = self.gain * self.v
-            if t_rel < self.timesteps:
-                self.v[:] = self.v + x / self.scale
-            if t_rel >= self.wait:
-                spikes = self._fire(t_rel - self.wait, trace)
+        x, trace, divisor = self.a_in.recv(), self.trace_in.recv()[0], self.div_in.recv()
+        state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step)
+        spikes = dynamics.phase_step(state, self.params, self.time_step - 1, x, trace, divisor)
         self.s_out.send(spikes)
-        self.trace_out.send(self.latched * self.sign * self.scale)
+        self.trace_out.send(state.decoded(self.params.scale))
         self.v_out.send(self.v.copy())
-
-    def _fire(self, k: int, trace: float) -> np.ndarray:
-        s = (self.v >= self.threshold).astype(float)
-        if self.signed:
-            s -= self.v <= -self.threshold
-        s[self.fired] = 0.0
-        new = s != 0
-        self.latched[new] = trace
-        self.sign[new] = s[new]
-        self.fire_step[new] = k
-        self.fired[new] = True
-        return s * self.scale

@@ -1,6 +1,5 @@
 """ProcessModels of TokenLinear (numpy only)."""
 
-import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
@@ -8,6 +7,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 
 
@@ -23,7 +23,4 @@ class PyTokenLinearModelFloat(PyLoihiProcessModel):
     def run_spk(self) -> None:
         p = self.proc_params
         out = self.s_in.recv() @ p["weight_t"]
-        t_rel = self.time_step - 1 - p["bias_start"]
-        if p["injected_bias"] is not None and 0 <= t_rel < p["timesteps"]:
-            out = out + p["injected_bias"]
-        self.a_out.send(out)
+        self.a_out.send(out + dynamics.window_bias(p["injected_bias"], self.time_step - 1, p["bias_start"], p["timesteps"]))

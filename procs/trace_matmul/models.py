@@ -8,6 +8,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 
 
@@ -15,7 +16,7 @@ from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 @requires(CPU)
 @tag("floating_pt")
 class PyTraceMatMulModelFloat(PyLoihiProcessModel):
-    """The three-term rule of ``reference.stepped.trace_product`` on whole tensors."""
+    """The three-term rule (``dynamics.trace_product``) on whole tensors."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     a_trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
@@ -29,9 +30,6 @@ class PyTraceMatMulModelFloat(PyLoihiProcessModel):
         b, b_hat = self.b_in.recv(), self.b_trace_in.recv()
         if p["transpose_b"]:
             b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
-        a_new = np.where(a != 0, np.abs(a_hat) if p["official"] else a_hat, 0.0)
-        out = p["factor"] * (a @ b_hat + a_hat @ b - a_new @ b)
-        t_rel = self.time_step - 1 - p["bias_start"]
-        if p["injected_bias"] is not None and 0 <= t_rel < p["timesteps"]:
-            out = out + p["injected_bias"]
+        out = p["factor"] * dynamics.trace_product(a, a_hat, b, b_hat, p["official"])
+        out = out + dynamics.window_bias(p["injected_bias"], self.time_step - 1, p["bias_start"], p["timesteps"])
         self.a_out.send(np.broadcast_to(out, p["shape_out"]))

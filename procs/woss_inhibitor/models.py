@@ -8,7 +8,9 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
+from lava_spikedattn.procs.woss_neuron.models import woss_params
 
 
 @implements(proc=WossInhibitor, protocol=LoihiProtocol)
@@ -26,19 +28,13 @@ class PyWossInhibitorModelFloat(PyLoihiProcessModel):
     theta: np.ndarray = LavaPyType(np.ndarray, float)
     spike_sum: np.ndarray = LavaPyType(np.ndarray, float)
 
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.params = woss_params(proc_params)
+
     def run_spk(self) -> None:
-        p = self.proc_params
-        x = self.a_in.recv()
-        t_rel = self.time_step - 1 - p["start"]
-        shift = np.zeros(self.open.shape)
-        if 0 <= t_rel < p["timesteps"]:
-            m = x.max(axis=-1, keepdims=True)
-            shift = m * self.open
-            self.open[m > 0] = False
-        self.shift_out.send(shift)
-        k = t_rel - p["wait"]
-        if 0 <= k < p["timesteps"]:
-            self.theta[:] = p["theta0"] - k * p["slope"]
-        self.theta_out.send(self.theta.copy())
+        t = self.time_step - 1
+        self.shift_out.send(dynamics.woss_shift(self.open, self.params, t, self.a_in.recv()))
+        self.theta_out.send(np.array([dynamics.woss_threshold(self.theta, self.params, t)]))
         self.spike_sum[:] = self.trace_in.recv().sum(axis=-1, keepdims=True)
         self.norm_out.send(self.spike_sum.copy())

@@ -39,19 +39,14 @@ class WossInhibitor(AbstractProcess):
     def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
                  wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
                  name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
-        owner = "WossInhibitor"
-        shape = params.shape_tuple(owner, "shape", shape)
-        code = params.phase_code(owner, code)
-        start, wait = params.window(owner, code, start, wait)
-        ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
-        row_shape = shape[:-1] + (1,)
-        super().__init__(shape=shape, timesteps=code.timesteps, start=start, wait=wait,
-                         slope=code.woss_slope, theta0=ramp * code.woss_slope, name=name, log_config=log_config)
+        p = params.woss_params("WossInhibitor", shape, code, start, wait, ramp_start)
+        super().__init__(**p, name=name, log_config=log_config)
+        shape, row_shape = p["shape"], p["shape"][:-1] + (1,)
         self.a_in = InPort(shape=shape)
         self.trace_in = InPort(shape=shape)
         self.shift_out = OutPort(shape=row_shape)
         self.theta_out = OutPort(shape=(1,))
         self.norm_out = OutPort(shape=row_shape)
         self.open = Var(shape=row_shape, init=True)
-        self.theta = Var(shape=(1,), init=ramp * code.woss_slope)
+        self.theta = Var(shape=(1,), init=p["theta0"])
         self.spike_sum = Var(shape=row_shape, init=0.0)

@@ -8,6 +8,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 
 
@@ -15,7 +16,7 @@ from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 @requires(CPU)
 @tag("floating_pt")
 class PyWossNeuronModelFloat(PyLoihiProcessModel):
-    """Mirrors the neuron part of ``reference.stepped.WOSSSim``."""
+    """``dynamics.woss_neuron_step``: the neuron part of ``reference.stepped.WOSSSim``."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     shift_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
@@ -29,20 +30,21 @@ class PyWossNeuronModelFloat(PyLoihiProcessModel):
     fire_step: np.ndarray = LavaPyType(np.ndarray, int)
     latched: np.ndarray = LavaPyType(np.ndarray, float)
 
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.params = woss_params(proc_params)
+
     def run_spk(self) -> None:
-        p = self.proc_params
         x, shift = self.a_in.recv(), self.shift_in.recv()
         theta, trace = self.theta_in.recv()[0], self.trace_in.recv()[0]
-        t_rel = self.time_step - 1 - p["start"]
-        spikes = np.zeros_like(self.v)
-        if 0 <= t_rel < p["timesteps"]:
-            self.v[:] = p["base"] * self.v + (x - shift)
-        if p["wait"] <= t_rel < p["wait"] + p["timesteps"]:
-            new = (self.v >= theta) & ~self.fired
-            self.latched[new] = trace
-            self.fire_step[new] = t_rel - p["wait"]
-            self.fired[new] = True
-            spikes = new.astype(float)
+        spikes = dynamics.woss_neuron_step(self.v, self.fired, self.latched, self.fire_step, self.params,
+                                           self.time_step - 1, x, shift, theta, trace)
         self.s_out.send(spikes)
         self.trace_out.send(self.latched.copy())
         self.v_out.send(self.v.copy())
+
+
+def woss_params(p) -> dynamics.WossParams:
+    """WossParams from the proc_params of a WossNeuron or WossInhibitor."""
+    return dynamics.WossParams(base=p["base"], timesteps=p["timesteps"], start=p["start"], wait=p["wait"],
+                               slope=p["slope"], theta0=p["theta0"])

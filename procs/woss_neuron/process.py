@@ -25,7 +25,8 @@ class WossNeuron(AbstractProcess):
     threshold ramp come from a :class:`WossInhibitor`; ``latched`` is the softmax weight before
     the row normalisation, ``trace_start·B^-k`` for an entry that fired at step k.
 
-    Args (keyword-only): shape (..., N, M) with keys on the last axis; code; start; wait.
+    Args (keyword-only): shape (..., N, M) with keys on the last axis; code; start; wait;
+    ramp_start — the same arguments as the population's :class:`WossInhibitor`.
     Ports: a_in (logit spikes, ANN units), shift_in (..., N, 1), theta_in (1,), trace_in (1,)
     from a TraceHolder; s_out (0/1 spikes), trace_out (latched), v_out (membrane probe).
     Vars: v, fired, fire_step, latched.
@@ -34,14 +35,11 @@ class WossNeuron(AbstractProcess):
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
 
     def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
-                 wait: ty.Optional[int] = None, name: ty.Optional[str] = None,
-                 log_config: ty.Optional[LogConfig] = None) -> None:
-        owner = "WossNeuron"
-        shape = params.shape_tuple(owner, "shape", shape)
-        code = params.phase_code(owner, code)
-        start, wait = params.window(owner, code, start, wait)
-        super().__init__(shape=shape, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
-                         name=name, log_config=log_config)
+                 wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
+                 name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
+        p = params.woss_params("WossNeuron", shape, code, start, wait, ramp_start)
+        super().__init__(**p, name=name, log_config=log_config)
+        shape = p["shape"]
         self.a_in = InPort(shape=shape)
         self.shift_in = InPort(shape=shape[:-1] + (1,))
         self.theta_in = InPort(shape=(1,))

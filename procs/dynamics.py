@@ -1,0 +1,158 @@
+"""numpy state updates of SpikedAttention's populations, shared by every floating-point model.
+
+The leaf ProcessModels (one Process per population) and the fused block models (a whole block
+in one Process) call these same functions, so each equation exists once on the Lava side. They
+mirror ``lava_spikedattn.reference.stepped`` (the torch oracle) operation for operation. State
+arrays are updated in place (they are the models' Vars). numpy only: no torch in Lava workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class PhaseState:
+    """Phase-neuron population: membrane, first-spike mask, sign, latched trace, fire step."""
+
+    v: np.ndarray
+    fired: np.ndarray
+    sign: np.ndarray
+    latched: np.ndarray
+    fire_step: np.ndarray
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> "PhaseState":
+        return cls(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
+                   np.full(shape, -1, dtype=int))
+
+    def decoded(self, scale: np.ndarray) -> np.ndarray:
+        """sign·scale·latched of fired neurons (trace_v, ANN units), 0 otherwise."""
+        return self.latched * self.sign * scale
+
+
+@dataclass(frozen=True)
+class PhaseParams:
+    """Constants of a phase-neuron population (computed by the Process from its PhaseCode)."""
+
+    scale: np.ndarray
+    gain: float
+    timesteps: int
+    start: int
+    wait: int
+    threshold: float
+    signed: bool
+    normalized: bool
+
+    @classmethod
+    def from_proc_params(cls, p) -> "PhaseParams":
+        return cls(scale=p["scale"], gain=p["base"], timesteps=p["timesteps"], start=p["start"],
+                   wait=p["wait"], threshold=p["threshold"], signed=p["signed"],
+                   normalized=p["divisor_shape"] is not None)
+
+
+def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: float,
+               divisor: np.ndarray | None = None) -> np.ndarray:
+    """Advance the population to step ``t`` (0-based); returns the graded spikes sign·scale."""
+    t_rel = t - p.start
+    spikes = np.zeros_like(s.v)
+    if not 0 <= t_rel < p.timesteps + p.wait:
+        return spikes
+    if p.normalized and t_rel == p.wait:
+        safe = np.where(divisor == 0, 1.0, divisor)
+        s.v[:] = np.where(divisor == 0, 0.0, s.v / safe)
+    s.v[:] = p.gain * s.v
+    if t_rel < p.timesteps:
+        s.v[:] = s.v + x / p.scale
+    if t_rel >= p.wait:
+        fire = (s.v >= p.threshold).astype(float)
+        if p.signed:
+            fire -= s.v <= -p.threshold
+        fire[s.fired] = 0.0
+        new = fire != 0
+        s.latched[new] = trace
+        s.sign[new] = fire[new]
+        s.fire_step[new] = t_rel - p.wait
+        s.fired[new] = True
+        spikes = fire * p.scale
+    return spikes
+
+
+def trace_product(a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray, official: bool) -> np.ndarray:
+    """a @ B̂ + Â @ b − Â_new @ b (b, b̂ already in right-operand layout, (..., d, M))."""
+    a_new = np.where(a != 0, np.abs(a_hat) if official else a_hat, 0.0)
+    return a @ b_hat + a_hat @ b - a_new @ b
+
+
+@dataclass
+class WossState:
+    """WOSS population plus its inhibitory state (open rows, current threshold, spike sum)."""
+
+    v: np.ndarray
+    fired: np.ndarray
+    latched: np.ndarray
+    fire_step: np.ndarray
+    open: np.ndarray
+    theta: np.ndarray
+    spike_sum: np.ndarray
+
+
+@dataclass(frozen=True)
+class WossParams:
+    base: float
+    timesteps: int
+    start: int
+    wait: int
+    slope: float
+    theta0: float
+
+
+def woss_shift(open_rows: np.ndarray, p: WossParams, t: int, x: np.ndarray) -> np.ndarray:
+    """Inhibitor: the row shift of step ``t`` (winner's value at a row's first positive spike)."""
+    shift = np.zeros(open_rows.shape)
+    if 0 <= t - p.start < p.timesteps:
+        m = x.max(axis=-1, keepdims=True)
+        shift = m * open_rows
+        open_rows[m > 0] = False
+    return shift
+
+
+def woss_threshold(theta: np.ndarray, p: WossParams, t: int) -> float:
+    """Inhibitor: the shared threshold ramp, slope·(ramp_start − k) at fire step k."""
+    k = t - p.start - p.wait
+    if 0 <= k < p.timesteps:
+        theta[:] = p.theta0 - k * p.slope
+    return float(theta[0])
+
+
+def woss_neuron_step(v, fired, latched, fire_step, p: WossParams, t: int, x: np.ndarray,
+                     shift: np.ndarray, theta: float, trace: float) -> np.ndarray:
+    """WOSS neurons: gain and shifted input in the input window, ramp comparison in the fire window."""
+    t_rel = t - p.start
+    spikes = np.zeros_like(v)
+    if 0 <= t_rel < p.timesteps:
+        v[:] = p.base * v + (x - shift)
+    if p.wait <= t_rel < p.wait + p.timesteps:
+        new = (v >= theta) & ~fired
+        latched[new] = trace
+        fire_step[new] = t_rel - p.wait
+        fired[new] = True
+        spikes = new.astype(float)
+    return spikes
+
+
+def global_trace(previous: float, t: int, phase: int, timesteps: int, base: float, trace_start: float) -> float:
+    """TraceHolder: decays by 1/B per step and returns to trace_start every T steps."""
+    k = (t - phase) % timesteps
+    if k == 0:
+        return trace_start
+    if t == 0:  # the first step falls inside a period: start from its phase
+        return trace_start * base**-k
+    return previous / base
+
+
+def window_bias(bias: np.ndarray | None, t: int, start: int, timesteps: int) -> np.ndarray | float:
+    """The per-step injected bias (already divided by the bias divisor) inside its T-step window."""
+    return bias if bias is not None and 0 <= t - start < timesteps else 0.0
