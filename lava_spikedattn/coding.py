@@ -147,6 +147,17 @@ class PhaseCode:
         """Constant fire threshold of a phase neuron with wait W: B^W·(1+1/B)/2 (spec §1.1)."""
         return self.base**wait * self.midpoint
 
+    #: Membrane gain of the first-layer convert neuron, which integrates the radix-2 input code.
+    convert_gain = 2.0
+
+    def convert_threshold(self, wait: int, k: int) -> float:
+        """Threshold of the convert neuron at fire step k (spec §1.4).
+
+        θ_k = 2^W·(1+1/B)/2·(B/unit_gain)·(2/B)^(k+1): it fires at the same step as a phase
+        neuron fed the value of the bit-serial code.
+        """
+        return 2.0**wait * self.midpoint * self.base / self.unit_gain * (2.0 / self.base) ** (k + 1)
+
     # --- level set -------------------------------------------------------------------------------
     @property
     def levels(self) -> torch.Tensor:

@@ -42,14 +42,14 @@ class PhaseParams:
     timesteps: int
     start: int
     wait: int
-    threshold: float
+    thresholds: np.ndarray  # (T,): θ_k per fire step (constant except for the convert neuron)
     signed: bool
     normalized: bool
 
     @classmethod
     def from_proc_params(cls, p) -> "PhaseParams":
-        return cls(scale=p["scale"], gain=p["base"], timesteps=p["timesteps"], start=p["start"],
-                   wait=p["wait"], threshold=p["threshold"], signed=p["signed"],
+        return cls(scale=p["scale"], gain=p["gain"], timesteps=p["timesteps"], start=p["start"],
+                   wait=p["wait"], thresholds=p["thresholds"], signed=p["signed"],
                    normalized=p["divisor_shape"] is not None)
 
 
@@ -67,9 +67,10 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
     if t_rel < p.timesteps:
         s.v[:] = s.v + x / p.scale
     if t_rel >= p.wait:
-        fire = (s.v >= p.threshold).astype(float)
+        theta = p.thresholds[t_rel - p.wait]
+        fire = (s.v >= theta).astype(float)
         if p.signed:
-            fire -= s.v <= -p.threshold
+            fire -= s.v <= -theta
         fire[s.fired] = 0.0
         new = fire != 0
         s.latched[new] = trace
@@ -151,6 +152,15 @@ def global_trace(previous: float, t: int, phase: int, timesteps: int, base: floa
     if t == 0:  # the first step falls inside a period: start from its phase
         return trace_start * base**-k
     return previous / base
+
+
+def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | None,
+                 out_index: np.ndarray | None, bias: np.ndarray | float = 0.0) -> np.ndarray:
+    """Gather the input layout, apply the weight along the last axis (+ bias), gather the output."""
+    if in_index is not None:
+        x = x.reshape(-1)[in_index]
+    y = x @ weight_t + bias
+    return y if out_index is None else y.reshape(-1)[out_index]
 
 
 def window_bias(bias: np.ndarray | None, t: int, start: int, timesteps: int) -> np.ndarray | float:

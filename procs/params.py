@@ -74,3 +74,17 @@ def woss_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty
     ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
     return dict(shape=shape, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
                 slope=code.woss_slope, theta0=ramp * code.woss_slope)
+
+
+def index(owner: str, name: str, value: ty.Any, size: int) -> np.ndarray | None:
+    """A gather index: an integer array (any shape) of flat positions in [0, size), or None."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.ndim == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{owner}: {name} must be an integer array, got {arr.dtype} of shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= size):
+        raise ValueError(f"{owner}: {name} holds positions outside [0, {size})")
+    arr = arr.astype(np.int64)
+    arr.setflags(write=False)
+    return arr

@@ -133,11 +133,11 @@ class PhaseNeuronSim:
         self.t += 1
         return out
 
-    def _next_threshold(self) -> float:
+    def _threshold(self, k: int) -> float:
         return self.threshold
 
     def _fire(self, k: int) -> torch.Tensor:
-        theta = self._next_threshold()
+        theta = self._threshold(k)
         s = (self.v >= theta).double()
         if self.signed:
             s = s - (self.v <= -theta).double()
@@ -154,19 +154,16 @@ class PhaseNeuronSim:
 class ConvertNeuronSim(PhaseNeuronSim):
     """First-layer neuron that converts the bit-serial input code into the phase code (§1.4).
 
-    Membrane gain 2 instead of B; the threshold starts at 2^W·(1+1/B)/2·B/unit_gain and is
-    multiplied by 2/B before every fire comparison, so it fires at the same step as a phase
-    neuron fed the (truncated) input value.
+    Membrane gain 2 instead of B and the growing threshold ``code.convert_threshold(W, k)``, so
+    it fires at the same step as a phase neuron fed the (truncated) input value.
     """
 
     def __init__(self, code: PhaseCode, scale, shape, **kwargs) -> None:
         super().__init__(code, scale, shape, **kwargs)
-        self.gain = 2.0
-        self.threshold = 2.0**self.wait * code.midpoint * code.base / code.unit_gain
+        self.gain = code.convert_gain
 
-    def _next_threshold(self) -> float:
-        self.threshold = self.threshold * 2.0 / self.code.base
-        return self.threshold
+    def _threshold(self, k: int) -> float:
+        return self.code.convert_threshold(self.wait, k)
 
 
 class BitSerialEncoderSim:

@@ -21,8 +21,8 @@ class PhaseNeuron(AbstractProcess):
 
         v = v / div_in                       once at t_rel = W if ``divisor_shape`` is set (§4.5)
         v = B·v + a_in/scale                 a_in counted only in the input window t_rel < T
-        s = [v ≥ θ] − [v ≤ −θ]               bipolar ([v ≥ θ] unipolar), fire window t_rel ≥ W,
-                                             first spike only; θ = B^W·(1+1/B)/2, no reset
+        s = [v ≥ θ_k] − [v ≤ −θ_k]           bipolar ([v ≥ θ_k] unipolar) at fire step k = t_rel − W,
+                                             first spike only; θ_k = B^W·(1+1/B)/2, no reset
         latched = trace_in                   at the first spike
 
     Args (keyword-only):
@@ -33,6 +33,8 @@ class PhaseNeuron(AbstractProcess):
         start, wait: window placement; wait defaults to T.
         divisor_shape: shape of ``div_in`` (e.g. (..., N, 1)) for the attention×V neuron that
             divides its membrane by the WOSS spike sum; rows with divisor 0 are cleared (silent).
+        bit_serial_input: the first layer's convert neuron (spec §1.4): membrane gain 2 and the
+            growing threshold ``code.convert_threshold(W, k)``, for inputs in the radix-2 code.
 
     Ports:
         a_in: input current in ANN units (several connections are summed).
@@ -57,6 +59,7 @@ class PhaseNeuron(AbstractProcess):
         start: int = 0,
         wait: ty.Optional[int] = None,
         divisor_shape: ty.Optional[ty.Tuple[int, ...]] = None,
+        bit_serial_input: bool = False,
         name: ty.Optional[str] = None,
         log_config: ty.Optional[LogConfig] = None,
     ) -> None:
@@ -68,9 +71,13 @@ class PhaseNeuron(AbstractProcess):
         if divisor_shape is not None:
             divisor_shape = params.shape_tuple(owner, "divisor_shape", divisor_shape)
             params.array(owner, "divisor_shape", np.ones(divisor_shape), shape)
+        if bit_serial_input:
+            gain, thresholds = code.convert_gain, [code.convert_threshold(wait, k) for k in range(code.timesteps)]
+        else:
+            gain, thresholds = code.base, [code.neuron_threshold(wait)] * code.timesteps
         super().__init__(
-            shape=shape, scale=scale, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
-            threshold=code.neuron_threshold(wait), signed=bool(signed), divisor_shape=divisor_shape,
+            shape=shape, scale=scale, gain=gain, timesteps=code.timesteps, start=start, wait=wait,
+            thresholds=np.array(thresholds), signed=bool(signed), divisor_shape=divisor_shape,
             name=name, log_config=log_config,
         )
         self.code = code

@@ -22,5 +22,7 @@ class PyTokenLinearModelFloat(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         p = self.proc_params
-        out = self.s_in.recv() @ p["weight_t"]
-        self.a_out.send(out + dynamics.window_bias(p["injected_bias"], self.time_step - 1, p["bias_start"], p["timesteps"]))
+        out = dynamics.token_linear(self.s_in.recv(), p["weight_t"], p["in_index"], p["out_index"],
+                                    dynamics.window_bias(p["injected_bias"], self.time_step - 1,
+                                                         p["bias_start"], p["timesteps"]))
+        self.a_out.send(out)

@@ -15,15 +15,21 @@ from lava_spikedattn.procs import params
 class TokenLinear(AbstractProcess):
     """Token-wise dense synapses (Lava's ``Dense`` only takes 1-D inputs)::
 
-        a_out[..., o] = Σ_i weight[o, i]·s_in[..., i]  [+ bias[o]/bias_divisor for T steps from bias_start]
+        x = s_in.flat[in_index]                        (optional input layout, shape (..., in))
+        y[..., o] = Σ_i weight[o, i]·x[..., i]  [+ bias[o]/bias_divisor for T steps from bias_start]
+        a_out = y.flat[out_index]                      (optional output layout)
+
+    The layouts are gathers that cost no extra Process: window partition with the cyclic shift,
+    head split/merge, window reverse, the 2×2 gather of patch merging, a transpose for pooling.
 
     The bias is injected on each of the receiving neuron's T input steps divided by
     ``code.bias_divisor`` (S exact, S−1 official; spec §3.2, §5.3), so it integrates to the
     ANN's bias.
 
-    Args (keyword-only): shape_in (..., in); weight (out, in); bias (out,) or None; code (needed
-    with a bias); bias_start.
-    Ports: s_in (..., in) graded spikes; a_out (..., out) current.
+    Args (keyword-only): shape_in (the s_in shape); weight (out, in); bias (out,) or None; code
+    (needed with a bias); bias_start; in_index (int array (..., in) of flat s_in positions);
+    out_index (int array, the a_out shape, of flat positions of y).
+    Ports: s_in graded spikes; a_out current.
     """
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
@@ -36,17 +42,23 @@ class TokenLinear(AbstractProcess):
         bias: ty.Any = None,
         code: ty.Optional[PhaseCode] = None,
         bias_start: int = 0,
+        in_index: ty.Any = None,
+        out_index: ty.Any = None,
         name: ty.Optional[str] = None,
         log_config: ty.Optional[LogConfig] = None,
     ) -> None:
         owner = "TokenLinear"
         shape_in = params.shape_tuple(owner, "shape_in", shape_in)
+        in_index = params.index(owner, "in_index", in_index, int(np.prod(shape_in)))
+        layout_in = shape_in if in_index is None else in_index.shape
         weight = np.array(weight, dtype=np.float64)
-        if weight.ndim != 2 or weight.shape[1] != shape_in[-1]:
-            raise ValueError(f"{owner}: weight must be (out, in) with in = shape_in[-1] = {shape_in[-1]}, "
-                             f"got {weight.shape}")
+        if weight.ndim != 2 or weight.shape[1] != layout_in[-1]:
+            raise ValueError(f"{owner}: weight must be (out, in) with in = {layout_in[-1]} (the last axis of "
+                             f"{'in_index' if in_index is not None else 'shape_in'}), got {weight.shape}")
         weight = params.array(owner, "weight", weight, weight.shape)
-        shape_out = shape_in[:-1] + (weight.shape[0],)
+        shape_y = layout_in[:-1] + (weight.shape[0],)
+        out_index = params.index(owner, "out_index", out_index, int(np.prod(shape_y)))
+        shape_out = shape_y if out_index is None else out_index.shape
         timesteps = 0
         if bias is not None:
             if code is None:
@@ -55,6 +67,7 @@ class TokenLinear(AbstractProcess):
             bias = params.array(owner, "bias", np.asarray(bias) / code.bias_divisor, (weight.shape[0],))
             timesteps = code.timesteps
         super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),
+                         in_index=in_index, out_index=out_index,
                          injected_bias=bias, timesteps=timesteps,
                          bias_start=params.non_negative_int(owner, "bias_start", bias_start),
                          name=name, log_config=log_config)
