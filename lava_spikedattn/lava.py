@@ -77,6 +77,7 @@ def run_processes(
         select_tag: str = "floating_pt",
         timeout: ty.Optional[float] = None,
         stop_timeout: float = 10.0,
+        timings: ty.Optional[ty.Dict[str, float]] = None,
 ) -> ty.Dict[str, np.ndarray]:
     """Compile and run the graph containing ``sinks`` for ``num_steps``.
 
@@ -94,6 +95,12 @@ def run_processes(
         ``None`` waits indefinitely.
     stop_timeout
         Seconds Lava's stop protocol may take before the workers are killed.
+    timings
+        Optional dict filled with wall-clock seconds of the phases:
+        ``"compile_s"`` (Lava's compiler), ``"init_s"`` (building the runtime
+        and forking the workers), ``"run_s"`` (the ``num_steps`` steps) and
+        ``"stop_s"`` (stop protocol and teardown). A phase that was not
+        reached (the run failed earlier) is missing.
 
     Returns
     -------
@@ -131,7 +138,9 @@ def run_processes(
         raise RuntimeError("SpikeSink needs the 'fork' start method (Lava "
                            "sets it on import on Linux/macOS)")
 
+    clock = _PhaseClock(timings)
     executable = root.compile(Loihi2SimCfg(select_tag=select_tag))
+    clock.lap("compile_s")
     runtime = Runtime(executable, ActorType.MultiProcessing,
                       loglevel=logging.WARNING)
     executable.assign_runtime_to_all_processes(runtime)
@@ -147,17 +156,38 @@ def run_processes(
                 runtime, f"building the ProcessModels failed: "
                          f"{type(exc).__name__}: {exc}",
                 fallback=[getattr(exc, "trace", "")]) from exc
+        clock.lap("init_s")
         runtime.start(RunSteps(num_steps=num_steps, blocking=False))
         _wait_until_done(runtime, timeout)
+        clock.lap("run_s")
         finished = True
     finally:
         try:
+            clock.restart()  # stop_s is the teardown alone, also after a failure
             _teardown(runtime, graceful=finished, stop_timeout=stop_timeout)
+            clock.lap("stop_s")
         finally:
             # Process.__del__ calls runtime.stop(); make that a no-op.
             for proc in executable.process_list:
                 proc.runtime = None
     return {name: sink.data()[:num_steps] for name, sink in named.items()}
+
+
+class _PhaseClock:
+    """Writes the seconds since the previous lap into ``timings[name]``."""
+
+    def __init__(self, timings: ty.Optional[ty.Dict[str, float]]) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def restart(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = now - self.last
+        self.last = now
 
 
 def _named_sinks(sinks: ty.Any) -> ty.Dict[str, SpikeSink]:

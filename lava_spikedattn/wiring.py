@@ -42,25 +42,42 @@ def inject(x: ty.Any, code: PhaseCode, num_steps: int, step: int = 0) -> SpikeSo
     return SpikeSource(data=one_shot(x, code, num_steps, step))
 
 
+def connect(source, destination) -> None:
+    """``source.connect(destination)`` with a ValueError naming both ports on a shape mismatch.
+
+    (Lava 0.10.0 raises a bare AssertionError that names neither port.)
+    """
+    if tuple(source.shape) != tuple(destination.shape):
+        raise ValueError(f"cannot connect {_port_name(source)} of shape {tuple(source.shape)} to "
+                         f"{_port_name(destination)} of shape {tuple(destination.shape)}")
+    source.connect(destination)
+
+
 def connect_trace(holder: TraceHolder, *populations) -> None:
     """Feed the global trace to populations that latch it (PhaseNeuron, WossNeuron)."""
     for population in populations:
-        holder.s_out.connect(population.trace_in)
+        connect(holder.s_out, population.trace_in)
 
 
 def connect_product(product: TraceMatMul, a, b) -> None:
     """Feed two populations' spikes and decoded traces into a :class:`TraceMatMul`."""
-    a.s_out.connect(product.a_in)
-    a.trace_out.connect(product.a_trace_in)
-    b.s_out.connect(product.b_in)
-    b.trace_out.connect(product.b_trace_in)
+    connect(a.s_out, product.a_in)
+    connect(a.trace_out, product.a_trace_in)
+    connect(b.s_out, product.b_in)
+    connect(b.trace_out, product.b_trace_in)
 
 
 def probe(port, num_steps: int) -> SpikeSink:
     """A sink that records an OutPort every step."""
     sink = SpikeSink(shape=tuple(port.shape), num_steps=num_steps)
-    port.connect(sink.a_in)
+    connect(port, sink.a_in)
     return sink
+
+
+def _port_name(port) -> str:
+    process = getattr(port, "process", None)
+    owner = f"{type(process).__name__}({process.name})" if process is not None else "?"
+    return f"{owner}.{port.name}"
 
 
 @dataclass
@@ -120,20 +137,20 @@ def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_lo
     }
     for name in ("q", "k", "v"):
         p[f"{name}_source"] = inject({"q": q, "k": k, "v": v}[name], code, steps)
-        p[f"{name}_source"].s_out.connect(p[name].a_in)
+        connect(p[f"{name}_source"].s_out, p[name].a_in)
     connect_trace(p["trace"], p["q"], p["k"], p["v"], p["woss"])
     connect_product(p["qk"], p["q"], p["k"])
-    p["qk"].a_out.connect(p["logits"].a_in)
-    p["logits"].s_out.connect(p["woss"].a_in)
-    p["logits"].s_out.connect(p["inhibitor"].a_in)
-    p["inhibitor"].shift_out.connect(p["woss"].shift_in)
-    p["inhibitor"].theta_out.connect(p["woss"].theta_in)
-    p["woss"].trace_out.connect(p["inhibitor"].trace_in)
-    p["v"].s_out.connect(p["v_delay"].s_in)
-    p["v"].trace_out.connect(p["v_trace_delay"].s_in)
+    connect(p["qk"].a_out, p["logits"].a_in)
+    connect(p["logits"].s_out, p["woss"].a_in)
+    connect(p["logits"].s_out, p["inhibitor"].a_in)
+    connect(p["inhibitor"].shift_out, p["woss"].shift_in)
+    connect(p["inhibitor"].theta_out, p["woss"].theta_in)
+    connect(p["woss"].trace_out, p["inhibitor"].trace_in)
+    connect(p["v"].s_out, p["v_delay"].s_in)
+    connect(p["v"].trace_out, p["v_trace_delay"].s_in)
     connect_product(p["av"], p["woss"], _Stream(p["v_delay"].a_out, p["v_trace_delay"].a_out))
-    p["av"].a_out.connect(p["out"].a_in)
-    p["inhibitor"].norm_out.connect(p["out"].div_in)
+    connect(p["av"].a_out, p["out"].a_in)
+    connect(p["inhibitor"].norm_out, p["out"].div_in)
     core = AttentionCore(code=code, processes=p)
     core.sinks["out"] = probe(p["out"].s_out, steps)
     for name in probes:

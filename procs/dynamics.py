@@ -144,14 +144,12 @@ def woss_neuron_step(v, fired, latched, fire_step, p: WossParams, t: int, x: np.
     return spikes
 
 
-def global_trace(previous: float, t: int, phase: int, timesteps: int, base: float, trace_start: float) -> float:
-    """TraceHolder: decays by 1/B per step and returns to trace_start every T steps."""
-    k = (t - phase) % timesteps
-    if k == 0:
-        return trace_start
-    if t == 0:  # the first step falls inside a period: start from its phase
-        return trace_start * base**-k
-    return previous / base
+def global_trace(t: int, phase: int, timesteps: int, base: float, trace_start: float) -> float:
+    """TraceHolder: trace_start·B^-k, k = (t − phase) mod T — a 1/B decay per step, reset every T.
+
+    Written in closed form (not as repeated division) so it is bitwise the reference's value.
+    """
+    return trace_start * base ** -((t - phase) % timesteps)
 
 
 def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | None,

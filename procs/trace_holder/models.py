@@ -23,6 +23,6 @@ class PyTraceHolderModelFloat(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         p = self.proc_params
-        self.value[:] = dynamics.global_trace(self.value[0], self.time_step - 1, p["phase"], p["timesteps"],
-                                              p["base"], p["trace_start"])
+        self.value[:] = dynamics.global_trace(self.time_step - 1, p["phase"], p["timesteps"], p["base"],
+                                              p["trace_start"])
         self.s_out.send(self.value.copy())

@@ -15,8 +15,7 @@ from lava_spikedattn.procs import params
 class TraceHolder(AbstractProcess):
     """One global trace per network (the paper's hardware picture, spec §2)::
 
-        value[t] = trace_start                  if (t − phase) mod T == 0
-        value[t] = value[t−1] / B               otherwise
+        value[t] = trace_start·B^-((t − phase) mod T)      (decays by 1/B per step, reset every T)
 
     trace_start is 1 (exact) or 1/B (official). With W = T every layer's fire window starts at
     a multiple of T, so one holder with ``phase = 0`` serves the whole pipeline; a neuron whose
