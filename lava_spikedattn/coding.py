@@ -236,13 +236,13 @@ class PhaseCode:
 
     def _fire_step(self, x: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
         r = (x.abs() if signed else x) / scale
-        ascending = self.fire_thresholds.flip(0).to(r.dtype)
+        ascending = self.fire_thresholds.flip(0).to(dtype=r.dtype, device=r.device)
         k = self.timesteps - torch.searchsorted(ascending, r.contiguous(), right=True)
         return k.masked_fill_(k == self.timesteps, -1)
 
     def _decode(self, k: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         # Index −1 (silent) picks the appended 0.
-        padded = torch.cat([self.levels, torch.zeros(1, dtype=torch.float64)]).to(scale.dtype)
+        padded = torch.cat([self.levels, torch.zeros(1, dtype=torch.float64)]).to(dtype=scale.dtype, device=k.device)
         return sign * scale * padded[k]
 
     def _prepare(self, x, scale) -> tuple[torch.Tensor, torch.Tensor]:
