@@ -248,3 +248,31 @@ def test_attention_core_tracks_float_attention_at_paper_settings():
     assert errors["exact"] < 0.12, errors
     # The release's slips (third-term sign, levels topping at scale/B, softmax(B·l̂)) cost more.
     assert errors["official"] > 2 * errors["exact"], errors
+
+
+@pytest.mark.parametrize("convention", ["exact", "official"])
+def test_key_mask_padded_keys_never_fire(convention):
+    code = PhaseCode(1.2, 16, convention)
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 2, 6, 4, dtype=torch.float64, generator=g) for _ in range(3))
+    lengths = torch.tensor([6, 4])  # sample 1 has two padded keys
+    key_mask = (torch.arange(6) < lengths[:, None])[:, None, None, :]  # (batch, 1, 1, M)
+    logits = q @ k.transpose(-1, -2) * 0.5
+    scales = (q.abs().amax(-1, keepdim=True), k.abs().amax(-1, keepdim=True), v.abs().amax(-1, keepdim=True),
+              torch.where(key_mask, logits, 0.0).abs().amax(-1, keepdim=True), 2.0)
+    outs = [F.spiking_attention(q, k, v, code, *scales, key_mask=key_mask, engine=e) for e in ENGINES]
+    close(outs[0], outs[1], SAME)
+    p = closed.woss(closed.attention_logits(q, k, code, *scales[:2]), code, scales[3], key_mask=key_mask)
+    assert p.probabilities[1, ..., 4:].abs().max() == 0 and (p.fire_step[1, ..., 4:] == -1).all()
+    # The padded sample equals the same sample cut to its 4 real keys.
+    short = F.spiking_attention(q[1:, :, :, :], k[1:, :, :4], v[1:, :, :4], code, scales[0][1:], scales[1][1:, :, :4],
+                                scales[2][1:, :, :4], scales[3][1:], 2.0)
+    close(outs[0][1:], short, SAME)
+    # A row with no key present decodes to 0 and never NaN.
+    none = F.woss_softmax(logits, code, scales[3], key_mask=torch.zeros(6, dtype=torch.bool), engine="stepped")
+    assert torch.isfinite(none).all() and none.abs().sum() == 0
+
+
+def test_key_mask_must_be_bool():
+    with pytest.raises(ValueError, match="key_mask must be a bool"):
+        F.woss_softmax(torch.ones(2, 3), PhaseCode(1.2, 4), 1.0, key_mask=torch.ones(3))

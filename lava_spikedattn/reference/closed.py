@@ -50,22 +50,26 @@ class WossResult:
         return torch.where(total > 0, self.decoded / torch.where(total > 0, total, 1.0), 0.0)
 
 
-def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None) -> WossResult:
+def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None, key_mask=None) -> WossResult:
     """WOSS softmax of logits encoded with one scale per row (spec §4.4, closed form).
 
     Entry j fires at ``k_j = max(0, ⌈ramp_start + unit_gain·(m − l̂_j)/ln B⌉)`` if k_j < T, where
     l̂ are the decoded logits and m the winner's value subtracted at the row's first positive
     spike (0 for rows without one; a row whose entries all fire negative in one step shifts by
-    that common value, as the release does).
+    that common value, as the release does). ``key_mask`` (bool, broadcastable, True = key
+    present) disables absent keys (padding): their logit and WOSS neurons never fire.
     """
     l_hat = code.quantize(logits, scale)
-    m = l_hat.amax(dim=-1, keepdim=True)
-    all_same_negative = (l_hat == m).all(dim=-1, keepdim=True) & (m < 0)
+    present = torch.ones_like(l_hat, dtype=torch.bool) if key_mask is None else key_mask.expand_as(l_hat)
+    l_hat = torch.where(present, l_hat, torch.zeros_like(l_hat))
+    m = torch.where(present, l_hat, torch.full_like(l_hat, -math.inf)).amax(dim=-1, keepdim=True)
+    any_present = present.any(dim=-1, keepdim=True)
+    all_same_negative = ((l_hat == m) | ~present).all(dim=-1, keepdim=True) & (m < 0) & any_present
     shift = torch.where((m > 0) | all_same_negative, m, torch.zeros_like(m))
     ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
     steps = torch.ceil(ramp + code.unit_gain * (shift - l_hat) / math.log(code.base))
     k = steps.clamp(min=0).long()
-    fired = k < code.timesteps
+    fired = (k < code.timesteps) & present
     k = torch.where(fired, k, torch.full_like(k, -1))
     decoded = torch.where(fired, code.trace_start * code.base ** -k.clamp(min=0).double(), 0.0)
     decoded = decoded.to(l_hat.dtype)
@@ -73,12 +77,12 @@ def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None) -> Wos
 
 
 def woss_attention(logits, values, code: PhaseCode, scale_logits, scale_values, scale_out,
-                   ramp_start: float | None = None) -> torch.Tensor:
+                   ramp_start: float | None = None, key_mask=None) -> torch.Tensor:
     """Decoded attention×V output: quantize(WOSS(l̂) · V̂) with the spike-sum normalisation (§4.5).
 
     logits: (..., N, M), values: (..., M, d) → (..., N, d).
     """
-    p = woss(logits, code, scale_logits, ramp_start).probabilities
+    p = woss(logits, code, scale_logits, ramp_start, key_mask).probabilities
     return code.quantize(p @ code.quantize(values, scale_values), scale_out)
 
 
@@ -115,10 +119,11 @@ def attention_logits(q, k, code: PhaseCode, scale_q, scale_k, bias=None) -> torc
 
 
 def spiking_attention(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out,
-                      bias=None, ramp_start: float | None = None) -> torch.Tensor:
+                      bias=None, ramp_start: float | None = None, key_mask=None) -> torch.Tensor:
     """Decoded output of the whole spiking attention core (closed form).
 
-    q, k, v: (..., N, d), (..., M, d), (..., M, dv); ``scale_logits`` one per row (..., N, 1).
+    q, k, v: (..., N, d), (..., M, d), (..., M, dv); ``scale_logits`` one per row (..., N, 1);
+    ``key_mask`` (bool, broadcastable to (..., N, M), True = key present).
     """
     logits = attention_logits(q, k, code, scale_q, scale_k, bias)
-    return woss_attention(logits, v, code, scale_logits, scale_v, scale_out, ramp_start)
+    return woss_attention(logits, v, code, scale_logits, scale_v, scale_out, ramp_start, key_mask)

@@ -22,6 +22,7 @@ from lava_spikedattn.reference.stepped import (
     ConvertNeuronSim,
     PhaseNeuronSim,
     WOSSSim,
+    key_mask_tensor,
     trace_product,
 )
 
@@ -95,7 +96,7 @@ def trace_matmul(a, b, code: PhaseCode, scale_a, scale_b, *, engine: str = "clos
 
 
 def woss_softmax(logits, code: PhaseCode, scale, *, engine: str = "closed",
-                 ramp_start: float | None = None) -> torch.Tensor:
+                 ramp_start: float | None = None, key_mask=None) -> torch.Tensor:
     """Row-normalised WOSS probabilities of phase-coded logits (keys on the last axis).
 
     Args:
@@ -103,18 +104,21 @@ def woss_softmax(logits, code: PhaseCode, scale, *, engine: str = "closed",
         scale: scalar or (..., N, 1).
         ramp_start: initial WOSS threshold in units of its slope (default: the convention's;
             the released BERT code used 1.0).
+        key_mask: bool, broadcastable to the logits, True where the key is present; absent
+            keys (padding) never fire and get probability 0.
     Returns:
         (..., N, M) probabilities; a row in which no entry fires is all zeros (never NaN).
     """
     _check_engine(engine)
     logits = _tensor("logits", logits)
     _check_row_scale(scale, logits)
+    present = key_mask_tensor(key_mask, logits.shape)
     if engine == "closed":
-        return closed.woss(logits, code, scale, ramp_start).probabilities
+        return closed.woss(logits, code, scale, ramp_start, present).probabilities
     neuron = PhaseNeuronSim(code, scale, logits.shape)
-    wta = WOSSSim(code, logits.shape, start=code.timesteps, ramp_start=ramp_start)
+    wta = WOSSSim(code, logits.shape, start=code.timesteps, ramp_start=ramp_start, key_mask=present)
     for t in range(wta.start + wta.wait + code.timesteps):
-        wta.step(neuron.step(_inject(code, logits, t)))
+        wta.step(neuron.step(_inject(code, torch.where(present, logits, 0.0), t)))
     return wta.probabilities()
 
 
@@ -186,7 +190,8 @@ def encode_input(x, code: PhaseCode, scale, *, max_value: float | None = None,
 
 
 def spiking_attention(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out, *,
-                      bias=None, engine: str = "closed", ramp_start: float | None = None) -> torch.Tensor:
+                      bias=None, engine: str = "closed", ramp_start: float | None = None,
+                      key_mask=None) -> torch.Tensor:
     """The SpikedAttention core: q, k, v neurons → QKᵀ neuron → WOSS → attention×V neuron.
 
     Args:
@@ -196,6 +201,8 @@ def spiking_attention(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale
         scale_out: scale of the attention×V neuron, broadcastable to (..., N, dv).
         bias: optional additive logit bias broadcastable to (..., N, M) (relative-position bias,
             shifted-window mask); injected on every input step divided by ``code.bias_divisor``.
+        key_mask: bool, broadcastable to (..., N, M), True where the key is present (BERT
+            padding: absent keys' logit and WOSS neurons never fire).
     Returns:
         (..., N, dv) decoded output of the attention×V neuron.
 
@@ -216,8 +223,9 @@ def spiking_attention(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale
         bias = _tensor("bias", bias).to(q.dtype)
         broadcast_shape("logits", torch.empty(logit_shape), "bias", bias)
     _check_row_scale(scale_logits, torch.empty(logit_shape))
+    present = key_mask_tensor(key_mask, logit_shape)
     if engine == "closed":
         return closed.spiking_attention(q, k, v, code, scale_q, scale_k, scale_v, scale_logits,
-                                        scale_out, bias, ramp_start)
+                                        scale_out, bias, ramp_start, present)
     return AttentionCoreSim(q, k, v, code, scale_q, scale_k, scale_v, scale_logits, scale_out,
-                            bias=bias, ramp_start=ramp_start).run()
+                            bias=bias, ramp_start=ramp_start, key_mask=present).run()

@@ -204,7 +204,8 @@ class WOSSSim:
     value (the row maximum m) is subtracted from every entry of the row. Fire window (no gain):
     ``s = [v ≥ θ_k]`` with the shared threshold ramp θ_k = mv·ramp_start − k·mv, one spike per
     entry, which latches ``trace_start·B^-k``; ``spike_sum`` accumulates the row's latched
-    values, the normaliser handed to the attention×V neuron.
+    values, the normaliser handed to the attention×V neuron. Entries whose key is absent
+    (``key_mask`` False, e.g. padding) take no part in the row maximum and never fire.
     """
 
     def __init__(
@@ -215,11 +216,13 @@ class WOSSSim:
         start: int = 0,
         wait: int | None = None,
         ramp_start: float | None = None,
+        key_mask=None,
         record: bool = False,
     ) -> None:
         self.code = code
         self.shape = torch.Size(shape)
         self.start, self.wait = _window(code, start, wait)
+        self.present = key_mask_tensor(key_mask, self.shape)
         self.slope = code.woss_slope
         ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
         self.threshold0 = ramp * self.slope
@@ -242,13 +245,14 @@ class WOSSSim:
         out = None
         if 0 <= t_rel < T:
             x = torch.zeros(self.shape, dtype=torch.float64) if x is None else torch.as_tensor(x, dtype=torch.float64)
-            m = x.amax(dim=-1, keepdim=True)
+            m = torch.where(self.present, x, -math.inf).amax(dim=-1, keepdim=True)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with no key present
             x = x - m * self.block_input
             self.block_input = self.block_input & ~(m > 0)
             self.v = self.code.base * self.v + x
         if W <= t_rel < W + T:
             k = t_rel - W
-            s = (self.v >= self.threshold0 - k * self.slope) & ~self.fired
+            s = (self.v >= self.threshold0 - k * self.slope) & ~self.fired & self.present
             g = self.code.trace_start * self.code.base**-k
             self.latched = torch.where(s, torch.full_like(self.latched, g), self.latched)
             self.fire_step = torch.where(s, torch.full_like(self.fire_step, k), self.fire_step)
@@ -263,6 +267,17 @@ class WOSSSim:
         """Row-normalised latched traces; rows that never spiked give all zeros, not NaN."""
         total = self.spike_sum.unsqueeze(-1)
         return torch.where(total > 0, self.latched / torch.where(total > 0, total, 1.0), 0.0)
+
+
+def key_mask_tensor(key_mask, shape: torch.Size) -> torch.Tensor:
+    """Bool mask of present keys broadcast to ``shape`` (all True for None)."""
+    if key_mask is None:
+        return torch.ones(shape, dtype=torch.bool)
+    key_mask = torch.as_tensor(key_mask)
+    if key_mask.dtype != torch.bool:
+        raise ValueError(f"key_mask must be a bool tensor (True = key present), got {key_mask.dtype}")
+    broadcast_shape("logits", torch.empty(shape), "key_mask", key_mask)
+    return key_mask.expand(shape)
 
 
 def trace_product(a_spikes, a_decoded, b_spikes, b_decoded, code: PhaseCode) -> torch.Tensor:
@@ -285,24 +300,27 @@ class AttentionCoreSim:
     q/k/v neurons (start 0, input injected one-shot at step 0, fire [T, 2T)) → trace-driven QKᵀ
     (×d^-1/2, + bias/bias_divisor) into the logits neuron (start T) → WOSS (start 2T) →
     trace-driven attention×V with V delayed 2T steps → output neuron (start 3T, membrane divided
-    by the WOSS spike sum, fire [4T, 5T)). ``populations`` maps q, k, v, logits, woss, out to the
+    by the WOSS spike sum, fire [4T, 5T)). Absent keys (``key_mask`` False) get no logit input
+    and never fire in WOSS. ``populations`` maps q, k, v, logits, woss, out to the
     simulated populations; with ``record=True`` each keeps its per-step history.
     """
 
     def __init__(self, q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out, *,
-                 bias=None, ramp_start: float | None = None, record: bool = False) -> None:
+                 bias=None, ramp_start: float | None = None, key_mask=None, record: bool = False) -> None:
         T = code.timesteps
         self.code = code
         self.inputs = {"q": q, "k": k, "v": v}
         logit_shape = torch.broadcast_shapes(q[..., :1].shape, k[..., :1].transpose(-1, -2).shape)
         out_shape = logit_shape[:-1] + (v.shape[-1],)
         self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+        self.present = key_mask_tensor(key_mask, logit_shape)
         self.populations = {
             "q": PhaseNeuronSim(code, scale_q, q.shape, record=record),
             "k": PhaseNeuronSim(code, scale_k, k.shape, record=record),
             "v": PhaseNeuronSim(code, scale_v, v.shape, record=record),
             "logits": PhaseNeuronSim(code, scale_logits, logit_shape, start=T, record=record),
-            "woss": WOSSSim(code, logit_shape, start=2 * T, ramp_start=ramp_start, record=record),
+            "woss": WOSSSim(code, logit_shape, start=2 * T, ramp_start=ramp_start, key_mask=key_mask,
+                            record=record),
             "out": PhaseNeuronSim(code, scale_out, out_shape, start=3 * T, record=record),
         }
 
@@ -325,6 +343,7 @@ class AttentionCoreSim:
                                                    nk.decoded.transpose(-1, -2), code)
                 if self.bias is not None:
                     x_logits = x_logits + self.bias / code.bias_divisor
+                x_logits = torch.where(self.present, x_logits, 0.0)  # absent keys' neurons get nothing
                 v_fifo.append((s_v, nv.decoded.clone()))
             s_w = wta.step(logits.step(x_logits))
             x_out = None
