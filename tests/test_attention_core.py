@@ -38,6 +38,8 @@ def test_lava_attention_core_equals_reference(heads, convention, seed):
         history = sim.populations[name].history.stacked()
         assert torch.equal(torch.as_tensor(records[name]), history["spikes"]), name
         torch.testing.assert_close(torch.as_tensor(records[f"{name}.v"]), history["membrane"], atol=SAME, rtol=SAME)
+        fire_steps = torch.as_tensor(core.processes[name].recorded_fire_steps())
+        assert torch.equal(fire_steps, sim.populations[name].fire_step), name  # shared-memory record
     torch.testing.assert_close(out, expected, atol=SAME, rtol=0)
     closed_form = closed.spiking_attention(q, k, v, code, *scales, bias=bias)
     torch.testing.assert_close(out, closed_form, atol=SAME, rtol=0)

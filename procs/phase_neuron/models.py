@@ -38,6 +38,7 @@ class PyPhaseNeuronModelFloat(PyLoihiProcessModel):
         x, trace, divisor = self.a_in.recv(), self.trace_in.recv()[0], self.div_in.recv()
         state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step)
         spikes = dynamics.phase_step(state, self.params, self.time_step - 1, x, trace, divisor)
+        self.proc_params["fire_record"][...] = self.fire_step
         self.s_out.send(spikes)
         self.trace_out.send(state.decoded(self.params.scale))
         self.v_out.send(self.v.copy())

@@ -45,6 +45,8 @@ class PhaseNeuron(AbstractProcess):
         v_out: the membrane after this step (a probe; free when unconnected).
 
     Vars: v (membrane), fired (mask), fire_step (−1 = not yet), sign (±1 / 0), latched (trace).
+    After a run, :meth:`recorded_fire_steps` returns the fire steps of the whole population
+    (written to shared memory, so reading them costs nothing, unlike ``fire_step.get()``).
     """
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
@@ -78,7 +80,7 @@ class PhaseNeuron(AbstractProcess):
         super().__init__(
             shape=shape, scale=scale, gain=gain, timesteps=code.timesteps, start=start, wait=wait,
             thresholds=np.array(thresholds), signed=bool(signed), divisor_shape=divisor_shape,
-            name=name, log_config=log_config,
+            fire_record=params.shared_array(shape, np.int64, -1), name=name, log_config=log_config,
         )
         self.code = code
         self.a_in = InPort(shape=shape)
@@ -110,3 +112,7 @@ class PhaseNeuron(AbstractProcess):
     def end(self) -> int:
         """First step after the fire window."""
         return self.start + self.wait + self.code.timesteps
+
+    def recorded_fire_steps(self) -> np.ndarray:
+        """Fire step of every neuron in the last run (−1: silent), shape ``shape``."""
+        return np.array(self.proc_params["fire_record"], copy=True)

@@ -1,11 +1,12 @@
 """SpikeSink Process: records every step's input into parent-visible memory."""
 
-import mmap
 import typing as ty
 
 import numpy as np
 from lava.magma.core.process.ports.ports import InPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
+
+from lava_spikedattn.procs import params
 
 
 class SpikeSink(AbstractProcess):
@@ -55,7 +56,7 @@ class SpikeSink(AbstractProcess):
             raise ValueError(
                 f"SpikeSink: num_steps must be an int >= 1, got {num_steps!r}")
         num_steps = int(num_steps)
-        record = _shared_array((num_steps, *shape))
+        record = params.shared_array((num_steps, *shape))
         super().__init__(shape=shape, num_steps=num_steps, record=record,
                          name=name, log_config=log_config)
         self.a_in = InPort(shape=shape)
@@ -96,17 +97,3 @@ def _validated_shape(shape: ty.Any) -> ty.Tuple[int, ...]:
             f"SpikeSink: shape must be a non-empty tuple of ints >= 1, "
             f"got {shape!r}")
     return tuple(int(d) for d in dims)
-
-
-def _shared_array(shape: ty.Tuple[int, ...]) -> np.ndarray:
-    """NaN-filled float64 array on an anonymous MAP_SHARED memory map.
-
-    The map is inherited by forked children and stays alive as long as the
-    returned array (which references it through ``.base``).
-    """
-    nbytes = int(np.prod(shape)) * np.dtype(np.float64).itemsize
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_SHARED,
-                    prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    arr = np.ndarray(shape, dtype=np.float64, buffer=buf)
-    arr.fill(np.nan)
-    return arr

@@ -39,6 +39,7 @@ class PyWossNeuronModelFloat(PyLoihiProcessModel):
         theta, trace = self.theta_in.recv()[0], self.trace_in.recv()[0]
         spikes = dynamics.woss_neuron_step(self.v, self.fired, self.latched, self.fire_step, self.params,
                                            self.time_step - 1, x, shift, theta, trace)
+        self.proc_params["fire_record"][...] = self.fire_step
         self.s_out.send(spikes)
         self.trace_out.send(self.latched.copy())
         self.v_out.send(self.v.copy())

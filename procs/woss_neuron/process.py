@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typing as ty
 
+import numpy as np
+
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
@@ -29,7 +31,7 @@ class WossNeuron(AbstractProcess):
     ramp_start — the same arguments as the population's :class:`WossInhibitor`.
     Ports: a_in (logit spikes, ANN units), shift_in (..., N, 1), theta_in (1,), trace_in (1,)
     from a TraceHolder; s_out (0/1 spikes), trace_out (latched), v_out (membrane probe).
-    Vars: v, fired, fire_step, latched.
+    Vars: v, fired, fire_step, latched. :meth:`recorded_fire_steps` as for PhaseNeuron.
     """
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
@@ -38,7 +40,8 @@ class WossNeuron(AbstractProcess):
                  wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
                  name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
         p = params.woss_params("WossNeuron", shape, code, start, wait, ramp_start)
-        super().__init__(**p, name=name, log_config=log_config)
+        super().__init__(**p, fire_record=params.shared_array(p["shape"], np.int64, -1), name=name,
+                         log_config=log_config)
         shape = p["shape"]
         self.a_in = InPort(shape=shape)
         self.shift_in = InPort(shape=shape[:-1] + (1,))
@@ -51,3 +54,7 @@ class WossNeuron(AbstractProcess):
         self.fired = Var(shape=shape, init=False)
         self.fire_step = Var(shape=shape, init=-1)
         self.latched = Var(shape=shape, init=0.0)
+
+    def recorded_fire_steps(self) -> np.ndarray:
+        """Fire step of every entry in the last run (−1: silent)."""
+        return np.array(self.proc_params["fire_record"], copy=True)
