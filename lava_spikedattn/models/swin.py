@@ -36,7 +36,8 @@ from lava_spikedattn.coding import CONVENTIONS, PhaseCode
 from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
 from lava_spikedattn.models import ModelFamily, register_family
 
-__all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "SwinFamily", "swin_layer_graph"]
+__all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "SwinFamily", "merge_heads", "merge_patches",
+           "merge_windows", "partition_windows", "patchify", "split_heads", "swin_layer_graph"]
 
 
 # --- architecture -----------------------------------------------------------------------------------
@@ -366,6 +367,50 @@ def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor
     return {key: value.to(dtype).contiguous() for key, value in out.items()}
 
 
+# --- layouts (pure gathers: the Lava builder applies them to index tensors) --------------------------------
+def patchify(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """(batch, C, H, W) → (batch, H/p, W/p, C·ph·pw): the patch embed conv as a token-wise linear
+    with ``weight.reshape(embed_dim, -1)``."""
+    b, c, height, width = x.shape
+    (ph, pw), rows, cols = patch, height // patch[0], width // patch[1]
+    return x.reshape(b, c, rows, ph, cols, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, rows, cols, c * ph * pw)
+
+
+def partition_windows(x: torch.Tensor, g: BlockGeometry) -> torch.Tensor:
+    """(batch, H, W, C) → (batch, nW, N, C): cyclic shift by −shift, then window partition."""
+    b, height, width, channels = x.shape
+    (wh, ww), (sh, sw) = g.window, g.shift
+    if g.shifted:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    windows = x.reshape(b, height // wh, wh, width // ww, ww, channels).permute(0, 1, 3, 2, 4, 5)
+    return windows.reshape(b, g.windows, g.tokens, channels)
+
+
+def merge_windows(windows: torch.Tensor, g: BlockGeometry) -> torch.Tensor:
+    """Inverse of :func:`partition_windows`: (batch, nW, N, C) → (batch, H, W, C)."""
+    (height, width), (wh, ww), (sh, sw) = g.resolution, g.window, g.shift
+    b, channels = windows.shape[0], windows.shape[-1]
+    x = windows.reshape(b, height // wh, width // ww, wh, ww, channels).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, height, width, channels)
+    return torch.roll(x, shifts=(sh, sw), dims=(1, 2)) if g.shifted else x
+
+
+def split_heads(x: torch.Tensor, g: BlockGeometry) -> torch.Tensor:
+    """(batch, nW, N, heads·head_dim) → (batch, nW, heads, N, head_dim)."""
+    return x.reshape(*x.shape[:-1], g.heads, g.head_dim).transpose(-3, -2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(batch, nW, heads, N, head_dim) → (batch, nW, N, heads·head_dim)."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def merge_patches(x: torch.Tensor) -> torch.Tensor:
+    """timm's PatchMerging gather: (batch, H, W, C) → (batch, H/2, W/2, 4C)."""
+    b, height, width, channels = x.shape
+    return x.reshape(b, height // 2, 2, width // 2, 2, channels).permute(0, 1, 3, 4, 2, 5).flatten(3)
+
+
 # --- the network ------------------------------------------------------------------------------------------
 class SpikingSwin(SpikingNetwork):
     """Converted Swin; ``forward(images (batch, in_chans, H, W)) → logits (batch, classes)``.
@@ -390,9 +435,8 @@ class SpikingSwin(SpikingNetwork):
             raise ValueError(f"SpikingSwin expects images (batch, {', '.join(map(str, expected))}), "
                              f"got {tuple(x.shape)}")
         x = x.to(device=self.device, dtype=self.dtype)
-        weight = self.weight("patch_embed.weight")
-        x = engine.input_layer("patch_embed_if", x,
-                               lambda v: F.conv2d(v, weight, stride=cfg.patch_size).permute(0, 2, 3, 1),
+        weight = self.weight("patch_embed.weight").flatten(1)
+        x = engine.input_layer("patch_embed_if", x, lambda v: F.linear(patchify(v, cfg.patch_size), weight),
                                self.weight("patch_embed.bias"))
         for stage in self.geometry:
             if stage.merge:
@@ -421,30 +465,18 @@ class SpikingSwin(SpikingNetwork):
 
     def _window_attention(self, x: torch.Tensor, g: BlockGeometry, engine: Engine) -> torch.Tensor:
         """(W-)MSA of timm's ``SwinTransformerBlock._attn`` on (batch, H, W, C) → same shape."""
-        b, height, width, channels = x.shape
-        (wh, ww), (sh, sw) = g.window, g.shift
-        rows, cols = height // wh, width // ww
-        if g.shifted:
-            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-        windows = x.reshape(b, rows, wh, cols, ww, channels).permute(0, 1, 3, 2, 4, 5)
-        windows = windows.reshape(b, g.windows, g.tokens, channels)
-        qkv = self._linear(f"{g.prefix}.qkv", windows, engine)
-        q, k, v = qkv.reshape(b, g.windows, g.tokens, 3, g.heads, g.head_dim).permute(3, 0, 1, 4, 2, 5)
+        qkv = self._linear(f"{g.prefix}.qkv", partition_windows(x, g), engine)
+        q, k, v = (split_heads(part, g) for part in qkv.chunk(3, dim=-1))
         bias = self.weight(f"{g.prefix}.rel_pos_bias")  # (heads, N, N)
         if g.shifted:
             bias = bias + self.weight(f"{g.prefix}.attn_mask")[:, None]  # (nW, heads, N, N)
         out = engine.attention(g.prefix, q, k, v, bias)  # (batch, nW, heads, N, head_dim)
-        out = out.transpose(2, 3).reshape(b, g.windows, g.tokens, g.heads * g.head_dim)
-        out = self._linear(f"{g.prefix}.proj", out, engine)
-        out = out.reshape(b, rows, cols, wh, ww, channels).permute(0, 1, 3, 2, 4, 5)
-        out = out.reshape(b, height, width, channels)
-        return torch.roll(out, shifts=(sh, sw), dims=(1, 2)) if g.shifted else out
+        return merge_windows(self._linear(f"{g.prefix}.proj", merge_heads(out), engine), g)
 
     def _patch_merging(self, x: torch.Tensor, stage: int, engine: Engine) -> torch.Tensor:
         """timm's ``PatchMerging`` (2×2 gather, folded BN + reduction) and its neuron."""
-        b, height, width, channels = x.shape
-        x = x.reshape(b, height // 2, 2, width // 2, 2, channels).permute(0, 1, 3, 4, 2, 5).flatten(3)
-        return engine.neuron(f"layers.{stage}.patch_merging_if", self._linear(f"layers.{stage}.downsample", x, engine))
+        y = self._linear(f"layers.{stage}.downsample", merge_patches(x), engine)
+        return engine.neuron(f"layers.{stage}.patch_merging_if", y)
 
     def _head(self, x: torch.Tensor, engine: Engine) -> torch.Tensor:
         if self.official:
