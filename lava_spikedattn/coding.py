@@ -158,6 +158,16 @@ class PhaseCode:
         """
         return 2.0**wait * self.midpoint * self.base / self.unit_gain * (2.0 / self.base) ** (k + 1)
 
+    def saturation_membrane(self, wait: int, bit_serial_input: bool = False) -> float:
+        """|membrane| at the first fire step above which the value exceeds the top level (clipped).
+
+        A phase neuron holds v = B^W·u there, and u = unit_gain·a/scale reaches 1 at the top level;
+        the convert neuron holds 2^(W+1)·a/scale (spec §1.4).
+        """
+        if bit_serial_input:
+            return 2.0 ** (wait + 1) * self.max_level
+        return self.base**wait
+
     # --- level set -------------------------------------------------------------------------------
     @property
     def levels(self) -> torch.Tensor:

@@ -30,6 +30,7 @@ import time
 import typing as ty
 
 import numpy as np
+import psutil
 from lava.magma.compiler.compiler_graphs import find_processes
 from lava.magma.core.process.message_interface_enum import ActorType
 from lava.magma.core.run_conditions import RunSteps
@@ -40,7 +41,7 @@ from lava.magma.runtime.runtime import Runtime
 
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
 
-__all__ = ["LavaRunError", "run_processes"]
+__all__ = ["LavaRunError", "live_workers", "run_processes"]
 
 #: Seconds a failing worker gets to report its traceback before the others
 #: are terminated.
@@ -383,3 +384,27 @@ def _teardown(runtime: Runtime, graceful: bool, stop_timeout: float) -> None:
     if problem is not None or (graceful and tracebacks):
         raise LavaRunError(problem or "a Lava worker raised during stop()",
                            tracebacks)
+
+
+def live_workers(wait_s: float = 5.0) -> list[psutil.Process]:
+    """Child processes of this interpreter still alive after ``wait_s`` seconds of grace.
+
+    Python's shared-memory resource tracker (a per-interpreter singleton the standard library
+    starts for Lava's SharedMemoryManager; it lives until the interpreter exits) is not a worker
+    and is left out. An empty list means no Lava worker was left behind.
+    """
+
+    def workers() -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "resource_tracker" not in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # it exited meanwhile
+                continue
+        return found
+
+    deadline = time.monotonic() + wait_s
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return workers()

@@ -22,11 +22,12 @@ class PhaseState:
     sign: np.ndarray
     latched: np.ndarray
     fire_step: np.ndarray
+    saturated: np.ndarray  # value above the top level (clipped by the code): counted, never silent
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...]) -> "PhaseState":
         return cls(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
-                   np.full(shape, -1, dtype=int))
+                   np.full(shape, -1, dtype=int), np.zeros(shape, bool))
 
     def decoded(self, scale: np.ndarray) -> np.ndarray:
         """sign·scale·latched of fired neurons (trace_v, ANN units), 0 otherwise."""
@@ -43,13 +44,14 @@ class PhaseParams:
     start: int
     wait: int
     thresholds: np.ndarray  # (T,): θ_k per fire step (constant except for the convert neuron)
+    saturation: float  # |v| at the first fire step above which the value is clipped
     signed: bool
     normalized: bool
 
     @classmethod
     def from_proc_params(cls, p) -> "PhaseParams":
         return cls(scale=p["scale"], gain=p["gain"], timesteps=p["timesteps"], start=p["start"],
-                   wait=p["wait"], thresholds=p["thresholds"], signed=p["signed"],
+                   wait=p["wait"], thresholds=p["thresholds"], saturation=p["saturation"], signed=p["signed"],
                    normalized=p["divisor_shape"] is not None)
 
 
@@ -66,6 +68,8 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
     s.v[:] = p.gain * s.v
     if t_rel < p.timesteps:
         s.v[:] = s.v + x / p.scale
+    if t_rel == p.wait:
+        s.saturated[:] = np.abs(s.v) > p.saturation if p.signed else s.v > p.saturation
     if t_rel >= p.wait:
         theta = p.thresholds[t_rel - p.wait]
         fire = (s.v >= theta).astype(float)

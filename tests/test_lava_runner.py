@@ -11,7 +11,6 @@ import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 # tests/ has no __init__.py: make the test-only Process package `lava_faulty`
@@ -20,32 +19,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from lava_faulty.process import Faulty  # noqa: E402
 
-from lava_spikedattn.lava import LavaRunError, run_processes  # noqa: E402
+from lava_spikedattn.lava import LavaRunError, live_workers, run_processes  # noqa: E402
 from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402
 from lava_spikedattn.procs.spike_source.process import \
     SpikeSource  # noqa: E402
 
 
-def _lava_children() -> list:
-    """Child processes of this test process, except Python's shared-memory
-    resource tracker (a per-interpreter singleton the stdlib starts for
-    Lava's SharedMemoryManager; it lives until the interpreter exits)."""
-    kids = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" in " ".join(p.cmdline()):
-                continue
-        except psutil.Error:  # exited meanwhile
-            continue
-        kids.append(p)
-    return kids
-
-
 def _assert_no_lava_children(wait_s: float = 5.0) -> None:
-    deadline = time.monotonic() + wait_s
-    while _lava_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = _lava_children()
+    left = live_workers(wait_s)
     assert not left, f"Lava workers left behind: {left}"
 
 

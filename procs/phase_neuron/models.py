@@ -36,7 +36,8 @@ class PyPhaseNeuronModelFloat(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         x, trace, divisor = self.a_in.recv(), self.trace_in.recv()[0], self.div_in.recv()
-        state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step)
+        state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step,
+                                    self.proc_params["saturation_record"])
         spikes = dynamics.phase_step(state, self.params, self.time_step - 1, x, trace, divisor)
         self.proc_params["fire_record"][...] = self.fire_step
         self.s_out.send(spikes)

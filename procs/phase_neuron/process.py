@@ -45,8 +45,9 @@ class PhaseNeuron(AbstractProcess):
         v_out: the membrane after this step (a probe; free when unconnected).
 
     Vars: v (membrane), fired (mask), fire_step (−1 = not yet), sign (±1 / 0), latched (trace).
-    After a run, :meth:`recorded_fire_steps` returns the fire steps of the whole population
-    (written to shared memory, so reading them costs nothing, unlike ``fire_step.get()``).
+    After a run, :meth:`recorded_fire_steps` and :meth:`recorded_saturation` (values above the
+    top level, clipped by the code) return whole-population records written to shared memory, so
+    reading them costs nothing, unlike ``fire_step.get()``.
     """
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
@@ -79,8 +80,9 @@ class PhaseNeuron(AbstractProcess):
             gain, thresholds = code.base, [code.neuron_threshold(wait)] * code.timesteps
         super().__init__(
             shape=shape, scale=scale, gain=gain, timesteps=code.timesteps, start=start, wait=wait,
-            thresholds=np.array(thresholds), signed=bool(signed), divisor_shape=divisor_shape,
-            fire_record=params.shared_array(shape, np.int64, -1), name=name, log_config=log_config,
+            thresholds=np.array(thresholds), saturation=code.saturation_membrane(wait, bit_serial_input),
+            signed=bool(signed), divisor_shape=divisor_shape, fire_record=params.shared_array(shape, np.int64, -1),
+            saturation_record=params.shared_array(shape, np.bool_, False), name=name, log_config=log_config,
         )
         self.code = code
         self.a_in = InPort(shape=shape)
@@ -116,3 +118,7 @@ class PhaseNeuron(AbstractProcess):
     def recorded_fire_steps(self) -> np.ndarray:
         """Fire step of every neuron in the last run (−1: silent), shape ``shape``."""
         return np.array(self.proc_params["fire_record"], copy=True)
+
+    def recorded_saturation(self) -> np.ndarray:
+        """Neurons whose value exceeded the top level in the last run (clipped), shape ``shape``."""
+        return np.array(self.proc_params["saturation_record"], copy=True)

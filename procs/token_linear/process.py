@@ -27,7 +27,8 @@ class TokenLinear(AbstractProcess):
     ANN's bias.
 
     Args (keyword-only): shape_in (the s_in shape); weight (out, in); bias (out,) or None; code
-    (needed with a bias); bias_start; in_index (int array (..., in) of flat s_in positions);
+    (needed with a bias); bias_start; bias_divisor (default ``code.bias_divisor``; 1 for the first
+    layer, whose bias the release adds undivided, spec §1.4); in_index (int array (..., in) of flat s_in positions);
     out_index (int array, the a_out shape, of flat positions of y).
     Ports: s_in graded spikes; a_out current.
     """
@@ -42,6 +43,7 @@ class TokenLinear(AbstractProcess):
         bias: ty.Any = None,
         code: ty.Optional[PhaseCode] = None,
         bias_start: int = 0,
+        bias_divisor: ty.Optional[float] = None,
         in_index: ty.Any = None,
         out_index: ty.Any = None,
         name: ty.Optional[str] = None,
@@ -64,7 +66,10 @@ class TokenLinear(AbstractProcess):
             if code is None:
                 raise ValueError(f"{owner}: a bias needs the code (its per-step divisor and T)")
             code = params.phase_code(owner, code)
-            bias = params.array(owner, "bias", np.asarray(bias) / code.bias_divisor, (weight.shape[0],))
+            divisor = code.bias_divisor if bias_divisor is None else float(bias_divisor)
+            if not divisor > 0:
+                raise ValueError(f"{owner}: bias_divisor must be > 0, got {bias_divisor!r}")
+            bias = params.array(owner, "bias", np.asarray(bias) / divisor, (weight.shape[0],))
             timesteps = code.timesteps
         super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),
                          in_index=in_index, out_index=out_index,

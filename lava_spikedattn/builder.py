@@ -1,0 +1,345 @@
+"""Lava network builder: a converted model → SpikedAttention Lava processes → logits.
+
+The network is pipelined in time exactly as the spec describes (§1.5, W = T): the layer with
+pipeline index n integrates in ``[n·T, (n+1)·T)`` and fires in ``[(n+1)·T, (n+2)·T)``; Lava
+delivers a message within the step it is sent, so a layer's spikes reach the next layer's input
+window directly, and a stream that skips layers (residuals, V) waits in a DelayLine for
+``(n_destination − n_source − 1)·T`` steps. One TraceHolder serves every population.
+
+Populations are tensor-shaped (batch, windows, heads, tokens, dims), so the process count grows
+with depth, not width. Layouts (window partition with the cyclic shift, head split/merge, window
+reverse, patch merging, pooling) are gathers inside the TokenLinear synapses.
+"""
+
+from __future__ import annotations
+
+import typing as ty
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats
+from lava_spikedattn.lava import run_processes
+from lava_spikedattn.models import swin
+from lava_spikedattn.procs.delay_line.process import DelayLine
+from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
+from lava_spikedattn.procs.spike_sink.process import SpikeSink
+from lava_spikedattn.procs.spike_source.process import SpikeSource
+from lava_spikedattn.procs.token_linear.process import TokenLinear
+from lava_spikedattn.procs.trace_holder.process import TraceHolder
+from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
+from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
+from lava_spikedattn.procs.woss_neuron.process import WossNeuron
+from lava_spikedattn.reference.stepped import BitSerialEncoderSim
+from lava_spikedattn.wiring import connect, connect_product, connect_trace, probe
+
+#: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
+#: weights) synchronised on every step (~0.1–0.3 ms per process per step on 2 cores): 400 processes
+#: take ~3 GB and ≥ 40 ms per step.
+MAX_PROCESSES = 400
+FAMILIES = ("swin",)
+
+
+class LavaBuildError(ValueError):
+    """The converted model or the input cannot be built into a Lava network."""
+
+
+@dataclass
+class _Stream:
+    """A population's output as the next layers see it: spikes, decoded traces, its pipeline index."""
+
+    s_out: ty.Any
+    trace_out: ty.Any
+    index: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class _Graph:
+    """Processes of one run, created and connected in block-diagram order."""
+
+    cm: ConvertedModel
+    batch: int
+    processes: list = field(default_factory=list)
+    populations: dict[str, ty.Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.code: PhaseCode = self.cm.code
+        self.T = self.code.timesteps
+        self.layers: dict[str, LayerSpec] = {layer.name: layer for layer in self.cm.layers}
+        self.trace = self.add(TraceHolder(code=self.code))
+
+    def add(self, process):
+        self.processes.append(process)
+        return process
+
+    def weight(self, key: str) -> np.ndarray:
+        return self.cm.weights[key].double().numpy()
+
+    def scale(self, name: str) -> np.ndarray:
+        return self.cm.weights[f"scale.{name}"].double().numpy()[None]  # + batch axis
+
+    def neuron(self, name: str, shape: tuple[int, ...], **kwargs) -> PhaseNeuron:
+        """The population of layer ``name`` (scale, sign, start from the converted model)."""
+        spec = self.layers[name]
+        population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name), code=self.code, signed=spec.signed,
+                                          start=spec.index * self.T, name=name, **kwargs))
+        connect_trace(self.trace, population)
+        self.populations[name] = population
+        return population
+
+    def stream(self, population, name: str | None = None) -> _Stream:
+        index = self.layers[name or population.name].index
+        return _Stream(population.s_out, population.trace_out, index, tuple(population.s_out.shape))
+
+    def arrive(self, port, source_index: int, destination_index: int):
+        """``port`` delayed so that spikes fired by layer ``source_index`` land in the input window
+        of layer ``destination_index``."""
+        delay = (destination_index - source_index - 1) * self.T
+        if delay < 0:
+            raise LavaBuildError(f"layer {destination_index} cannot read layer {source_index}: it is not later")
+        if delay == 0:
+            return port
+        line = self.add(DelayLine(shape=tuple(port.shape), delay=delay))
+        connect(port, line.s_in)
+        return line.a_out
+
+    def linear(self, key: str, source: _Stream, destination, *, in_index=None, out_index=None,
+               bias_divisor: float | None = None, weight: np.ndarray | None = None,
+               bias: np.ndarray | None = None) -> None:
+        """TokenLinear ``key`` from ``source`` spikes into ``destination``'s input (bias injected
+        over its input window)."""
+        start = self.layers[destination.name].index * self.T
+        weight = self.weight(f"{key}.weight") if weight is None else weight
+        bias = self.weight(f"{key}.bias") if bias is None else bias
+        synapse = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
+                                       bias_start=start, bias_divisor=bias_divisor, in_index=in_index,
+                                       out_index=out_index, name=key))
+        connect(self.arrive(source.s_out, source.index, self.layers[destination.name].index), synapse.s_in)
+        connect(synapse.a_out, destination.a_in)
+
+    def residual(self, source: _Stream, destination) -> None:
+        """Identity synapse: raw spikes (±scale) integrate to the decoded value (spec §3.4)."""
+        connect(self.arrive(source.s_out, source.index, self.layers[destination.name].index), destination.a_in)
+
+
+def _index(shape: ty.Sequence[int]) -> torch.Tensor:
+    """Flat positions of a tensor of ``shape``: push it through a layout to get a gather index."""
+    return torch.arange(int(np.prod(shape))).reshape(*shape)
+
+
+class _SwinBuilder:
+    """Block diagram of a converted Swin (mirrors ``models.swin.SpikingSwin.run``)."""
+
+    def __init__(self, graph: _Graph) -> None:
+        self.g = graph
+        self.config = swin.SwinConfig.from_json(graph.cm.config["architecture"])
+        self.official = graph.code.official
+
+    def build(self, images: torch.Tensor) -> tuple[TokenLinear, int]:
+        """All processes for ``images``; returns the classifier synapse and its pipeline index."""
+        x = self._patch_embed(images)
+        for stage in self.config.stages():
+            if stage.merge:
+                x = self._patch_merging(x, stage.index)
+            for block in stage.blocks:
+                x = self._block(x, block)
+        return self._head(x)
+
+    def _patch_embed(self, images: torch.Tensor) -> _Stream:
+        g, cfg, b = self.g, self.config, self.g.batch
+        full_scale = float(g.cm.weights["input_max"])
+        encoder = BitSerialEncoderSim(images.double(), g.T, full_scale)
+        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])  # (T, batch, C, H, W)
+        self.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
+        source = g.add(SpikeSource(data=bits))
+        rows, cols = cfg.img_size[0] // cfg.patch_size[0], cfg.img_size[1] // cfg.patch_size[1]
+        neuron = g.neuron("patch_embed_if", (b, rows, cols, cfg.embed_dim), bit_serial_input=True)
+        in_index = swin.patchify(_index(images.shape), cfg.patch_size).numpy()
+        # The first bias is added undivided on every input step (spec §1.4).
+        g.linear("patch_embed", _Stream(source.s_out, None, -1, tuple(images.shape)), neuron, in_index=in_index,
+                 weight=g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1), bias_divisor=1.0)
+        return g.stream(neuron)
+
+    def _patch_merging(self, x: _Stream, stage: int) -> _Stream:
+        g, (b, height, width, _) = self.g, x.shape
+        name = f"layers.{stage}.patch_merging_if"
+        out_dim = g.weight(f"layers.{stage}.downsample.weight").shape[0]
+        neuron = g.neuron(name, (b, height // 2, width // 2, out_dim))
+        g.linear(f"layers.{stage}.downsample", x, neuron, in_index=swin.merge_patches(_index(x.shape)).numpy())
+        return g.stream(neuron)
+
+    def _norm_neuron(self, norm: str, name: str, x: _Stream) -> _Stream:
+        """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
+        neuron = self.g.neuron(name, x.shape)
+        self.g.linear(norm, x, neuron, weight=np.diag(self.g.weight(f"{norm}.weight")))
+        return self.g.stream(neuron)
+
+    def _block(self, x: _Stream, geometry: swin.BlockGeometry) -> _Stream:
+        g, p = self.g, geometry.prefix
+        h = self._norm_neuron(f"{p}.norm1", f"{p}.norm1_if", x) if self.official else x
+        attn_if = g.neuron(f"{p}.attn_if", x.shape)
+        g.residual(x, attn_if)
+        self._window_attention(h, geometry, attn_if)
+        x = g.stream(attn_if)
+        h = self._norm_neuron(f"{p}.norm2", f"{p}.norm2_if", x) if self.official else x
+        act = g.neuron(f"{p}.mlp_act", x.shape[:-1] + (geometry.hidden,))
+        g.linear(f"{p}.fc1", h, act)
+        h = g.stream(act)
+        if self.official:
+            h = self._norm_neuron(f"{p}.mlp_norm", f"{p}.mlp_if", h)
+        final = g.neuron(f"{p}.final_if", x.shape)
+        g.residual(x, final)
+        g.linear(f"{p}.fc2", h, final)
+        return g.stream(final)
+
+    def _window_attention(self, x: _Stream, geo: swin.BlockGeometry, destination: PhaseNeuron) -> None:
+        """q/k/v → QKᵀ (+ relative-position bias, shift mask) → WOSS → attention×V → proj."""
+        g, p, b = self.g, geo.prefix, self.g.batch
+        T, inner = g.T, geo.heads * geo.head_dim
+        head_shape = (b, geo.windows, geo.heads, geo.tokens, geo.head_dim)
+        logit_shape = head_shape[:-1] + (geo.tokens,)
+        windows = swin.partition_windows(_index(x.shape), geo).numpy()
+        heads = swin.split_heads(_index((b, geo.windows, geo.tokens, inner)), geo).numpy()
+        qkv_weight, qkv_bias = g.weight(f"{p}.qkv.weight"), g.weight(f"{p}.qkv.bias")
+        qkv = {}
+        for part, name in enumerate(("q_if", "k_if", "v_if")):
+            qkv[name] = g.neuron(f"{p}.{name}", head_shape)
+            rows = slice(part * inner, (part + 1) * inner)
+            g.linear(f"{p}.qkv", x, qkv[name], in_index=windows, out_index=heads, weight=qkv_weight[rows],
+                     bias=qkv_bias[rows])
+        index = g.layers[f"{p}.stdp_qk"].index
+        bias = g.weight(f"{p}.rel_pos_bias")
+        if geo.shifted:
+            bias = bias + g.weight(f"{p}.attn_mask")[:, None]
+        qk = g.add(TraceMatMul(shape_a=head_shape, shape_b=head_shape, code=g.code, transpose_b=True,
+                               factor=geo.head_dim ** -0.5, bias=np.broadcast_to(bias, logit_shape),
+                               bias_start=index * T, name=f"{p}.qk"))
+        connect_product(qk, qkv["q_if"], qkv["k_if"])
+        logits = g.neuron(f"{p}.stdp_qk", logit_shape)
+        connect(qk.a_out, logits.a_in)
+        woss_index = g.layers[f"{p}.softmax_if"].index
+        woss = g.add(WossNeuron(shape=logit_shape, code=g.code, start=woss_index * T, name=f"{p}.softmax_if"))
+        inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_index * T))
+        g.populations[f"{p}.softmax_if"] = woss
+        connect_trace(g.trace, woss)
+        for port in (woss.a_in, inhibitor.a_in):
+            connect(logits.s_out, port)
+        connect(inhibitor.shift_out, woss.shift_in)
+        connect(inhibitor.theta_out, woss.theta_in)
+        connect(woss.trace_out, inhibitor.trace_in)
+        out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
+        av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
+        v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
+                    v_index, head_shape)
+        av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False,
+                               name=f"{p}.av"))
+        connect_product(av, woss, v)
+        connect(av.a_out, out.a_in)
+        connect(inhibitor.norm_out, out.div_in)
+        merged = swin.merge_heads(_index(head_shape)).numpy()
+        reverse = swin.merge_windows(_index((b, geo.windows, geo.tokens, geo.dim)), geo).numpy()
+        g.linear(f"{p}.proj", g.stream(out), destination, in_index=merged, out_index=reverse)
+
+    def _head(self, x: _Stream) -> tuple[TokenLinear, int]:
+        g, (b, height, width, channels) = self.g, x.shape
+        if self.official:
+            x = self._norm_neuron("norm", "last_norm_if", x)
+        pool = g.neuron("pool_if", (b, channels))
+        tokens = _index(x.shape).reshape(b, height * width, channels).transpose(1, 2).numpy()
+        g.linear("pool", x, pool, in_index=tokens, out_index=_index((b, channels)).numpy(),
+                 weight=np.full((1, height * width), 1.0 / (height * width)), bias=np.zeros(1))
+        readout_index = g.layers["last_fc"].index
+        head = g.add(TokenLinear(shape_in=(b, channels), weight=g.weight("head.weight"), bias=g.weight("head.bias"),
+                                 code=g.code, bias_start=readout_index * g.T, name="head"))
+        connect(g.arrive(pool.s_out, g.layers["pool_if"].index, readout_index), head.s_in)
+        return head, readout_index
+
+
+class LavaNetwork:
+    """A converted model as a Lava network on ``Loihi2SimCfg``; one graph is built per run.
+
+    ``run(x)`` phase-encodes the input, runs exactly ``steps_per_sample`` steps, decodes the
+    classifier read-out (the integrated membrane of ``last_fc``, spec §6) and stops every worker.
+    """
+
+    def __init__(self, cm: ConvertedModel) -> None:
+        if cm.family.name not in FAMILIES:
+            raise LavaBuildError(f"no Lava builder for family {cm.family.name!r}; available: {FAMILIES}")
+        self.cm = cm
+        self.code = cm.code
+        self.config = swin.SwinConfig.from_json(cm.config["architecture"])
+        self._last: dict[str, ty.Any] = {}
+
+    @property
+    def steps_per_sample(self) -> int:
+        return self.cm.steps_per_inference
+
+    def _check_input(self, x: ty.Any) -> torch.Tensor:
+        cfg = self.config
+        expected = (cfg.in_chans, *cfg.img_size)
+        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+            raise LavaBuildError(f"input must be a float tensor of images (batch, {', '.join(map(str, expected))}), "
+                                 f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise LavaBuildError(f"input must be images (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise LavaBuildError("input contains NaN/inf")
+        return x.detach().cpu().double()
+
+    def build(self, x: torch.Tensor) -> tuple[_Graph, SpikeSink, int]:
+        """Processes for one batch; raises :class:`LavaBuildError` before any worker starts."""
+        x = self._check_input(x)
+        graph = _Graph(self.cm, batch=x.shape[0])
+        builder = _SwinBuilder(graph)
+        head, readout_index = builder.build(x)
+        sink = probe(head.a_out, self.steps_per_sample)
+        graph.processes.append(sink)
+        if len(graph.processes) > MAX_PROCESSES:
+            raise LavaBuildError(f"the graph has {len(graph.processes)} Lava processes, more than the simulator "
+                                 f"limit of {MAX_PROCESSES} (each is a forked OS process synchronised every step)")
+        self._last = {"graph": graph, "builder": builder}
+        return graph, sink, readout_index
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W))."""
+        graph, sink, readout_index = self.build(x)
+        current = run_processes({"readout": sink}, self.steps_per_sample)["readout"]
+        window = current[readout_index * graph.T:(readout_index + 1) * graph.T]
+        weights = self.code.base ** -np.arange(graph.T, dtype=np.float64)
+        membrane = np.tensordot(weights, window, axes=1)  # u = Σ_τ B^-τ x_τ
+        return torch.from_numpy(membrane / self.code.unit_gain)
+
+    def run_batch(self, xs: torch.Tensor, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+        """Logits of many images, ``batch_size`` per Lava run, with a progress bar."""
+        chunks = list(torch.split(xs, batch_size))
+        return torch.cat([self.run(chunk) for chunk in tqdm(chunks, desc="Lava", disable=not progress)])
+
+    def stats(self) -> dict[str, ty.Any]:
+        """Graph size and spike counts of the last run (per layer, summed over the batch)."""
+        if not self._last:
+            raise RuntimeError("run the network first")
+        graph = self._last["graph"]
+        layers = {}
+        for name, population in graph.populations.items():
+            fire_steps = population.recorded_fire_steps()
+            saturated = population.recorded_saturation().sum() if isinstance(population, PhaseNeuron) else 0
+            layers[name] = LayerStats(int(fire_steps.size), int((fire_steps >= 0).sum()), int(saturated))
+        layers["input"] = self._last["builder"].input_stats
+        neurons = sum(int(np.prod(p.s_out.shape)) for p in graph.populations.values())
+        synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in graph.processes
+                       if isinstance(p, TokenLinear))
+        return {"processes": len(graph.processes), "neurons": neurons, "synapses": synapses,
+                "steps_per_sample": self.steps_per_sample, "layers": layers}
+
+
+def build_lava_network(cm: ConvertedModel) -> LavaNetwork:
+    """A :class:`LavaNetwork` for a converted model (``ConvertedModel.load(folder)``)."""
+    if not isinstance(cm, ConvertedModel):
+        raise LavaBuildError(f"expected a ConvertedModel, got {type(cm).__name__}")
+    return LavaNetwork(cm)
