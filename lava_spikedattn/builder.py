@@ -321,21 +321,27 @@ class LavaNetwork:
         return torch.cat([self.run(chunk) for chunk in tqdm(chunks, desc="Lava", disable=not progress)])
 
     def stats(self) -> dict[str, ty.Any]:
-        """Graph size and spike counts of the last run (per layer, summed over the batch)."""
+        """Graph size and activity of the last run.
+
+        Keys: processes, neurons, synapses (token-wise weights), steps_per_sample, layers (per
+        layer :class:`LayerStats`, summed over the batch, plus ``input``: bits of the input code),
+        fire_histograms (per layer, neurons that fired at each fire step k = 0..T−1).
+        """
         if not self._last:
             raise RuntimeError("run the network first")
         graph = self._last["graph"]
-        layers = {}
+        layers, histograms = {}, {}
         for name, population in graph.populations.items():
             fire_steps = population.recorded_fire_steps()
             saturated = population.recorded_saturation().sum() if isinstance(population, PhaseNeuron) else 0
             layers[name] = LayerStats(int(fire_steps.size), int((fire_steps >= 0).sum()), int(saturated))
+            histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
         layers["input"] = self._last["builder"].input_stats
         neurons = sum(int(np.prod(p.s_out.shape)) for p in graph.populations.values())
         synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in graph.processes
                        if isinstance(p, TokenLinear))
         return {"processes": len(graph.processes), "neurons": neurons, "synapses": synapses,
-                "steps_per_sample": self.steps_per_sample, "layers": layers}
+                "steps_per_sample": self.steps_per_sample, "layers": layers, "fire_histograms": histograms}
 
 
 def build_lava_network(cm: ConvertedModel) -> LavaNetwork:

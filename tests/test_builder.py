@@ -64,6 +64,8 @@ def test_lava_swin_equals_the_stepped_reference(model, inputs, convention, count
     stats = net.stats()
     for name, layer in reference.stats.items():  # per-layer spike counts, every layer
         assert stats["layers"][name] == layer, name
+    for name, histogram in stats["fire_histograms"].items():  # one bin per fire step
+        assert histogram.shape == (cm.code.timesteps,) and histogram.sum() == stats["layers"][name].spikes
     assert stats["steps_per_sample"] == cm.steps_per_inference == cm.n_layers * cm.code.timesteps
     assert stats["processes"] < builder.MAX_PROCESSES and stats["neurons"] > 0 and stats["synapses"] > 0
 
