@@ -104,18 +104,20 @@ class AttentionCore:
 
 
 def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out, *,
-                   bias=None, ramp_start: float | None = None,
+                   bias=None, ramp_start: float | None = None, key_mask=None,
                    probes: ty.Iterable[str] = ()) -> AttentionCore:
     """Build the SpikedAttention core as Lava processes, timed like ``stepped.AttentionCoreSim``.
 
     q, k, v: (..., N, d), (..., M, d), (..., M, dv) values injected one-shot into the q/k/v
-    neurons at step 0. ``probes`` names populations (q, k, v, logits, woss, out) whose spikes
+    neurons at step 0. ``key_mask`` (bool, True = key present) silences padded keys as in the
+    reference. ``probes`` names populations (q, k, v, logits, woss, out) whose spikes
     (``NAME``) and membranes (``NAME.v``) are recorded besides the output's spikes.
     Processes: 3 sources, 1 trace holder, 3 q/k/v neurons, QKᵀ product, logits neuron, WOSS
     neurons + inhibitor, 2 delay lines (V spikes and traces), attention×V product, output neuron.
     """
     T = code.timesteps
     q, k, v = (torch.as_tensor(x, dtype=torch.float64) for x in (q, k, v))
+    key_mask = None if key_mask is None else torch.as_tensor(key_mask).numpy()
     logit_shape = tuple(torch.broadcast_shapes(q[..., :1].shape, k[..., :1].transpose(-1, -2).shape))
     out_shape = logit_shape[:-1] + (v.shape[-1],)
     steps = 5 * T
@@ -125,10 +127,12 @@ def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_lo
         "k": PhaseNeuron(shape=tuple(k.shape), scale=_np(scale_k), code=code),
         "v": PhaseNeuron(shape=tuple(v.shape), scale=_np(scale_v), code=code),
         "qk": TraceMatMul(shape_a=tuple(q.shape), shape_b=tuple(k.shape), code=code, transpose_b=True,
-                          factor=q.shape[-1] ** -0.5, bias=None if bias is None else _np(bias), bias_start=T),
+                          factor=q.shape[-1] ** -0.5, bias=None if bias is None else _np(bias), bias_start=T,
+                          key_mask=key_mask),
         "logits": PhaseNeuron(shape=logit_shape, scale=_np(scale_logits), code=code, start=T),
-        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start),
-        "inhibitor": WossInhibitor(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start),
+        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start, key_mask=key_mask),
+        "inhibitor": WossInhibitor(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start,
+                                   key_mask=key_mask),
         "v_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
         "v_trace_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
         "av": TraceMatMul(shape_a=logit_shape, shape_b=tuple(v.shape), code=code, transpose_b=False),

@@ -112,13 +112,15 @@ class WossParams:
     wait: int
     slope: float
     theta0: float
+    present: np.ndarray  # keys taking part (False: padding, never fires), broadcast to the shape
 
 
 def woss_shift(open_rows: np.ndarray, p: WossParams, t: int, x: np.ndarray) -> np.ndarray:
     """Inhibitor: the row shift of step ``t`` (winner's value at a row's first positive spike)."""
     shift = np.zeros(open_rows.shape)
     if 0 <= t - p.start < p.timesteps:
-        m = x.max(axis=-1, keepdims=True)
+        m = np.where(p.present, x, -np.inf).max(axis=-1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)  # rows with no key present
         shift = m * open_rows
         open_rows[m > 0] = False
     return shift
@@ -140,7 +142,7 @@ def woss_neuron_step(v, fired, latched, fire_step, p: WossParams, t: int, x: np.
     if 0 <= t_rel < p.timesteps:
         v[:] = p.base * v + (x - shift)
     if p.wait <= t_rel < p.wait + p.timesteps:
-        new = (v >= theta) & ~fired
+        new = (v >= theta) & ~fired & p.present
         latched[new] = trace
         fire_step[new] = t_rel - p.wait
         fired[new] = True

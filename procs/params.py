@@ -67,14 +67,27 @@ def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive
 
 
 def woss_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty.Any,
-                ramp_start: ty.Any) -> dict[str, ty.Any]:
+                ramp_start: ty.Any, key_mask: ty.Any) -> dict[str, ty.Any]:
     """Process parameters shared by a WossNeuron and its WossInhibitor (same arguments, same values)."""
     shape = shape_tuple(owner, "shape", shape)
     code = phase_code(owner, code)
     start, wait = window(owner, code, start, wait)
     ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
     return dict(shape=shape, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
-                slope=code.woss_slope, theta0=ramp * code.woss_slope)
+                slope=code.woss_slope, theta0=ramp * code.woss_slope, present=mask(owner, key_mask, shape))
+
+
+def mask(owner: str, key_mask: ty.Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Bool mask of present keys broadcast to ``shape`` (all True for None)."""
+    if key_mask is None:
+        return np.ones(shape, dtype=bool)
+    arr = np.asarray(key_mask)
+    if arr.dtype != np.bool_:
+        raise ValueError(f"{owner}: key_mask must be a bool array (True = key present), got {arr.dtype}")
+    try:
+        return np.broadcast_to(arr, shape).copy()
+    except ValueError:
+        raise ValueError(f"{owner}: key_mask of shape {arr.shape} does not broadcast to {shape}") from None
 
 
 def index(owner: str, name: str, value: ty.Any, size: int) -> np.ndarray | None:

@@ -50,6 +50,20 @@ def test_lava_attention_core_equals_reference(heads, convention, seed):
         assert rel < 0.3, rel
 
 
+def test_key_mask_padded_keys_never_fire_in_lava():
+    code = PhaseCode(1.2, 10)
+    (q, k, v), scales, bias, _ = inputs(2, 4)
+    key_mask = (torch.arange(8) < torch.tensor([8, 5])[:, None])[:, None, None, :]  # sample 1: 3 padded keys
+    sim = AttentionCoreSim(q, k, v, code, *scales, bias=bias, key_mask=key_mask, record=True)
+    expected = sim.run()
+    out, records = attention_core(q, k, v, code, *scales, bias=bias, key_mask=key_mask,
+                                  probes=("logits", "woss")).run()
+    for name in ("logits", "woss"):
+        assert torch.equal(torch.as_tensor(records[name]), sim.populations[name].history.stacked()["spikes"])
+    assert not records["woss"][:, 1, ..., 5:].any() and not records["logits"][:, 1, ..., 5:].any()
+    torch.testing.assert_close(out, expected, atol=SAME, rtol=0)
+
+
 def test_probe_names_are_checked_before_any_run():
     code = PhaseCode(1.15, 4)
     (q, k, v), scales, _, _ = inputs(1, 0)

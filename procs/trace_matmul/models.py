@@ -32,4 +32,5 @@ class PyTraceMatMulModelFloat(PyLoihiProcessModel):
             b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
         out = p["factor"] * dynamics.trace_product(a, a_hat, b, b_hat, p["official"])
         out = out + dynamics.window_bias(p["injected_bias"], self.time_step - 1, p["bias_start"], p["timesteps"])
-        self.a_out.send(np.broadcast_to(out, p["shape_out"]))
+        out = np.broadcast_to(out, p["shape_out"])
+        self.a_out.send(out if p["present"] is None else np.where(p["present"], out, 0.0))

@@ -31,6 +31,9 @@ class TraceMatMul(AbstractProcess):
         bias: optional additive logit bias broadcastable to the output (relative-position bias,
             shifted-window mask), injected on the receiving neuron's T input steps.
         bias_start: first step of that input window.
+        key_mask: optional bool mask broadcastable to the output, True = key present; the
+            product (and bias) for absent keys (padding) is not delivered, so their logit
+            neurons never fire.
 
     Ports: a_in, a_trace_in (shape_a); b_in, b_trace_in (shape_b); a_out (the product's shape).
     """
@@ -47,6 +50,7 @@ class TraceMatMul(AbstractProcess):
         factor: float = 1.0,
         bias: ty.Any = None,
         bias_start: int = 0,
+        key_mask: ty.Any = None,
         name: ty.Optional[str] = None,
         log_config: ty.Optional[LogConfig] = None,
     ) -> None:
@@ -60,6 +64,7 @@ class TraceMatMul(AbstractProcess):
         super().__init__(
             shape_a=shape_a, shape_b=shape_b, shape_out=shape_out, transpose_b=bool(transpose_b),
             factor=float(factor), official=code.official, injected_bias=bias, timesteps=code.timesteps,
+            present=None if key_mask is None else params.mask(owner, key_mask, shape_out),
             bias_start=params.non_negative_int(owner, "bias_start", bias_start),
             name=name, log_config=log_config,
         )

@@ -29,7 +29,8 @@ class WossInhibitor(AbstractProcess):
     WOSS neurons' traces: the two Processes form a cycle that cannot deadlock.
 
     Args (keyword-only): shape (..., N, M) of the WOSS population; code; start; wait;
-    ramp_start (threshold at step 0 in units of the slope; the convention's by default).
+    ramp_start (threshold at step 0 in units of the slope; the convention's by default);
+    key_mask (bool, True = key present; absent keys take no part in the row maximum).
     Ports: a_in (logit spikes), trace_in (WOSS latched) → shift_out (..., N, 1), theta_out (1,),
     norm_out (..., N, 1). Vars: open (..., N, 1), theta (1,), spike_sum (..., N, 1).
     """
@@ -38,8 +39,9 @@ class WossInhibitor(AbstractProcess):
 
     def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
                  wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
-                 name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
-        p = params.woss_params("WossInhibitor", shape, code, start, wait, ramp_start)
+                 key_mask: ty.Any = None, name: ty.Optional[str] = None,
+                 log_config: ty.Optional[LogConfig] = None) -> None:
+        p = params.woss_params("WossInhibitor", shape, code, start, wait, ramp_start, key_mask)
         super().__init__(**p, name=name, log_config=log_config)
         shape, row_shape = p["shape"], p["shape"][:-1] + (1,)
         self.a_in = InPort(shape=shape)

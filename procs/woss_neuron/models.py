@@ -48,4 +48,4 @@ class PyWossNeuronModelFloat(PyLoihiProcessModel):
 def woss_params(p) -> dynamics.WossParams:
     """WossParams from the proc_params of a WossNeuron or WossInhibitor."""
     return dynamics.WossParams(base=p["base"], timesteps=p["timesteps"], start=p["start"], wait=p["wait"],
-                               slope=p["slope"], theta0=p["theta0"])
+                               slope=p["slope"], theta0=p["theta0"], present=p["present"])

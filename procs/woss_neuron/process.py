@@ -28,7 +28,8 @@ class WossNeuron(AbstractProcess):
     the row normalisation, ``trace_start·B^-k`` for an entry that fired at step k.
 
     Args (keyword-only): shape (..., N, M) with keys on the last axis; code; start; wait;
-    ramp_start — the same arguments as the population's :class:`WossInhibitor`.
+    ramp_start; key_mask (bool, broadcastable, True = key present: absent keys, e.g. padding,
+    never fire) — the same arguments as the population's :class:`WossInhibitor`.
     Ports: a_in (logit spikes, ANN units), shift_in (..., N, 1), theta_in (1,), trace_in (1,)
     from a TraceHolder; s_out (0/1 spikes), trace_out (latched), v_out (membrane probe).
     Vars: v, fired, fire_step, latched. :meth:`recorded_fire_steps` as for PhaseNeuron.
@@ -38,8 +39,9 @@ class WossNeuron(AbstractProcess):
 
     def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
                  wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
-                 name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
-        p = params.woss_params("WossNeuron", shape, code, start, wait, ramp_start)
+                 key_mask: ty.Any = None, name: ty.Optional[str] = None,
+                 log_config: ty.Optional[LogConfig] = None) -> None:
+        p = params.woss_params("WossNeuron", shape, code, start, wait, ramp_start, key_mask)
         super().__init__(**p, fire_record=params.shared_array(p["shape"], np.int64, -1), name=name,
                          log_config=log_config)
         shape = p["shape"]
