@@ -24,6 +24,7 @@ from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats
 from lava_spikedattn.lava import run_processes
 from lava_spikedattn.models import swin
+from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
@@ -34,17 +35,30 @@ from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
-from lava_spikedattn.wiring import connect, connect_product, connect_trace, probe
+from lava_spikedattn.wiring import connect, probe
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
 #: weights) synchronised on every step (~0.1–0.3 ms per process per step on 2 cores): 400 processes
 #: take ~3 GB and ≥ 40 ms per step.
 MAX_PROCESSES = 400
 FAMILIES = ("swin",)
+MODES = ("fused", "decomposed")
 
 
 class LavaBuildError(ValueError):
     """The converted model or the input cannot be built into a Lava network."""
+
+
+class _Boundary:
+    """The input of a block under construction: connections to it become the Circuit's feeds."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.feeds: list = []
+
+    @property
+    def s_out(self) -> "_Boundary":
+        return self
 
 
 @dataclass
@@ -65,16 +79,35 @@ class _Graph:
     batch: int
     processes: list = field(default_factory=list)
     populations: dict[str, ty.Any] = field(default_factory=dict)
+    trace: ty.Any = None
 
     def __post_init__(self) -> None:
         self.code: PhaseCode = self.cm.code
         self.T = self.code.timesteps
         self.layers: dict[str, LayerSpec] = {layer.name: layer for layer in self.cm.layers}
-        self.trace = self.add(TraceHolder(code=self.code))
+        if self.trace is None:
+            self.trace = self.add(TraceHolder(code=self.code))
 
     def add(self, process):
         self.processes.append(process)
         return process
+
+    def block(self) -> "_Graph":
+        """A graph for one block's members: same model and populations, the trace a boundary."""
+        return _Graph(self.cm, self.batch, populations=self.populations, trace=_Boundary((1,)))
+
+    def link(self, source, destination) -> None:
+        """Connect, or record a block-boundary feed."""
+        if isinstance(source, _Boundary):
+            source.feeds.append(destination)
+        else:
+            connect(source, destination)
+
+    def product(self, matmul: TraceMatMul, a, b) -> None:
+        """Feed two streams' spikes and decoded traces into a TraceMatMul."""
+        for source, destination in ((a.s_out, matmul.a_in), (a.trace_out, matmul.a_trace_in),
+                                    (b.s_out, matmul.b_in), (b.trace_out, matmul.b_trace_in)):
+            self.link(source, destination)
 
     def weight(self, key: str) -> np.ndarray:
         return self.cm.weights[key].double().numpy()
@@ -87,7 +120,7 @@ class _Graph:
         spec = self.layers[name]
         population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name), code=self.code, signed=spec.signed,
                                           start=spec.index * self.T, name=name, **kwargs))
-        connect_trace(self.trace, population)
+        self.link(self.trace.s_out, population.trace_in)
         self.populations[name] = population
         return population
 
@@ -104,7 +137,7 @@ class _Graph:
         if delay == 0:
             return port
         line = self.add(DelayLine(shape=tuple(port.shape), delay=delay))
-        connect(port, line.s_in)
+        self.link(port, line.s_in)
         return line.a_out
 
     def linear(self, key: str, source: _Stream, destination, *, in_index=None, out_index=None,
@@ -118,12 +151,12 @@ class _Graph:
         synapse = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
                                        bias_start=start, bias_divisor=bias_divisor, in_index=in_index,
                                        out_index=out_index, name=key))
-        connect(self.arrive(source.s_out, source.index, self.layers[destination.name].index), synapse.s_in)
-        connect(synapse.a_out, destination.a_in)
+        self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), synapse.s_in)
+        self.link(synapse.a_out, destination.a_in)
 
     def residual(self, source: _Stream, destination) -> None:
         """Identity synapse: raw spikes (±scale) integrate to the decoded value (spec §3.4)."""
-        connect(self.arrive(source.s_out, source.index, self.layers[destination.name].index), destination.a_in)
+        self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), destination.a_in)
 
 
 def _index(shape: ty.Sequence[int]) -> torch.Tensor:
@@ -172,33 +205,44 @@ class _SwinBuilder:
         g.linear(f"layers.{stage}.downsample", x, neuron, in_index=swin.merge_patches(_index(x.shape)).numpy())
         return g.stream(neuron)
 
-    def _norm_neuron(self, norm: str, name: str, x: _Stream) -> _Stream:
+    def _norm_neuron(self, g: _Graph, norm: str, name: str, x: _Stream) -> _Stream:
         """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
-        neuron = self.g.neuron(name, x.shape)
-        self.g.linear(norm, x, neuron, weight=np.diag(self.g.weight(f"{norm}.weight")))
-        return self.g.stream(neuron)
+        neuron = g.neuron(name, x.shape)
+        g.linear(norm, x, neuron, weight=np.diag(g.weight(f"{norm}.weight")))
+        return g.stream(neuron)
 
     def _block(self, x: _Stream, geometry: swin.BlockGeometry) -> _Stream:
-        g, p = self.g, geometry.prefix
-        h = self._norm_neuron(f"{p}.norm1", f"{p}.norm1_if", x) if self.official else x
+        """One Swin block as a :class:`Circuit` (fused or decomposed at run time)."""
+        g = self.g.block()
+        boundary = _Boundary(x.shape)
+        final = self._block_members(g, _Stream(boundary, None, x.index, x.shape), geometry)
+        circuit = self.g.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=x.shape, feeds=boundary.feeds,
+                                     trace_feeds=g.trace.feeds, output=final.s_out, name=geometry.prefix))
+        self.g.link(x.s_out, circuit.s_in)
+        self.g.link(self.g.trace.s_out, circuit.trace_in)
+        return _Stream(circuit.s_out, None, g.layers[final.name].index, x.shape)
+
+    def _block_members(self, g: _Graph, x: _Stream, geometry: swin.BlockGeometry) -> PhaseNeuron:
+        p = geometry.prefix
+        h = self._norm_neuron(g, f"{p}.norm1", f"{p}.norm1_if", x) if self.official else x
         attn_if = g.neuron(f"{p}.attn_if", x.shape)
         g.residual(x, attn_if)
-        self._window_attention(h, geometry, attn_if)
+        self._window_attention(g, h, geometry, attn_if)
         x = g.stream(attn_if)
-        h = self._norm_neuron(f"{p}.norm2", f"{p}.norm2_if", x) if self.official else x
+        h = self._norm_neuron(g, f"{p}.norm2", f"{p}.norm2_if", x) if self.official else x
         act = g.neuron(f"{p}.mlp_act", x.shape[:-1] + (geometry.hidden,))
         g.linear(f"{p}.fc1", h, act)
         h = g.stream(act)
         if self.official:
-            h = self._norm_neuron(f"{p}.mlp_norm", f"{p}.mlp_if", h)
+            h = self._norm_neuron(g, f"{p}.mlp_norm", f"{p}.mlp_if", h)
         final = g.neuron(f"{p}.final_if", x.shape)
         g.residual(x, final)
         g.linear(f"{p}.fc2", h, final)
-        return g.stream(final)
+        return final
 
-    def _window_attention(self, x: _Stream, geo: swin.BlockGeometry, destination: PhaseNeuron) -> None:
+    def _window_attention(self, g: _Graph, x: _Stream, geo: swin.BlockGeometry, destination: PhaseNeuron) -> None:
         """q/k/v → QKᵀ (+ relative-position bias, shift mask) → WOSS → attention×V → proj."""
-        g, p, b = self.g, geo.prefix, self.g.batch
+        p, b = geo.prefix, g.batch
         T, inner = g.T, geo.heads * geo.head_dim
         head_shape = (b, geo.windows, geo.heads, geo.tokens, geo.head_dim)
         logit_shape = head_shape[:-1] + (geo.tokens,)
@@ -218,28 +262,28 @@ class _SwinBuilder:
         qk = g.add(TraceMatMul(shape_a=head_shape, shape_b=head_shape, code=g.code, transpose_b=True,
                                factor=geo.head_dim ** -0.5, bias=np.broadcast_to(bias, logit_shape),
                                bias_start=index * T, name=f"{p}.qk"))
-        connect_product(qk, qkv["q_if"], qkv["k_if"])
+        g.product(qk, qkv["q_if"], qkv["k_if"])
         logits = g.neuron(f"{p}.stdp_qk", logit_shape)
-        connect(qk.a_out, logits.a_in)
+        g.link(qk.a_out, logits.a_in)
         woss_index = g.layers[f"{p}.softmax_if"].index
         woss = g.add(WossNeuron(shape=logit_shape, code=g.code, start=woss_index * T, name=f"{p}.softmax_if"))
         inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_index * T))
         g.populations[f"{p}.softmax_if"] = woss
-        connect_trace(g.trace, woss)
-        for port in (woss.a_in, inhibitor.a_in):
-            connect(logits.s_out, port)
-        connect(inhibitor.shift_out, woss.shift_in)
-        connect(inhibitor.theta_out, woss.theta_in)
-        connect(woss.trace_out, inhibitor.trace_in)
+        g.link(g.trace.s_out, woss.trace_in)
+        for source_port, destination_port in ((logits.s_out, woss.a_in), (logits.s_out, inhibitor.a_in),
+                                              (inhibitor.shift_out, woss.shift_in),
+                                              (inhibitor.theta_out, woss.theta_in),
+                                              (woss.trace_out, inhibitor.trace_in)):
+            g.link(source_port, destination_port)
         out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
         av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
         v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
                     v_index, head_shape)
         av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False,
                                name=f"{p}.av"))
-        connect_product(av, woss, v)
-        connect(av.a_out, out.a_in)
-        connect(inhibitor.norm_out, out.div_in)
+        g.product(av, woss, v)
+        g.link(av.a_out, out.a_in)
+        g.link(inhibitor.norm_out, out.div_in)
         merged = swin.merge_heads(_index(head_shape)).numpy()
         reverse = swin.merge_windows(_index((b, geo.windows, geo.tokens, geo.dim)), geo).numpy()
         g.linear(f"{p}.proj", g.stream(out), destination, in_index=merged, out_index=reverse)
@@ -247,7 +291,7 @@ class _SwinBuilder:
     def _head(self, x: _Stream) -> tuple[TokenLinear, int]:
         g, (b, height, width, channels) = self.g, x.shape
         if self.official:
-            x = self._norm_neuron("norm", "last_norm_if", x)
+            x = self._norm_neuron(g, "norm", "last_norm_if", x)
         pool = g.neuron("pool_if", (b, channels))
         tokens = _index(x.shape).reshape(b, height * width, channels).transpose(1, 2).numpy()
         g.linear("pool", x, pool, in_index=tokens, out_index=_index((b, channels)).numpy(),
@@ -264,12 +308,18 @@ class LavaNetwork:
 
     ``run(x)`` phase-encodes the input, runs exactly ``steps_per_sample`` steps, decodes the
     classifier read-out (the integrated membrane of ``last_fc``, spec §6) and stops every worker.
+    Every block is a :class:`Circuit`: ``mode="fused"`` runs each block in one OS process (fast
+    simulation), ``mode="decomposed"`` runs every population and synapse as its own Lava process
+    (the porting path); both produce identical spikes.
     """
 
-    def __init__(self, cm: ConvertedModel) -> None:
+    def __init__(self, cm: ConvertedModel, mode: str = "fused") -> None:
         if cm.family.name not in FAMILIES:
             raise LavaBuildError(f"no Lava builder for family {cm.family.name!r}; available: {FAMILIES}")
+        if mode not in MODES:
+            raise LavaBuildError(f"mode must be one of {MODES}, got {mode!r}")
         self.cm = cm
+        self.mode = mode
         self.code = cm.code
         self.config = swin.SwinConfig.from_json(cm.config["architecture"])
         self._last: dict[str, ty.Any] = {}
@@ -300,8 +350,9 @@ class LavaNetwork:
         head, readout_index = builder.build(x)
         sink = probe(head.a_out, self.steps_per_sample)
         graph.processes.append(sink)
-        if len(graph.processes) > MAX_PROCESSES:
-            raise LavaBuildError(f"the graph has {len(graph.processes)} Lava processes, more than the simulator "
+        count = self._os_processes(graph)
+        if count > MAX_PROCESSES:
+            raise LavaBuildError(f"the graph has {count} Lava processes in {self.mode} mode, more than the simulator "
                                  f"limit of {MAX_PROCESSES} (each is a forked OS process synchronised every step)")
         self._last = {"graph": graph, "builder": builder}
         return graph, sink, readout_index
@@ -309,7 +360,8 @@ class LavaNetwork:
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W))."""
         graph, sink, readout_index = self.build(x)
-        current = run_processes({"readout": sink}, self.steps_per_sample)["readout"]
+        current = run_processes({"readout": sink}, self.steps_per_sample,
+                                select_sub_proc_model=self.mode == "decomposed")["readout"]
         window = current[readout_index * graph.T:(readout_index + 1) * graph.T]
         weights = self.code.base ** -np.arange(graph.T, dtype=np.float64)
         membrane = np.tensordot(weights, window, axes=1)  # u = Σ_τ B^-τ x_τ
@@ -338,14 +390,30 @@ class LavaNetwork:
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
         layers["input"] = self._last["builder"].input_stats
         neurons = sum(int(np.prod(p.s_out.shape)) for p in graph.populations.values())
-        synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in graph.processes
+        synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in _leaves(graph.processes)
                        if isinstance(p, TokenLinear))
-        return {"processes": len(graph.processes), "neurons": neurons, "synapses": synapses,
+        return {"processes": self._os_processes(graph), "neurons": neurons, "synapses": synapses,
                 "steps_per_sample": self.steps_per_sample, "layers": layers, "fire_histograms": histograms}
 
 
-def build_lava_network(cm: ConvertedModel) -> LavaNetwork:
-    """A :class:`LavaNetwork` for a converted model (``ConvertedModel.load(folder)``)."""
+    def _os_processes(self, graph: _Graph) -> int:
+        """OS processes of the run: a fused Circuit is one, a decomposed one is its members."""
+        if self.mode == "fused":
+            return len(graph.processes)
+        return len(_leaves(graph.processes))
+
+
+def _leaves(processes: list) -> list:
+    """Leaf processes, Circuits expanded into their members."""
+    return [leaf for p in processes for leaf in (p.members if isinstance(p, Circuit) else [p])]
+
+
+def build_lava_network(cm: ConvertedModel, *, mode: str = "fused") -> LavaNetwork:
+    """A :class:`LavaNetwork` for a converted model (``ConvertedModel.load(folder)``).
+
+    ``mode``: ``"fused"`` (one OS process per block, fast) or ``"decomposed"`` (one per
+    population and synapse: the porting path).
+    """
     if not isinstance(cm, ConvertedModel):
         raise LavaBuildError(f"expected a ConvertedModel, got {type(cm).__name__}")
-    return LavaNetwork(cm)
+    return LavaNetwork(cm, mode)

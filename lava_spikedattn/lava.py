@@ -76,6 +76,7 @@ def run_processes(
         num_steps: int,
         *,
         select_tag: str = "floating_pt",
+        select_sub_proc_model: bool = False,
         timeout: ty.Optional[float] = None,
         stop_timeout: float = 10.0,
         timings: ty.Optional[ty.Dict[str, float]] = None,
@@ -91,6 +92,8 @@ def run_processes(
         Exact number of time steps to run (``<=`` every sink's num_steps).
     select_tag
         ProcessModel tag for ``Loihi2SimCfg``.
+    select_sub_proc_model
+        Prefer hierarchical SubProcessModels (e.g. a decomposed ``Circuit``) over leaf models.
     timeout
         Seconds the run itself (after the workers are built) may take;
         ``None`` waits indefinitely.
@@ -140,7 +143,7 @@ def run_processes(
                            "sets it on import on Linux/macOS)")
 
     clock = _PhaseClock(timings)
-    executable = root.compile(Loihi2SimCfg(select_tag=select_tag))
+    executable = root.compile(Loihi2SimCfg(select_tag=select_tag, select_sub_proc_model=select_sub_proc_model))
     clock.lap("compile_s")
     runtime = Runtime(executable, ActorType.MultiProcessing,
                       loglevel=logging.WARNING)

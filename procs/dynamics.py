@@ -91,6 +91,15 @@ def trace_product(a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.nda
     return a @ b_hat + a_hat @ b - a_new @ b
 
 
+def trace_matmul(p, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
+    """TraceMatMul at step ``t`` from its proc_params ``p``: factor·product (+ bias), masked keys 0."""
+    if p["transpose_b"]:
+        b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
+    out = p["factor"] * trace_product(a, a_hat, b, b_hat, p["official"])
+    out = np.broadcast_to(out + window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"]), p["shape_out"])
+    return out if p["present"] is None else np.where(p["present"], out, 0.0)
+
+
 @dataclass
 class WossState:
     """WOSS population plus its inhibitory state (open rows, current threshold, spike sum)."""
@@ -165,6 +174,16 @@ def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | Non
         x = x.reshape(-1)[in_index]
     y = x @ weight_t + bias
     return y if out_index is None else y.reshape(-1)[out_index]
+
+
+def delay_output(buffer: np.ndarray, t: int) -> np.ndarray:
+    """DelayLine: what left the line at step ``t`` (its input of step t − delay)."""
+    return buffer[t % buffer.shape[0]].copy()
+
+
+def delay_input(buffer: np.ndarray, t: int, x: np.ndarray) -> None:
+    """DelayLine: store this step's input in the slot just sent."""
+    buffer[t % buffer.shape[0]] = x
 
 
 def window_bias(bias: np.ndarray | None, t: int, start: int, timesteps: int) -> np.ndarray | float:

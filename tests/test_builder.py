@@ -49,25 +49,56 @@ def inputs():
     return task(8, 100)[0]
 
 
-@pytest.mark.parametrize("convention,count", [("exact", 8), ("official", 3)])
-def test_lava_swin_equals_the_stepped_reference(model, inputs, convention, count):
-    cm = convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12, convention))
-    x = inputs[:count].double()
+@pytest.fixture(scope="module")
+def exact_runs(model, inputs):
+    """The same 8 images through the fused and the decomposed network (exact convention)."""
+    cm = convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12))
+    runs = {}
+    for mode in builder.MODES:
+        net = build_lava_network(cm, mode=mode)
+        logits = net.run(inputs.double())
+        fire_steps = {name: p.recorded_fire_steps() for name, p in net._last["graph"].populations.items()}
+        runs[mode] = (logits, net.stats(), fire_steps)
+    return cm, runs
+
+
+def check_against_reference(cm, x, logits, stats):
     reference = cm.to_reference("stepped").double()
     expected = reference(x)
-    net = build_lava_network(cm)
-    logits = net.run(x)
     assert expected.abs().max() > 0.1  # real logits, not a silent read-out
     assert ((logits - expected).norm() / expected.norm()).item() < RELATIVE
     closed = cm.to_reference("closed").double()(x)
     assert torch.equal(logits.argmax(-1), closed.argmax(-1))
-    stats = net.stats()
-    for name, layer in reference.stats.items():  # per-layer spike counts, every layer
+    for name, layer in reference.stats.items():  # spike and saturation counts, every layer
         assert stats["layers"][name] == layer, name
     for name, histogram in stats["fire_histograms"].items():  # one bin per fire step
         assert histogram.shape == (cm.code.timesteps,) and histogram.sum() == stats["layers"][name].spikes
     assert stats["steps_per_sample"] == cm.steps_per_inference == cm.n_layers * cm.code.timesteps
-    assert stats["processes"] < builder.MAX_PROCESSES and stats["neurons"] > 0 and stats["synapses"] > 0
+
+
+@pytest.mark.parametrize("mode", builder.MODES)
+def test_lava_swin_equals_the_stepped_reference(exact_runs, inputs, mode):
+    cm, runs = exact_runs
+    logits, stats, _ = runs[mode]
+    check_against_reference(cm, inputs.double(), logits, stats)
+
+
+def test_fused_and_decomposed_blocks_fire_identically(exact_runs):
+    _, runs = exact_runs
+    fused, decomposed = runs["fused"], runs["decomposed"]
+    assert torch.equal(fused[0], decomposed[0])
+    assert fused[2].keys() == decomposed[2].keys()
+    for name, steps in fused[2].items():
+        assert (steps == decomposed[2][name]).all(), name
+    # 4 blocks: one OS process each when fused, ~22 populations and synapses each when decomposed.
+    assert fused[1]["processes"] < 20 < 80 < decomposed[1]["processes"] < builder.MAX_PROCESSES
+    assert fused[1]["neurons"] == decomposed[1]["neurons"] and fused[1]["synapses"] == decomposed[1]["synapses"]
+
+
+def test_official_convention_runs_in_lava(model, inputs):
+    cm = convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12, "official"))
+    net = build_lava_network(cm)
+    check_against_reference(cm, inputs[:3].double(), net.run(inputs[:3]), net.stats())
 
 
 def test_start_offsets_follow_the_layer_indices(model, inputs):
@@ -96,11 +127,25 @@ def test_errors_come_before_any_worker_starts(model, inputs, monkeypatch):
     with pytest.raises(LavaBuildError, match="NaN/inf"):
         net.run(torch.full((1, 1, 16, 16), float("nan")))
     monkeypatch.setattr(builder, "MAX_PROCESSES", 20)
-    with pytest.raises(LavaBuildError, match="more than the simulator limit of 20"):
-        net.run(inputs[:1])
+    with pytest.raises(LavaBuildError, match="in decomposed mode, more than the simulator limit of 20"):
+        build_lava_network(cm, mode="decomposed").run(inputs[:1])
     with pytest.raises(LavaBuildError, match="expected a ConvertedModel"):
         build_lava_network("weights/")
+    with pytest.raises(LavaBuildError, match="mode must be one of"):
+        build_lava_network(cm, mode="fast")
     cm.config["family"] = "unknown"
     with pytest.raises(Exception, match="unknown"):
         build_lava_network(cm)
     assert not live_workers()
+
+
+def test_circuit_ports_must_belong_to_its_members():
+    from lava_spikedattn.procs.circuit.process import Circuit
+    code = PhaseCode(1.25, 4)
+    inside, outside = (PhaseNeuron(shape=(2, 3), scale=1.0, code=code) for _ in range(2))
+    with pytest.raises(ValueError, match="not to a member"):
+        Circuit(members=[inside], shape_in=(2, 3), shape_out=(2, 3), feeds=[outside.a_in], trace_feeds=[],
+                output=inside.s_out)
+    with pytest.raises(ValueError, match="does not match shape_out"):
+        Circuit(members=[inside], shape_in=(2, 3), shape_out=(3, 2), feeds=[inside.a_in], trace_feeds=[],
+                output=inside.s_out)

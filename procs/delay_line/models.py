@@ -8,6 +8,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.delay_line.process import DelayLine
 
 
@@ -22,6 +23,6 @@ class PyDelayLineModelFloat(PyLoihiProcessModel):
     buffer: np.ndarray = LavaPyType(np.ndarray, float)
 
     def run_spk(self) -> None:
-        slot = (self.time_step - 1) % self.proc_params["delay"]
-        self.a_out.send(self.buffer[slot].copy())
-        self.buffer[slot] = self.s_in.recv()
+        t = self.time_step - 1
+        self.a_out.send(dynamics.delay_output(self.buffer, t))
+        dynamics.delay_input(self.buffer, t, self.s_in.recv())

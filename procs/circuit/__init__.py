@@ -1,0 +1,1 @@
+"""Circuit Process: a block of leaf processes, run decomposed or fused."""
