@@ -13,6 +13,7 @@ reverse, patch merging, pooling) are gathers inside the TokenLinear synapses.
 
 from __future__ import annotations
 
+import time
 import typing as ty
 from dataclasses import dataclass, field
 
@@ -357,10 +358,16 @@ class LavaNetwork:
         self._last = {"graph": graph, "builder": builder}
         return graph, sink, readout_index
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W))."""
+    def run(self, x: torch.Tensor, timings: dict | None = None) -> torch.Tensor:
+        """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W)).
+
+        ``timings``, if given, is filled with build_s and run_processes' compile/init/run/stop.
+        """
+        start = time.perf_counter()
         graph, sink, readout_index = self.build(x)
-        current = run_processes({"readout": sink}, self.steps_per_sample,
+        if timings is not None:
+            timings["build_s"] = time.perf_counter() - start
+        current = run_processes({"readout": sink}, self.steps_per_sample, timings=timings,
                                 select_sub_proc_model=self.mode == "decomposed")["readout"]
         window = current[readout_index * graph.T:(readout_index + 1) * graph.T]
         weights = self.code.base ** -np.arange(graph.T, dtype=np.float64)
