@@ -21,6 +21,14 @@ A family module (``lava_spikedattn.models.<family>``) writes its network once, a
 Linear layers act on decoded values in every engine; their biases are injected per input step
 divided by ``code.bias_divisor`` and so integrate to ``b·code.bias_gain`` (exactly ``b`` in the
 exact convention). The first layer's bias is not divided (spec §1.4): ``b·(1−2^-T)``.
+
+Variable-length inputs (BERT): a layer whose scale is indexed by token position declares that
+axis as its ``seq_axis``; its scale covers the longest sequence (``max_position_embeddings``)
+and an input of N tokens uses the first N entries. Padding is passed as masks: ``mask`` on
+:meth:`Engine.neuron` and ``query_mask`` on :meth:`Engine.attention` only keep padded positions
+out of calibration (the spiking engines compute them like any token), while ``key_mask`` on
+:meth:`Engine.attention` removes absent keys from the computation: the ANN gives them zero
+attention weight, the spiking engines never let their logit and WOSS neurons fire.
 """
 
 from __future__ import annotations
@@ -47,15 +55,16 @@ from lava_spikedattn.reference.stepped import BitSerialEncoderSim, ConvertNeuron
 
 __all__ = [
     "ATTENTION_LAYERS",
+    "ENGINES",
     "BaseSearch",
     "ConvertedModel",
     "ConvertedModelError",
-    "ENGINES",
     "Engine",
     "LayerSpec",
     "LayerStats",
     "SpikingNetwork",
     "convert",
+    "fit_scale",
     "log_error",
     "search_base",
     "tensor_sha256",
@@ -93,6 +102,10 @@ class LayerSpec:
         signed: bipolar neuron (True) or ReLU neuron (False).
         scale_shape: shape of the calibrated scale (the activation's shape without the batch
             axis, shared axes set to 1), or None for layers without a scale.
+        seq_axis: the axis of ``scale_shape`` indexed by token position, for variable-length
+            inputs (BERT), or None. ``scale_shape[seq_axis]`` is the longest sequence; an
+            activation of N tokens uses the first N entries (:func:`fit_scale`). Written to the
+            layer's JSON only when set.
     """
 
     name: str
@@ -100,15 +113,43 @@ class LayerSpec:
     index: int
     signed: bool = True
     scale_shape: tuple[int, ...] | None = None
+    seq_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
             raise ValueError(f"layer {self.name}: kind must be one of {LAYER_KINDS}, got {self.kind!r}")
+        if self.seq_axis is not None and (self.scale_shape is None
+                                          or not 0 <= self.seq_axis < len(self.scale_shape)):
+            raise ValueError(f"layer {self.name}: seq_axis {self.seq_axis} is not an axis of its scale shape "
+                             f"{self.scale_shape}")
 
     def to_json(self) -> dict[str, Any]:
         shape = None if self.scale_shape is None else list(self.scale_shape)
-        return {"name": self.name, "kind": self.kind, "index": self.index, "signed": self.signed,
-                "scale_shape": shape}
+        out = {"name": self.name, "kind": self.kind, "index": self.index, "signed": self.signed,
+               "scale_shape": shape}
+        if self.seq_axis is not None:
+            out["seq_axis"] = self.seq_axis
+        return out
+
+
+def fit_scale(spec: LayerSpec | None, scale: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
+    """``scale`` of layer ``spec`` cut to an activation of ``shape`` (batch axis first).
+
+    Only a layer with a ``seq_axis`` is cut: to the activation's sequence length along that
+    axis. Other scales are returned unchanged. Raises ``ValueError`` for a sequence longer than
+    the scale covers.
+    """
+    if spec is None or spec.seq_axis is None or shape is None:
+        return scale
+    axis = spec.seq_axis
+    if len(shape) != scale.dim() + 1:
+        raise ValueError(f"layer {spec.name}: activation of shape {tuple(shape)} does not match its scale "
+                         f"shape {tuple(scale.shape)} (batch axis first)")
+    length = int(shape[axis + 1])
+    if length > scale.shape[axis]:
+        raise ValueError(f"layer {spec.name}: a sequence of {length} tokens is longer than the "
+                         f"{scale.shape[axis]} positions its scale covers")
+    return scale.narrow(axis, 0, length)
 
 
 def layer_count(layers: Sequence[LayerSpec]) -> int:
@@ -140,8 +181,12 @@ class Observer(ABC):
     """Receives the ANN value entering every neuron (calibration, base search)."""
 
     @abstractmethod
-    def observe(self, name: str, x: torch.Tensor, signed: bool) -> None:
-        """``x``: (batch, *activation shape) value integrated by layer ``name``."""
+    def observe(self, name: str, x: torch.Tensor, signed: bool, mask: torch.Tensor | None = None) -> None:
+        """``x``: (batch, *activation shape) value integrated by layer ``name``.
+
+        ``mask``: bool, broadcastable to ``x``, False where the value belongs to padding (it
+        must not count); None: every value counts.
+        """
 
     def observe_input(self, x: torch.Tensor) -> None:  # noqa: B027 (optional hook)
         """``x``: the raw network input (before the bit-serial code); ignored by default."""
@@ -152,9 +197,12 @@ class Engine(ABC):
 
     ``bias_gain`` multiplies the biases of linear layers and the injected attention bias (what
     a bias injected per step integrates to); network code computes linear layers itself.
+    ``code`` is the phase code the engine simulates (None for the ANN engine): network code
+    reads it for host-side input coding that only the spiking network has.
     """
 
     bias_gain: float = 1.0
+    code: PhaseCode | None = None
 
     def __init__(self) -> None:
         self.stats: dict[str, LayerStats] = {}
@@ -169,16 +217,27 @@ class Engine(ABC):
         """
 
     @abstractmethod
-    def neuron(self, name: str, x: torch.Tensor, signed: bool = True) -> torch.Tensor:
-        """Decoded output of neuron layer ``name`` integrating ``x`` (batch, *scale shape)."""
+    def neuron(self, name: str, x: torch.Tensor, signed: bool = True,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded output of neuron layer ``name`` integrating ``x`` (batch, *scale shape).
+
+        ``mask`` (bool, broadcastable to ``x``, False at padded positions) only keeps padding
+        out of calibration; every position is computed.
+        """
 
     @abstractmethod
     def attention(self, prefix: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
+                  bias: torch.Tensor | None, key_mask: torch.Tensor | None = None,
+                  query_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention core ``prefix`` (layers ``prefix.<ATTENTION_LAYERS>``).
 
         q, k, v: (batch, ..., N, d); bias: additive logit bias broadcastable to (batch, ..., N, N).
-        Returns softmax(q·kᵀ/√d + bias)·v, (batch, ..., N, d), as the engine computes it.
+        ``key_mask``: bool, broadcastable to (batch, ..., N, N), True where the key is present;
+        absent keys get no attention (ANN: weight 0; spiking: their logit and WOSS neurons
+        never fire). ``query_mask``: bool, broadcastable to (batch, ..., N, 1), False for
+        padded query rows (still computed; kept out of calibration only).
+        Returns softmax(q·kᵀ/√d + bias)·v over present keys, (batch, ..., N, d), as the engine
+        computes it.
         """
 
 
@@ -193,9 +252,9 @@ class AnnEngine(Engine):
         super().__init__()
         self.observer = observer
 
-    def _observe(self, name: str, x: torch.Tensor, signed: bool) -> None:
+    def _observe(self, name: str, x: torch.Tensor, signed: bool, mask: torch.Tensor | None = None) -> None:
         if self.observer is not None:
-            self.observer.observe(name, x, signed)
+            self.observer.observe(name, x, signed, mask)
 
     def input_layer(self, name, x, linear, bias):
         if self.observer is not None:
@@ -204,30 +263,42 @@ class AnnEngine(Engine):
         self._observe(name, y, True)
         return y
 
-    def neuron(self, name, x, signed=True):
-        self._observe(name, x, signed)
+    def neuron(self, name, x, signed=True, mask=None):
+        self._observe(name, x, signed, mask)
         return x if signed else F.relu(x)
 
-    def attention(self, prefix, q, k, v, bias):
+    def attention(self, prefix, q, k, v, bias, key_mask=None, query_mask=None):
         n_q, n_k, n_v, n_logits, _, n_out = _attention_names(prefix)
-        for name, value in ((n_q, q), (n_k, k), (n_v, v)):
-            self._observe(name, value, True)
+        # A key counts in calibration if it is present for any query: (batch, ..., M, 1).
+        key_tokens = None if key_mask is None else key_mask.any(dim=-2, keepdim=True).transpose(-1, -2)
+        for name, value, mask in ((n_q, q, query_mask), (n_k, k, key_tokens), (n_v, v, key_tokens)):
+            self._observe(name, value, True, mask)
         logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
         if bias is not None:
             logits = logits + bias
-        self._observe(n_logits, logits, True)
+        pairs = _and_masks(key_mask, query_mask)
+        self._observe(n_logits, logits, True, pairs)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask, -math.inf)
         out = torch.softmax(logits, dim=-1) @ v
-        self._observe(n_out, out, True)
+        self._observe(n_out, out, True, query_mask)
         return out
+
+
+def _and_masks(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a & b
 
 
 class _SpikingEngine(Engine):
     """Shared state of the closed and stepped engines: code, scales, spike statistics."""
 
-    def __init__(self, code: PhaseCode, scale: Callable[[str], torch.Tensor], input_max: torch.Tensor | None) -> None:
+    def __init__(self, code: PhaseCode, scale: Callable[[str, Sequence[int] | None], torch.Tensor],
+                 input_max: torch.Tensor | None) -> None:
         super().__init__()
         self.code = code
-        self.scale = scale
+        self.scale = scale  # (layer name, activation shape) → its scale, cut to that shape
         self.input_max = input_max
         self.bias_gain = code.bias_gain
         self.input_bias_gain = 1.0 - 2.0**-code.timesteps  # first layer: bias not divided (§1.4)
@@ -235,12 +306,17 @@ class _SpikingEngine(Engine):
     def _record(self, name: str, fired: torch.Tensor, saturated: torch.Tensor | int) -> None:
         self.stats[name] = LayerStats(int(fired.numel()), int(fired.sum()), int(saturated))
 
-    def _record_neuron(self, name: str, x: torch.Tensor, scale: torch.Tensor, signed: bool) -> None:
+    def _record_neuron(self, name: str, x: torch.Tensor, scale: torch.Tensor, signed: bool,
+                       present: torch.Tensor | None = None) -> None:
+        """Statistics of a neuron layer; neurons outside ``present`` (absent keys) never fire."""
         fired = self.code.fire_step(x, scale, signed) >= 0
-        self._record(name, fired, self.code.saturated(x, scale, signed).sum())
+        saturated = self.code.saturated(x, scale, signed)
+        if present is not None:
+            fired, saturated = fired & present, saturated & present
+        self._record(name, fired, saturated.sum())
 
     def _closed_neuron(self, name: str, x: torch.Tensor, signed: bool) -> torch.Tensor:
-        scale = self.scale(name)
+        scale = self.scale(name, x.shape)
         k = self.code.fire_step(x, scale, signed)
         self._record(name, k >= 0, self.code.saturated(x, scale, signed).sum())
         return self.code.decode(k, torch.sign(x), scale.to(x.dtype))
@@ -253,16 +329,22 @@ class _SpikingEngine(Engine):
         self.stats["input"] = LayerStats(x.numel(), 0, int((x.abs() > full_scale).sum()))
         return full_scale
 
-    def _closed_attention(self, prefix: str, q, k, v, bias) -> torch.Tensor:
-        """Closed-form core (spec §3, §4), recording the statistics of its six layers."""
+    def _closed_attention(self, prefix: str, q, k, v, bias, key_mask=None) -> torch.Tensor:
+        """Closed-form core (spec §3, §4), recording the statistics of its six layers.
+
+        Absent keys (``key_mask`` False) are neither fired nor counted in the logits and WOSS
+        layers' spikes (their neurons stay in the population size).
+        """
         n_q, n_k, n_v, n_logits, n_woss, n_out = _attention_names(prefix)
         code = self.code
-        s_q, s_k, s_logits = self.scale(n_q), self.scale(n_k), self.scale(n_logits)
+        s_q, s_k = self.scale(n_q, q.shape), self.scale(n_k, k.shape)
         self._record_neuron(n_q, q, s_q, True)
         self._record_neuron(n_k, k, s_k, True)
         logits = closed.attention_logits(q, k, code, s_q, s_k, bias)
-        self._record_neuron(n_logits, logits, s_logits, True)
-        woss = closed.woss(logits, code, s_logits)
+        s_logits = self.scale(n_logits, logits.shape)
+        present = None if key_mask is None else key_mask.expand_as(logits)
+        self._record_neuron(n_logits, logits, s_logits, True, present)
+        woss = closed.woss(logits, code, s_logits, key_mask=present)
         self._record(n_woss, woss.fire_step >= 0, 0)
         v_hat = self._closed_neuron(n_v, v, True)
         return self._closed_neuron(n_out, woss.probabilities @ v_hat, True)
@@ -277,11 +359,11 @@ class ClosedEngine(_SpikingEngine):
         y = linear(value.to(x.dtype)) + bias * self.input_bias_gain
         return self._closed_neuron(name, y, True)
 
-    def neuron(self, name, x, signed=True):
+    def neuron(self, name, x, signed=True, mask=None):
         return self._closed_neuron(name, x, signed)
 
-    def attention(self, prefix, q, k, v, bias):
-        return self._closed_attention(prefix, q, k, v, bias)
+    def attention(self, prefix, q, k, v, bias, key_mask=None, query_mask=None):
+        return self._closed_attention(prefix, q, k, v, bias, key_mask)
 
 
 class SteppedEngine(_SpikingEngine):
@@ -297,7 +379,7 @@ class SteppedEngine(_SpikingEngine):
     def input_layer(self, name, x, linear, bias):
         encoder = BitSerialEncoderSim(x, self.code.timesteps, self._full_scale(x))
         steps = [linear(encoder.step().to(x.dtype)) + bias for _ in range(self.code.timesteps)]
-        scale = self.scale(name)
+        scale = self.scale(name, steps[0].shape)
         neuron = ConvertNeuronSim(self.code, scale, steps[0].shape)
         for t in range(neuron.end):
             neuron.step(steps[t] if t < len(steps) else None)
@@ -307,20 +389,23 @@ class SteppedEngine(_SpikingEngine):
         self._record(name, neuron.fire_step >= 0, self.code.saturated(integrated, scale).sum())
         return neuron.decoded.to(x.dtype)
 
-    def neuron(self, name, x, signed=True):
-        scale = self.scale(name)
+    def neuron(self, name, x, signed=True, mask=None):
+        scale = self.scale(name, x.shape)
         sim = PhaseNeuronSim(self.code, scale, x.shape, signed=signed)
         for t in range(sim.end):
             sim.step(self.code.unit_gain * x.double() if t == 0 else None)
         self._record(name, sim.fire_step >= 0, self.code.saturated(x, scale, signed).sum())
         return sim.decoded.to(x.dtype)
 
-    def attention(self, prefix, q, k, v, bias):
-        self._closed_attention(prefix, q, k, v, bias)  # statistics only
+    def attention(self, prefix, q, k, v, bias, key_mask=None, query_mask=None):
+        self._closed_attention(prefix, q, k, v, bias, key_mask)  # statistics only
         n_q, n_k, n_v, n_logits, _, n_out = _attention_names(prefix)
+        logits_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+        out_shape = (*logits_shape[:-1], v.shape[-1])
         out = functional.spiking_attention(
-            q, k, v, self.code, self.scale(n_q), self.scale(n_k), self.scale(n_v), self.scale(n_logits),
-            self.scale(n_out), bias=bias, engine="stepped")
+            q, k, v, self.code, self.scale(n_q, q.shape), self.scale(n_k, k.shape), self.scale(n_v, v.shape),
+            self.scale(n_logits, logits_shape), self.scale(n_out, out_shape), bias=bias, engine="stepped",
+            key_mask=key_mask)
         return out.to(q.dtype)
 
 
@@ -343,6 +428,7 @@ class SpikingNetwork(nn.Module):
         if engine != "ann" and code is None:
             raise ValueError(f"engine {engine!r} needs a PhaseCode")
         self.layers = tuple(layers)
+        self._specs = {layer.name: layer for layer in self.layers}
         self.code = code
         self.engine = engine
         self._buffer_of: dict[str, str] = {}
@@ -358,6 +444,11 @@ class SpikingNetwork(nn.Module):
     def has_weight(self, key: str) -> bool:
         return key in self._buffer_of
 
+    def scale(self, name: str, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """Calibrated scale of layer ``name``, cut to an activation of ``shape`` (batch first)
+        along the layer's sequence axis (see :func:`fit_scale`); the whole scale without it."""
+        return fit_scale(self._specs.get(name), self.weight(f"scale.{name}"), shape)
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.buffers()).dtype
@@ -372,7 +463,7 @@ class SpikingNetwork(nn.Module):
             return AnnEngine()
         input_max = self.weight("input_max") if self.has_weight("input_max") else None
         engine_class = ClosedEngine if self.engine == "closed" else SteppedEngine
-        return engine_class(self.code, lambda name: self.weight(f"scale.{name}"), input_max)
+        return engine_class(self.code, self.scale, input_max)
 
     def forward(self, x: Any) -> torch.Tensor:
         """Logits for ``x`` (the ANN's input format)."""
@@ -389,12 +480,42 @@ class SpikingNetwork(nn.Module):
 
 # --- calibration ----------------------------------------------------------------------------------------
 def _check_activation(spec: LayerSpec, x: torch.Tensor) -> list[int]:
-    """Axes of ``x`` (batch first) that the layer's scale shares; checks the shapes agree."""
+    """Axes of ``x`` (batch first) that the layer's scale shares; checks the shapes agree.
+
+    Along the layer's ``seq_axis`` the activation may be shorter than the scale (N tokens of a
+    scale that covers the longest sequence)."""
     shape = spec.scale_shape
-    if x.dim() != len(shape) + 1 or any(s not in (1, d) for s, d in zip(shape, x.shape[1:])):
+    fits = x.dim() == len(shape) + 1 and all(
+        s in (1, d) or (axis == spec.seq_axis and d <= s) for axis, (s, d) in enumerate(zip(shape, x.shape[1:])))
+    if not fits:
         raise ValueError(f"layer {spec.name}: activation of shape {tuple(x.shape)} does not match its "
                          f"scale shape {shape} (batch axis first)")
     return [0] + [axis + 1 for axis, size in enumerate(shape) if size == 1]
+
+
+def _present(spec: LayerSpec, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mask`` broadcast to ``values`` (all True for None)."""
+    if mask is None:
+        return torch.ones_like(values, dtype=torch.bool)
+    try:
+        return mask.to(device=values.device, dtype=torch.bool).expand_as(values)
+    except RuntimeError:
+        raise ValueError(f"layer {spec.name}: mask of shape {tuple(mask.shape)} does not broadcast to its "
+                         f"activation of shape {tuple(values.shape)}") from None
+
+
+def _pad_sequence(spec: LayerSpec, t: torch.Tensor, offset: int, value: float | bool) -> torch.Tensor:
+    """Pad ``t`` (``offset`` leading axes before the scale's axes) along the layer's sequence
+    axis to the full scale length with ``value``."""
+    if spec.seq_axis is None:
+        return t
+    axis = offset + spec.seq_axis
+    missing = spec.scale_shape[spec.seq_axis] - t.shape[axis]
+    if missing == 0:
+        return t
+    pad_shape = list(t.shape)
+    pad_shape[axis] = missing
+    return torch.cat([t, torch.full(pad_shape, value, dtype=t.dtype, device=t.device)], dim=axis)
 
 
 class Calibrator(Observer):
@@ -407,6 +528,11 @@ class Calibrator(Observer):
     scale, or 1.0 if the whole layer saw only zeros: on the calibration data the neuron is
     silent whatever its scale, and the layer's range is the best guess for other inputs. Such
     neurons are counted as ``zero_count`` in the summary.
+
+    Masked values (padding, ``observe(mask=...)``) are not samples. A neuron that never got a
+    sample (a position that was padding, or beyond the longest sequence, in every calibration
+    batch) is *unseen*: it takes the largest scale of the same neuron at any position (along
+    the layer's ``seq_axis``), else the layer's largest scale; counted as ``unseen_count``.
     """
 
     def __init__(self, layers: Sequence[LayerSpec], method: str = "max", percentile: float = 99.99) -> None:
@@ -418,58 +544,78 @@ class Calibrator(Observer):
         self.percentile = float(percentile)
         self.specs = {layer.name: layer for layer in layers if layer.scale_shape is not None}
         self.maxima: dict[str, torch.Tensor] = {}
+        self.seen: dict[str, torch.Tensor] = {}
         self.samples: dict[str, list[torch.Tensor]] = {}
-        self.input_max = 0.0
+        self.input_max: float | None = None
 
-    def observe(self, name: str, x: torch.Tensor, signed: bool) -> None:
+    def observe(self, name: str, x: torch.Tensor, signed: bool, mask: torch.Tensor | None = None) -> None:
         if name not in self.specs:
             raise KeyError(f"the network reported an activation for {name!r}, which has no scale in its layer graph")
         spec = self.specs[name]
         shared = _check_activation(spec, x)
         values = (x.abs() if signed else x.clamp(min=0)).detach().double()
+        present = _present(spec, values, mask)
         if self.method == "max":
-            m = values.amax(dim=shared).reshape(spec.scale_shape).cpu()
-            self.maxima[name] = m if name not in self.maxima else torch.maximum(self.maxima[name], m)
+            m = torch.where(present, values, 0.0).amax(dim=shared, keepdim=True)[0]
+            seen = present.to(torch.uint8).amax(dim=shared, keepdim=True)[0].bool()
+            m, seen = _pad_sequence(spec, m, 0, 0.0).cpu(), _pad_sequence(spec, seen, 0, False).cpu()
+            if name in self.maxima:
+                m, seen = torch.maximum(self.maxima[name], m), self.seen[name] | seen
+            self.maxima[name], self.seen[name] = m, seen
         else:
             kept = [axis for axis in range(x.dim()) if axis not in shared]
-            flat = values.permute(*shared, *kept).reshape(-1, math.prod(spec.scale_shape))
-            self.samples.setdefault(name, []).append(flat.float().cpu())
+            sizes = [1 if axis in shared else x.shape[axis] for axis in range(1, x.dim())]
+            samples = torch.where(present, values, math.nan).permute(*shared, *kept).reshape(-1, *sizes)
+            self.samples.setdefault(name, []).append(_pad_sequence(spec, samples.float().cpu(), 1, math.nan))
 
     def observe_input(self, x: torch.Tensor) -> None:
-        self.input_max = max(self.input_max, float(x.abs().max()))
+        self.input_max = max(self.input_max or 0.0, float(x.abs().max()))
 
-    def _raw(self, name: str) -> torch.Tensor:
+    def _raw(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the max or percentile per neuron, 0 where unseen; bool mask of neurons with samples)."""
         if self.method == "max":
-            return self.maxima[name]
-        values = torch.cat(self.samples[name]).double().sort(dim=0).values
-        position = (values.shape[0] - 1) * self.percentile / 100.0
-        lo, hi = math.floor(position), math.ceil(position)
-        raw = values[lo] + (values[hi] - values[lo]) * (position - lo)
-        return raw.reshape(self.specs[name].scale_shape)
+            return self.maxima[name], self.seen[name]
+        shape = self.specs[name].scale_shape
+        values = torch.cat(self.samples[name]).double().reshape(-1, math.prod(shape))
+        count = (~values.isnan()).sum(dim=0)
+        values = values.sort(dim=0).values  # NaN (no sample) sorts last
+        position = (count - 1).clamp(min=0).double() * self.percentile / 100.0
+        lo, hi = position.floor().long(), position.ceil().long()
+        low, high = values.gather(0, lo[None])[0], values.gather(0, hi[None])[0]
+        raw = low + (high - low) * (position - lo)
+        seen = count > 0
+        return torch.where(seen, raw, 0.0).reshape(shape), seen.reshape(shape)
 
     def finish(self, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(weights ``scale.<layer>`` and ``input_max``, JSON summary per layer)."""
+        """(weights ``scale.<layer>`` and, if the network has a bit-serial input, ``input_max``;
+        JSON summary per layer)."""
         observed = self.maxima if self.method == "max" else self.samples
         missing = [name for name in self.specs if name not in observed]
         if missing:
             raise RuntimeError(f"calibration never reached {len(missing)} layer(s): {', '.join(missing[:5])}")
         weights: dict[str, torch.Tensor] = {}
         layers: dict[str, dict[str, Any]] = {}
-        for name in self.specs:
-            raw = self._raw(name)
+        for name, spec in self.specs.items():
+            raw, seen = self._raw(name)
+            if spec.seq_axis is not None and not bool(seen.all()):
+                other_positions = torch.where(seen, raw, 0.0).amax(dim=spec.seq_axis, keepdim=True)
+                raw = torch.where(seen, raw, other_positions.expand_as(raw))
             zero = raw <= 0
             floor = float(raw.max()) if bool((raw > 0).any()) else 1.0
             scale = torch.where(zero, torch.full_like(raw, floor), raw).to(dtype)
             weights[f"scale.{name}"] = scale
-            layers[name] = {"min": float(scale.min()), "max": float(scale.max()), "zero_count": int(zero.sum())}
-        input_max = self.input_max if self.input_max > 0 else 1.0
-        weights["input_max"] = torch.tensor(input_max, dtype=dtype)
+            layers[name] = {"min": float(scale.min()), "max": float(scale.max()),
+                            "zero_count": int((zero & seen).sum()), "unseen_count": int((~seen).sum())}
+        if self.input_max is not None:
+            weights["input_max"] = torch.tensor(self.input_max if self.input_max > 0 else 1.0, dtype=dtype)
         summary = {
             "method": self.method,
             "percentile": self.percentile if self.method == "percentile" else None,
-            "input_max": float(weights["input_max"]),
+            "input_max": float(weights["input_max"]) if "input_max" in weights else None,
             "zero_floor": "layer's largest scale (1.0 if the whole layer was zero)",
             "zero_count": sum(layer["zero_count"] for layer in layers.values()),
+            "unseen_floor": "largest scale of the same neuron at any position, else the layer's largest",
+            "unseen_count": sum(layer["unseen_count"] for layer in layers.values()),
             "layers": layers,
         }
         return weights, summary
@@ -771,8 +917,9 @@ def log_error(ratios: torch.Tensor, code: PhaseCode) -> float:
 class _RatioCollector(Observer):
     """Keeps up to ``max_values`` random nonzero |x|/scale values per layer."""
 
-    def __init__(self, scale: Callable[[str], torch.Tensor], names: Iterable[str], max_values: int, seed: int) -> None:
-        self.scale = scale
+    def __init__(self, scale: Callable[[str, Sequence[int]], torch.Tensor], names: Iterable[str], max_values: int,
+                 seed: int) -> None:
+        self.scale = scale  # (layer name, activation shape) → its scale
         self.names = set(names)
         self.max_values = max_values
         self.generator = torch.Generator().manual_seed(seed)
@@ -783,10 +930,13 @@ class _RatioCollector(Observer):
             return r
         return r[torch.randperm(r.numel(), generator=self.generator)[: self.max_values]]
 
-    def observe(self, name: str, x: torch.Tensor, signed: bool) -> None:
+    def observe(self, name: str, x: torch.Tensor, signed: bool, mask: torch.Tensor | None = None) -> None:
         if name not in self.names:
             return
-        r = ((x.abs() if signed else x.clamp(min=0)) / self.scale(name)).detach().double().cpu().reshape(-1)
+        r = ((x.abs() if signed else x.clamp(min=0)) / self.scale(name, x.shape)).detach().double().cpu()
+        if mask is not None:
+            r = r[mask.cpu().expand_as(r)]
+        r = r.reshape(-1)
         r = self._subsample(r[r > 0])
         previous = self.ratios.get(name)
         self.ratios[name] = r if previous is None else self._subsample(torch.cat([previous, r]))
@@ -795,7 +945,7 @@ class _RatioCollector(Observer):
 def _model_ratios(cm: ConvertedModel, batches: Iterable[Any], max_values: int, seed: int) -> dict[str, torch.Tensor]:
     network = cm.to_reference("ann")
     names = [layer.name for layer in cm.layers if layer.scale_shape is not None]
-    collector = _RatioCollector(lambda name: network.weight(f"scale.{name}"), names, max_values, seed)
+    collector = _RatioCollector(network.scale, names, max_values, seed)
     engine = AnnEngine(collector)
     with torch.no_grad():
         for batch in batches:
@@ -845,7 +995,7 @@ def search_base(model_or_activations: Any, timesteps: int, bases: Sequence[float
         elif not isinstance(tensors, Mapping):
             tensors = {str(i): t for i, t in enumerate(tensors)}
         tensors = {name: torch.as_tensor(t) for name, t in tensors.items()}
-        collector = _RatioCollector(lambda name: tensors[name].abs().max(), tensors, max_values, seed)
+        collector = _RatioCollector(lambda name, shape: tensors[name].abs().max(), tensors, max_values, seed)
         for name, t in tensors.items():
             if not bool((t != 0).any()):
                 raise ValueError(f"activations {name!r} are all zero: nothing to measure")

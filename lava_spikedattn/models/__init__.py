@@ -1,13 +1,13 @@
 """Model families the converter knows: a small registry, family name → :class:`ModelFamily`.
 
-A family knows one kind of prepared ANN (timm Swin, later Hugging Face BERT): its architecture
+A family knows one kind of prepared ANN (timm Swin, Hugging Face BERT): its architecture
 hyper-parameters, its neuron-layer graph in each convention, how to fold its weights, and the
 engine-agnostic network code that runs it (see :class:`lava_spikedattn.convert.SpikingNetwork`).
 The generic converter (:mod:`lava_spikedattn.convert`) dispatches on it and never looks inside
 a model itself.
 
-Built-in families live in their own modules (``models/swin.py``) and register themselves with
-:func:`register_family` when imported; the registry imports them on first use.
+Built-in families live in their own modules (``models/swin.py``, ``models/bert.py``) and register
+themselves with :func:`register_family` when imported; the registry imports them on first use.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelFamily", "family_names", "family_of", "get_family", "register_family"]
 
 # Family name → module that defines (and registers) it.
-_BUILTIN_MODULES = {"swin": "lava_spikedattn.models.swin"}
+_BUILTIN_MODULES = {"swin": "lava_spikedattn.models.swin", "bert": "lava_spikedattn.models.bert"}
 _REGISTRY: dict[str, ModelFamily] = {}
 
 
@@ -69,7 +69,9 @@ class ModelFamily(ABC):
         """The engine-agnostic network module of this family."""
 
     def model_input(self, batch: Any) -> Any:
-        """The model input inside one calibration batch: the batch itself or its first item."""
+        """The model input inside one calibration batch: the batch itself or its first item.
+
+        Families whose input is a dict (BERT) override this to keep only the model's inputs."""
         if isinstance(batch, (tuple, list)):
             return batch[0]
         return batch

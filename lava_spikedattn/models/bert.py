@@ -1,0 +1,451 @@
+"""Hugging Face BERT → SpikedAttention network (spec §8, the release's MA-BERT variant; §1–§5).
+
+The input is a ``BertForSequenceClassification`` prepared with ``ann.prepare_bert`` (every
+LayerNorm → ``RunningAffineNorm``, ReLU FFN, ReLU pooler, eager attention) and fine-tuned, which
+sets the norms' running statistics. At inference a ``RunningAffineNorm`` is a per-channel affine
+map ``y = a·x + c`` (``a = weight/√(running_phi+eps)``, ``c = bias``).
+
+**Post-norm layers.** BERT computes ``h = Norm(dense(x) + x)`` twice per layer. Neuron layers per
+encoder layer (pipeline index n, one index per line; W = T, spec §1.5):
+
+``exact`` (7): every norm folds into what consumes its output: the next q/k/v (and fc1) linears
+*and* the residual path, which becomes a per-channel (diagonal) affine synapse with a bias. The
+stream neurons therefore carry the pre-norm sums::
+
+    q_if, k_if, v_if   linear(Norm_prev(s))              per position, shared over heads and d
+    stdp_qk            q̂k̂ᵀ/√d                            per (head, query row), shared over keys
+    softmax_if         WOSS over present keys
+    stdp_av            WOSS·V̂ / spike sum                 per (head, position)
+    attn_out_if        o_proj(ctx) + a_prev·s + c_prev   per element (position, channel)
+    intermediate_if    ReLU neuron on fc1(Norm_1(·))     per element (position, intermediate)
+    out_if             fc2(·) + a_1·h + c_1              per element (position, channel)
+
+where ``Norm_prev`` is the previous layer's output norm (identity for layer 0, whose input is
+the host-normalised embedding) and ``Norm_1`` this layer's attention-output norm.
+
+``official`` (9, the release's graph, spec §8.4): q_if, k_if, v_if (one index), stdp_qk,
+softmax_if, stdp_av; ``attention.neuron_1_if`` on o_proj(ctx); ``attention.neuron_2_if`` on
+Norm_1(neuron_1 + residual), the norm a per-step affine map on both spike streams;
+``intermediate_if`` (ReLU neuron) on fc1; ``output.neuron_1_if`` on fc2; ``output.neuron_2_if``
+on Norm_2(neuron_1 + residual). Nothing is folded; the stream between layers is the normalised
+hidden state.
+
+Scale granularity (spec §5.2, BERT): q/k/v, stdp_qk and stdp_av share their scale over the last
+axis (per position / per (head, query row) / per (head, position)); every other neuron has one
+scale per element. Per-position scales cover ``max_position_embeddings`` positions (their
+``seq_axis``); a sequence of N tokens uses the first N. Positions never present in calibration
+take the largest scale of the same neuron at any position (``Calibrator``).
+
+**Input (host side).** The embedding look-up (word + position + token type) and its norm are
+computed on the host: a table look-up is not a synaptic operation on spikes. The first neuron
+layer, ``embeddings_if`` (per element), receives that value one-shot at its first input step,
+exactly as the stepped engine injects every integrated input. In the ``official`` convention the
+spiking engines first quantise the embedding sum to T bits relative to its signed maximum
+(spec §8.5, ``round(e/max·2^T)/2^T·max``); the maximum is taken over the batch's *present*
+tokens only (the release includes padding), so that padding cannot change the result.
+
+**Padding.** HF's ``attention_mask`` becomes the attention ``key_mask``: padded keys get no
+attention in the ANN and their logit and WOSS neurons never fire in the SNN (the release's
+MA-BERT instead used a multiplicative mask, spec §8.6; ``prepare_bert`` keeps HF's additive one,
+and the SNN matches it). Padded query rows are still computed (the pooler ignores them), but
+padded positions never enter calibration: tokens, keys and logits rows are masked out.
+
+**Read-out.** The pooler takes token 0 → dense (exact: the last output norm folded in) → a ReLU
+neuron ``pooler_if`` (per channel); the classifier is the membrane read-out ``classifier`` (no
+spikes, like Swin's ``last_fc``). Layers: exact ``7·L + 3``, official ``9·L + 3`` (embeddings_if,
+pooler_if, classifier); BERT-base (L=12): 87 exact, 111 official (the release counts 110: its
+classifier is a dense pass-through, not a pipeline stage, spec §6).
+
+**Stored tensors** (``weights.safetensors``; ``.weight`` of a norm or residual is its diagonal):
+``embeddings.{word,position,token_type}_embeddings``, ``embeddings.norm.{weight,bias}``;
+per layer ``layers.{i}.attention.{query,key,value,output}.{weight,bias}``,
+``layers.{i}.intermediate.{weight,bias}``, ``layers.{i}.output.{weight,bias}``, and
+``layers.{i}.{attention,output}.residual.{weight,bias}`` (exact) or
+``layers.{i}.{attention,output}.norm.{weight,bias}`` (official); ``pooler.{weight,bias}``,
+``classifier.{weight,bias}``; ``scale.<layer>`` for every neuron layer with a scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.bert.modeling_bert import (
+    BertForSequenceClassification,
+    BertModel,
+)
+
+from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
+from lava_spikedattn.coding import CONVENTIONS, PhaseCode
+from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
+from lava_spikedattn.models import ModelFamily, register_family
+from lava_spikedattn.models.swin import _fold_linear
+
+__all__ = ["BertArchitecture", "BertFamily", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",
+           "quantize_embedding"]
+
+#: Keys of a BERT input dict that the network reads (everything else, e.g. labels, is ignored).
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# --- architecture -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BertArchitecture:
+    """Hyper-parameters that rebuild a converted BERT classifier (Hugging Face's names)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    num_labels: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json(cls, arch: Mapping[str, Any]) -> BertArchitecture:
+        """Validated architecture from ``config.json``; ``ValueError`` naming the field."""
+        if not isinstance(arch, Mapping):
+            raise ValueError(f"architecture must be an object, got {type(arch).__name__}")
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in arch]
+        if missing:
+            raise ValueError(f"architecture is missing {', '.join(repr(m) for m in missing)}")
+        unknown = sorted(key for key in arch if key not in names)
+        if unknown:
+            raise ValueError(f"architecture has unknown key(s) {', '.join(repr(u) for u in unknown)} for a BERT "
+                             f"classifier (expected {', '.join(names)})")
+        for name in names:
+            value = arch[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"architecture {name!r} must be a positive integer, got {value!r}")
+        config = cls(**{name: arch[name] for name in names})
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(f"architecture 'hidden_size' ({config.hidden_size}) is not a multiple of "
+                             f"'num_attention_heads' ({config.num_attention_heads})")
+        return config
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> BertArchitecture:
+        """Architecture of a HF ``BertForSequenceClassification``; ``ValueError`` for variants the
+        converter cannot run."""
+        if isinstance(model, BertModel):
+            raise ValueError("a bare BertModel has no classifier to read out; convert a "
+                             "BertForSequenceClassification (prepared with prepare_bert())")
+        if not isinstance(model, BertForSequenceClassification):
+            raise ValueError(f"expected a transformers BertForSequenceClassification, got {type(model).__name__}")
+        hf = model.config
+        if hf.is_decoder or getattr(hf, "add_cross_attention", False):
+            raise ValueError("decoder BERT (causal mask, cross-attention) is not supported: the converter runs "
+                             "bidirectional encoders")
+        position = getattr(hf, "position_embedding_type", "absolute")
+        if position != "absolute":
+            raise ValueError(f"position_embedding_type {position!r} is not supported; only 'absolute'")
+        bert = model.bert
+        if bert.pooler is None or not isinstance(model.classifier, nn.Linear):
+            raise ValueError("the BERT classifier must have a pooler and a Linear classifier")
+        config = cls(
+            vocab_size=bert.embeddings.word_embeddings.num_embeddings,
+            hidden_size=bert.embeddings.word_embeddings.embedding_dim,
+            num_hidden_layers=len(bert.encoder.layer),
+            num_attention_heads=bert.encoder.layer[0].attention.self.num_attention_heads,
+            intermediate_size=bert.encoder.layer[0].intermediate.dense.out_features,
+            max_position_embeddings=bert.embeddings.position_embeddings.num_embeddings,
+            type_vocab_size=bert.embeddings.token_type_embeddings.num_embeddings,
+            num_labels=model.classifier.out_features,
+        )
+        BertArchitecture.from_json(config.to_json())
+        for i, layer in enumerate(bert.encoder.layer):
+            found = (layer.attention.self.num_attention_heads, layer.attention.self.attention_head_size,
+                     layer.intermediate.dense.out_features)
+            if found != (config.num_attention_heads, config.head_dim, config.intermediate_size):
+                raise ValueError(f"encoder.layer.{i}: (heads, head size, intermediate) = {found} differs from "
+                                 f"layer 0's; the converter needs identical layers")
+        return config
+
+
+def bert_layer_graph(config: BertArchitecture, convention: str) -> list[LayerSpec]:
+    """Neuron layers of the converted BERT in execution order (see the module docstring)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    official = convention == "official"
+    positions, hidden, heads = config.max_position_embeddings, config.hidden_size, config.num_attention_heads
+    per_token, per_inter = (positions, hidden), (positions, config.intermediate_size)
+    layers: list[LayerSpec] = []
+
+    def add(name: str, kind: str, shape: tuple[int, ...] | None, seq_axis: int | None, signed: bool = True,
+            new_index: bool = True) -> None:
+        index = layers[-1].index + new_index if layers else 0
+        layers.append(LayerSpec(name, kind, index, signed, shape, seq_axis))
+
+    add("embeddings_if", "phase", per_token, 0)
+    for i in range(config.num_hidden_layers):
+        p = f"layers.{i}"
+        add(f"{p}.q_if", "phase", (1, positions, 1), 1)  # (batch, heads, N, d): per position
+        add(f"{p}.k_if", "phase", (1, positions, 1), 1, new_index=False)
+        add(f"{p}.v_if", "phase", (1, positions, 1), 1, new_index=False)
+        add(f"{p}.stdp_qk", "logits", (heads, positions, 1), 1)  # per (head, query row)
+        add(f"{p}.softmax_if", "woss", None, None)
+        add(f"{p}.stdp_av", "attention_out", (heads, positions, 1), 1)  # per (head, position)
+        if official:
+            add(f"{p}.attention.neuron_1_if", "phase", per_token, 0)
+            add(f"{p}.attention.neuron_2_if", "phase", per_token, 0)
+            add(f"{p}.intermediate_if", "phase", per_inter, 0, signed=False)
+            add(f"{p}.output.neuron_1_if", "phase", per_token, 0)
+            add(f"{p}.output.neuron_2_if", "phase", per_token, 0)
+        else:
+            add(f"{p}.attn_out_if", "phase", per_token, 0)
+            add(f"{p}.intermediate_if", "phase", per_inter, 0, signed=False)
+            add(f"{p}.out_if", "phase", per_token, 0)
+    add("pooler_if", "phase", (hidden,), None, signed=False)
+    add("classifier", "readout", None, None)
+    return layers
+
+
+def bert_weight_shapes(config: BertArchitecture, convention: str) -> dict[str, tuple[int, ...]]:
+    """Shape of every stored tensor except the scales (names: module docstring)."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings": (config.vocab_size, hidden),
+        "embeddings.position_embeddings": (config.max_position_embeddings, hidden),
+        "embeddings.token_type_embeddings": (config.type_vocab_size, hidden),
+        "embeddings.norm.weight": (hidden,),
+        "embeddings.norm.bias": (hidden,),
+    }
+    diagonal = "norm" if convention == "official" else "residual"
+    for i in range(config.num_hidden_layers):
+        p = f"layers.{i}"
+        for name, out_features, in_features in (
+                ("attention.query", hidden, hidden), ("attention.key", hidden, hidden),
+                ("attention.value", hidden, hidden), ("attention.output", hidden, hidden),
+                ("intermediate", inter, hidden), ("output", hidden, inter)):
+            shapes[f"{p}.{name}.weight"] = (out_features, in_features)
+            shapes[f"{p}.{name}.bias"] = (out_features,)
+        for block in ("attention", "output"):
+            shapes[f"{p}.{block}.{diagonal}.weight"] = shapes[f"{p}.{block}.{diagonal}.bias"] = (hidden,)
+    shapes["pooler.weight"], shapes["pooler.bias"] = (hidden, hidden), (hidden,)
+    shapes["classifier.weight"], shapes["classifier.bias"] = (config.num_labels, hidden), (config.num_labels,)
+    return shapes
+
+
+# --- folding ----------------------------------------------------------------------------------------------
+def _affine(norm: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, c) with norm(x) = a·x + c in eval mode, float64."""
+    if not isinstance(norm, RunningAffineNorm):
+        raise UnsupportedModuleError(f"model.{path}: {type(norm).__name__} cannot be folded; it must be a "
+                                     f"RunningAffineNorm with running statistics (run prepare_bert())")
+    a = norm.weight.detach().double() * torch.rsqrt(norm.running_phi.detach().double() + norm.eps)
+    return a.cpu(), norm.bias.detach().double().cpu()
+
+
+def fold_bert(model: BertForSequenceClassification, convention: str) -> dict[str, torch.Tensor]:
+    """Inference weights of a prepared BERT classifier, norms folded per ``convention``."""
+    official = convention == "official"
+    dtype = next(model.parameters()).dtype
+    bert = model.bert
+    emb = bert.embeddings
+    out: dict[str, torch.Tensor] = {
+        "embeddings.word_embeddings": emb.word_embeddings.weight.detach().double().cpu(),
+        "embeddings.position_embeddings": emb.position_embeddings.weight.detach().double().cpu(),
+        "embeddings.token_type_embeddings": emb.token_type_embeddings.weight.detach().double().cpu(),
+    }
+    out["embeddings.norm.weight"], out["embeddings.norm.bias"] = _affine(emb.LayerNorm, "bert.embeddings.LayerNorm")
+    hidden = emb.word_embeddings.embedding_dim
+    # Norm of the stream entering the layer, still to be applied (exact): none for layer 0.
+    previous = (torch.ones(hidden, dtype=torch.float64), torch.zeros(hidden, dtype=torch.float64))
+    for i, layer in enumerate(bert.encoder.layer):
+        p, path = f"layers.{i}", f"bert.encoder.layer.{i}"
+        attention = layer.attention
+        norm_1 = _affine(attention.output.LayerNorm, f"{path}.attention.output.LayerNorm")
+        norm_2 = _affine(layer.output.LayerNorm, f"{path}.output.LayerNorm")
+        for name in ("query", "key", "value"):
+            linear = getattr(attention.self, name)
+            a, c = (None, None) if official else previous
+            out[f"{p}.attention.{name}.weight"], out[f"{p}.attention.{name}.bias"] = _fold_linear(linear, a, c)
+        out[f"{p}.attention.output.weight"], out[f"{p}.attention.output.bias"] = _fold_linear(attention.output.dense)
+        a, c = (None, None) if official else norm_1
+        out[f"{p}.intermediate.weight"], out[f"{p}.intermediate.bias"] = _fold_linear(layer.intermediate.dense, a, c)
+        out[f"{p}.output.weight"], out[f"{p}.output.bias"] = _fold_linear(layer.output.dense)
+        if official:
+            out[f"{p}.attention.norm.weight"], out[f"{p}.attention.norm.bias"] = norm_1
+            out[f"{p}.output.norm.weight"], out[f"{p}.output.norm.bias"] = norm_2
+        else:
+            out[f"{p}.attention.residual.weight"], out[f"{p}.attention.residual.bias"] = previous
+            out[f"{p}.output.residual.weight"], out[f"{p}.output.residual.bias"] = norm_1
+        previous = norm_2
+    a, c = (None, None) if official else previous
+    out["pooler.weight"], out["pooler.bias"] = _fold_linear(bert.pooler.dense, a, c)
+    out["classifier.weight"], out["classifier.bias"] = _fold_linear(model.classifier)
+    return {key: value.to(dtype).contiguous() for key, value in out.items()}
+
+
+def quantize_embedding(e: torch.Tensor, present: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """The release's T-bit input code of the embedding sum (spec §8.5), float64 internally.
+
+    ``round(e/m·2^T)/2^T·m`` with m the signed maximum of ``e`` over the present tokens
+    (``present``: (batch, N) bool); unchanged if m ≤ 0.
+    """
+    m = e[present].max().double() if bool(present.any()) else torch.tensor(0.0, dtype=torch.float64)
+    if m <= 0:
+        return e
+    full = 2.0**timesteps
+    return (torch.round(e.double() / m * full) / full * m).to(e.dtype)
+
+
+# --- the network ------------------------------------------------------------------------------------------
+class SpikingBert(SpikingNetwork):
+    """Converted BERT classifier; ``forward(inputs) → logits (batch, num_labels)``.
+
+    ``inputs`` is a dict as HF tokenizers return it: ``input_ids`` (batch, N) and optionally
+    ``attention_mask`` (batch, N; 1 = token, 0 = padding; default all 1) and ``token_type_ids``
+    (default 0); other keys (``labels``) are ignored. N ≤ ``max_position_embeddings``. Streams
+    are (batch, N, hidden) decoded values; attention tensors are (batch, heads, N, head_dim).
+    """
+
+    def __init__(self, config: BertArchitecture, convention: str, weights: Mapping[str, torch.Tensor],
+                 code: PhaseCode | None = None, engine: str = "ann") -> None:
+        super().__init__(bert_layer_graph(config, convention), weights, code, engine)
+        self.config = config
+        self.official = convention == "official"
+
+    def _inputs(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, present (bool), token_type_ids), validated, on this module's device."""
+        if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+            raise ValueError("SpikingBert expects a dict with 'input_ids' (batch, N) and optionally "
+                             f"'attention_mask' and 'token_type_ids', got {type(inputs).__name__}")
+        cfg = self.config
+        ids = torch.as_tensor(inputs["input_ids"], device=self.device)
+        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be an integer tensor (batch, N), got {ids.dtype} {tuple(ids.shape)}")
+        if ids.shape[1] > cfg.max_position_embeddings:
+            raise ValueError(f"a sequence of {ids.shape[1]} tokens is longer than max_position_embeddings "
+                             f"({cfg.max_position_embeddings})")
+        tensors = {}
+        for key, default in (("attention_mask", 1), ("token_type_ids", 0)):
+            value = inputs.get(key)
+            value = torch.full_like(ids, default) if value is None else torch.as_tensor(value, device=self.device)
+            if tuple(value.shape) != tuple(ids.shape):
+                raise ValueError(f"{key} has shape {tuple(value.shape)}, input_ids {tuple(ids.shape)}")
+            tensors[key] = value
+        for name, value, limit in (("input_ids", ids, cfg.vocab_size),
+                                   ("token_type_ids", tensors["token_type_ids"], cfg.type_vocab_size)):
+            if bool(((value < 0) | (value >= limit)).any()):
+                raise ValueError(f"{name} must lie in [0, {limit}), found values in "
+                                 f"[{int(value.min())}, {int(value.max())}]")
+        mask = tensors["attention_mask"]
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
+        present = mask == 1
+        if not bool(present.any(dim=1).all()):
+            raise ValueError("every sequence needs at least one token with attention_mask 1")
+        return ids.long(), present, tensors["token_type_ids"].long()
+
+    def run(self, inputs: Any, engine: Engine) -> torch.Tensor:
+        ids, present, types = self._inputs(inputs)
+        n = ids.shape[1]
+        e = (F.embedding(ids, self.weight("embeddings.word_embeddings"))
+             + F.embedding(types, self.weight("embeddings.token_type_embeddings"))
+             + self.weight("embeddings.position_embeddings")[:n])
+        if self.official and engine.code is not None:
+            e = quantize_embedding(e, present, engine.code.timesteps)
+        x = e * self.weight("embeddings.norm.weight") + self.weight("embeddings.norm.bias")  # host side
+        tokens = present[:, :, None]  # (batch, N, 1): calibration mask of per-token layers
+        key_mask, query_mask = present[:, None, None, :], present[:, None, :, None]
+        x = engine.neuron("embeddings_if", x, mask=tokens)
+        for i in range(self.config.num_hidden_layers):
+            x = self._layer(x, f"layers.{i}", engine, tokens, key_mask, query_mask)
+        pooled = engine.neuron("pooler_if", self._linear("pooler", x[:, 0], engine), signed=False)
+        return self._linear("classifier", pooled, engine)  # classifier: membrane read-out, no spikes
+
+    def _linear(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
+        return F.linear(x, self.weight(f"{key}.weight"), self.weight(f"{key}.bias") * engine.bias_gain)
+
+    def _diagonal(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
+        """A per-channel affine synapse (folded residual, or official's norm): a·x + c·gain."""
+        return x * self.weight(f"{key}.weight") + self.weight(f"{key}.bias") * engine.bias_gain
+
+    def _layer(self, s: torch.Tensor, p: str, engine: Engine, tokens: torch.Tensor, key_mask: torch.Tensor,
+               query_mask: torch.Tensor) -> torch.Tensor:
+        ctx = self._attention(s, p, engine, key_mask, query_mask)
+        if self.official:
+            h = engine.neuron(f"{p}.attention.neuron_1_if", self._linear(f"{p}.attention.output", ctx, engine),
+                              mask=tokens)
+            h = engine.neuron(f"{p}.attention.neuron_2_if", self._diagonal(f"{p}.attention.norm", h + s, engine),
+                              mask=tokens)
+            m = engine.neuron(f"{p}.intermediate_if", self._linear(f"{p}.intermediate", h, engine), signed=False,
+                              mask=tokens)
+            o = engine.neuron(f"{p}.output.neuron_1_if", self._linear(f"{p}.output", m, engine), mask=tokens)
+            return engine.neuron(f"{p}.output.neuron_2_if", self._diagonal(f"{p}.output.norm", o + h, engine),
+                                 mask=tokens)
+        h = engine.neuron(f"{p}.attn_out_if", self._linear(f"{p}.attention.output", ctx, engine)
+                          + self._diagonal(f"{p}.attention.residual", s, engine), mask=tokens)
+        m = engine.neuron(f"{p}.intermediate_if", self._linear(f"{p}.intermediate", h, engine), signed=False,
+                          mask=tokens)
+        return engine.neuron(f"{p}.out_if", self._linear(f"{p}.output", m, engine)
+                             + self._diagonal(f"{p}.output.residual", h, engine), mask=tokens)
+
+    def _attention(self, s: torch.Tensor, p: str, engine: Engine, key_mask: torch.Tensor,
+                   query_mask: torch.Tensor) -> torch.Tensor:
+        """HF's ``BertSelfAttention`` on (batch, N, hidden) → the context (batch, N, hidden)."""
+        b, n, hidden = s.shape
+        heads, d = self.config.num_attention_heads, self.config.head_dim
+        q, k, v = (self._linear(f"{p}.attention.{name}", s, engine).reshape(b, n, heads, d).transpose(1, 2)
+                   for name in ("query", "key", "value"))
+        ctx = engine.attention(p, q, k, v, None, key_mask=key_mask, query_mask=query_mask)
+        return ctx.transpose(1, 2).reshape(b, n, hidden)
+
+
+# --- family --------------------------------------------------------------------------------------------
+class BertFamily(ModelFamily):
+    """HF ``BertForSequenceClassification`` prepared with ``ann.prepare_bert``."""
+
+    name = "bert"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, (BertForSequenceClassification, BertModel))
+
+    def architecture(self, model: nn.Module) -> dict[str, Any]:
+        return BertArchitecture.from_model(model).to_json()
+
+    def check_architecture(self, architecture: Mapping[str, Any]) -> None:
+        BertArchitecture.from_json(architecture)
+
+    def layer_graph(self, architecture: Mapping[str, Any], convention: str) -> list[LayerSpec]:
+        return bert_layer_graph(BertArchitecture.from_json(architecture), convention)
+
+    def weight_shapes(self, architecture: Mapping[str, Any], convention: str) -> dict[str, tuple[int, ...]]:
+        return bert_weight_shapes(BertArchitecture.from_json(architecture), convention)
+
+    def fold(self, model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
+        return fold_bert(model, convention)
+
+    def network(self, architecture: Mapping[str, Any], convention: str, weights: Mapping[str, torch.Tensor],
+                code: PhaseCode | None = None, engine: str = "ann") -> SpikingBert:
+        return SpikingBert(BertArchitecture.from_json(architecture), convention, weights, code, engine)
+
+    def model_input(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The tokenizer tensors of a batch (a dict, or a tuple whose first item is one); labels and
+        other keys are dropped."""
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise ValueError(f"a BERT batch must be a dict with 'input_ids' (as HF tokenizers return), got "
+                             f"{type(batch).__name__}")
+        return {key: batch[key] for key in INPUT_KEYS if batch.get(key) is not None}
+
+    def ann_output(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        device = next(model.parameters()).device
+        return model(**{key: value.to(device) for key, value in inputs.items()}).logits
+
+
+register_family(BertFamily())
