@@ -1,4 +1,4 @@
-"""Lava network builder: a converted model → SpikedAttention Lava processes → logits.
+"""Lava network builder: a converted Swin or BERT → SpikedAttention Lava processes → logits.
 
 The network is pipelined in time exactly as the spec describes (§1.5, W = T): the layer with
 pipeline index n integrates in ``[n·T, (n+1)·T)`` and fires in ``[(n+1)·T, (n+2)·T)``; Lava
@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats
+from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.lava import run_processes
 from lava_spikedattn.models import swin
 from lava_spikedattn.procs.circuit.process import Circuit
@@ -36,13 +36,13 @@ from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
-from lava_spikedattn.wiring import connect, probe
+from lava_spikedattn.wiring import connect, one_shot, probe
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
 #: weights) synchronised on every step (~0.1–0.3 ms per process per step on 2 cores): 400 processes
 #: take ~3 GB and ≥ 40 ms per step.
 MAX_PROCESSES = 400
-FAMILIES = ("swin",)
+FAMILIES = ("swin", "bert")
 MODES = ("fused", "decomposed")
 
 
@@ -97,6 +97,18 @@ class _Graph:
         """A graph for one block's members: same model and populations, the trace a boundary."""
         return _Graph(self.cm, self.batch, populations=self.populations, trace=_Boundary((1,)))
 
+    def circuit(self, x: _Stream, name: str,
+                build: ty.Callable[["_Graph", _Stream], PhaseNeuron]) -> _Stream:
+        """A block built by ``build(graph, input stream) → output neuron`` as one :class:`Circuit`."""
+        g, boundary = self.block(), _Boundary(x.shape)
+        final = build(g, _Stream(boundary, None, x.index, x.shape))
+        shape = tuple(final.s_out.shape)
+        circuit = self.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=shape, feeds=boundary.feeds,
+                                   trace_feeds=g.trace.feeds, output=final.s_out, name=name))
+        self.link(x.s_out, circuit.s_in)
+        self.link(self.trace.s_out, circuit.trace_in)
+        return _Stream(circuit.s_out, None, self.layers[final.name].index, shape)
+
     def link(self, source, destination) -> None:
         """Connect, or record a block-boundary feed."""
         if isinstance(source, _Boundary):
@@ -113,13 +125,16 @@ class _Graph:
     def weight(self, key: str) -> np.ndarray:
         return self.cm.weights[key].double().numpy()
 
-    def scale(self, name: str) -> np.ndarray:
-        return self.cm.weights[f"scale.{name}"].double().numpy()[None]  # + batch axis
+    def scale(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Scale of layer ``name`` for a population of ``shape`` (batch axis first; per-position
+        scales cut to the sequence length)."""
+        scale = fit_scale(self.layers[name], self.cm.weights[f"scale.{name}"], shape)
+        return scale.double().numpy()[None]
 
     def neuron(self, name: str, shape: tuple[int, ...], **kwargs) -> PhaseNeuron:
         """The population of layer ``name`` (scale, sign, start from the converted model)."""
         spec = self.layers[name]
-        population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name), code=self.code, signed=spec.signed,
+        population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name, shape), code=self.code, signed=spec.signed,
                                           start=spec.index * self.T, name=name, **kwargs))
         self.link(self.trace.s_out, population.trace_in)
         self.populations[name] = population
@@ -214,14 +229,7 @@ class _SwinBuilder:
 
     def _block(self, x: _Stream, geometry: swin.BlockGeometry) -> _Stream:
         """One Swin block as a :class:`Circuit` (fused or decomposed at run time)."""
-        g = self.g.block()
-        boundary = _Boundary(x.shape)
-        final = self._block_members(g, _Stream(boundary, None, x.index, x.shape), geometry)
-        circuit = self.g.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=x.shape, feeds=boundary.feeds,
-                                     trace_feeds=g.trace.feeds, output=final.s_out, name=geometry.prefix))
-        self.g.link(x.s_out, circuit.s_in)
-        self.g.link(self.g.trace.s_out, circuit.trace_in)
-        return _Stream(circuit.s_out, None, g.layers[final.name].index, x.shape)
+        return self.g.circuit(x, geometry.prefix, lambda g, x_in: self._block_members(g, x_in, geometry))
 
     def _block_members(self, g: _Graph, x: _Stream, geometry: swin.BlockGeometry) -> PhaseNeuron:
         p = geometry.prefix
@@ -244,7 +252,7 @@ class _SwinBuilder:
     def _window_attention(self, g: _Graph, x: _Stream, geo: swin.BlockGeometry, destination: PhaseNeuron) -> None:
         """q/k/v → QKᵀ (+ relative-position bias, shift mask) → WOSS → attention×V → proj."""
         p, b = geo.prefix, g.batch
-        T, inner = g.T, geo.heads * geo.head_dim
+        inner = geo.heads * geo.head_dim
         head_shape = (b, geo.windows, geo.heads, geo.tokens, geo.head_dim)
         logit_shape = head_shape[:-1] + (geo.tokens,)
         windows = swin.partition_windows(_index(x.shape), geo).numpy()
@@ -256,35 +264,10 @@ class _SwinBuilder:
             rows = slice(part * inner, (part + 1) * inner)
             g.linear(f"{p}.qkv", x, qkv[name], in_index=windows, out_index=heads, weight=qkv_weight[rows],
                      bias=qkv_bias[rows])
-        index = g.layers[f"{p}.stdp_qk"].index
         bias = g.weight(f"{p}.rel_pos_bias")
         if geo.shifted:
             bias = bias + g.weight(f"{p}.attn_mask")[:, None]
-        qk = g.add(TraceMatMul(shape_a=head_shape, shape_b=head_shape, code=g.code, transpose_b=True,
-                               factor=geo.head_dim ** -0.5, bias=np.broadcast_to(bias, logit_shape),
-                               bias_start=index * T, name=f"{p}.qk"))
-        g.product(qk, qkv["q_if"], qkv["k_if"])
-        logits = g.neuron(f"{p}.stdp_qk", logit_shape)
-        g.link(qk.a_out, logits.a_in)
-        woss_index = g.layers[f"{p}.softmax_if"].index
-        woss = g.add(WossNeuron(shape=logit_shape, code=g.code, start=woss_index * T, name=f"{p}.softmax_if"))
-        inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_index * T))
-        g.populations[f"{p}.softmax_if"] = woss
-        g.link(g.trace.s_out, woss.trace_in)
-        for source_port, destination_port in ((logits.s_out, woss.a_in), (logits.s_out, inhibitor.a_in),
-                                              (inhibitor.shift_out, woss.shift_in),
-                                              (inhibitor.theta_out, woss.theta_in),
-                                              (woss.trace_out, inhibitor.trace_in)):
-            g.link(source_port, destination_port)
-        out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
-        av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
-        v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
-                    v_index, head_shape)
-        av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False,
-                               name=f"{p}.av"))
-        g.product(av, woss, v)
-        g.link(av.a_out, out.a_in)
-        g.link(inhibitor.norm_out, out.div_in)
+        out = attention_core(g, p, qkv, np.broadcast_to(bias, logit_shape))
         merged = swin.merge_heads(_index(head_shape)).numpy()
         reverse = swin.merge_windows(_index((b, geo.windows, geo.tokens, geo.dim)), geo).numpy()
         g.linear(f"{p}.proj", g.stream(out), destination, in_index=merged, out_index=reverse)
@@ -302,6 +285,118 @@ class _SwinBuilder:
                                  code=g.code, bias_start=readout_index * g.T, name="head"))
         connect(g.arrive(pool.s_out, g.layers["pool_if"].index, readout_index), head.s_in)
         return head, readout_index
+
+
+def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarray | None = None,
+                   key_mask: np.ndarray | None = None) -> PhaseNeuron:
+    """q/k/v neurons of block ``p`` → QKᵀ (×d^-1/2, + bias) → logits → WOSS → attention×V → output.
+
+    ``key_mask`` (bool, broadcastable to the logits, True = key present) silences padded keys.
+    Returns the attention×V output neuron (..., N, d).
+    """
+    head_shape = tuple(qkv["q_if"].s_out.shape)
+    logit_shape = head_shape[:-1] + (head_shape[-2],)
+    T = g.T
+    qk = g.add(TraceMatMul(shape_a=head_shape, shape_b=head_shape, code=g.code, transpose_b=True,
+                           factor=head_shape[-1] ** -0.5, bias=bias, bias_start=g.layers[f"{p}.stdp_qk"].index * T,
+                           key_mask=key_mask, name=f"{p}.qk"))
+    g.product(qk, qkv["q_if"], qkv["k_if"])
+    logits = g.neuron(f"{p}.stdp_qk", logit_shape)
+    g.link(qk.a_out, logits.a_in)
+    woss_start = g.layers[f"{p}.softmax_if"].index * T
+    woss = g.add(WossNeuron(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask,
+                            name=f"{p}.softmax_if"))
+    inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask))
+    g.populations[f"{p}.softmax_if"] = woss
+    g.link(g.trace.s_out, woss.trace_in)
+    for source, destination in ((logits.s_out, woss.a_in), (logits.s_out, inhibitor.a_in),
+                                (inhibitor.shift_out, woss.shift_in), (inhibitor.theta_out, woss.theta_in),
+                                (woss.trace_out, inhibitor.trace_in)):
+        g.link(source, destination)
+    out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
+    av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
+    v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
+                v_index, head_shape)
+    av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False, name=f"{p}.av"))
+    g.product(av, woss, v)
+    g.link(av.a_out, out.a_in)
+    g.link(inhibitor.norm_out, out.div_in)
+    return out
+
+
+class _BertBuilder:
+    """Block diagram of a converted BERT classifier (mirrors ``models.bert.SpikingBert.run``)."""
+
+    def __init__(self, graph: _Graph) -> None:
+        self.g = graph
+        self.network = graph.cm.to_reference("ann").double()  # the host embedding in float64, as the network
+        self.config = self.network.config
+        self.official = graph.code.official
+
+    def build(self, inputs) -> tuple[TokenLinear, int]:
+        g = self.g
+        x, present = self.network.embed(inputs, g.code)
+        x = x.detach().double()
+        self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
+        source = g.add(SpikeSource(data=one_shot(x, g.code, g.cm.steps_per_inference)))
+        embeddings = g.neuron("embeddings_if", tuple(x.shape))
+        g.link(source.s_out, embeddings.a_in)
+        self.input_stats = None  # the embeddings enter as values: no input spike code
+        s = g.stream(embeddings)
+        for i in range(self.config.num_hidden_layers):
+            s = g.circuit(s, f"layers.{i}", lambda sub, x_in, i=i: self._layer(sub, x_in, f"layers.{i}"))
+        b, n, hidden = s.shape
+        pooler = g.neuron("pooler_if", (b, hidden))
+        first_token = _index(s.shape)[:, 0].numpy()
+        g.linear("pooler", s, pooler, in_index=first_token)
+        readout_index = g.layers["classifier"].index
+        head = g.add(TokenLinear(shape_in=(b, hidden), weight=g.weight("classifier.weight"),
+                                 bias=g.weight("classifier.bias"), code=g.code, bias_start=readout_index * g.T,
+                                 name="classifier"))
+        connect(g.arrive(pooler.s_out, g.layers["pooler_if"].index, readout_index), head.s_in)
+        return head, readout_index
+
+    def _diagonal(self, g: _Graph, key: str, source: _Stream, destination: PhaseNeuron, bias: bool = True) -> None:
+        """A per-channel affine synapse (folded residual, or official's norm)."""
+        weight = g.weight(f"{key}.weight")
+        g.linear(key, source, destination, weight=np.diag(weight),
+                 bias=g.weight(f"{key}.bias") if bias else np.zeros_like(weight))
+
+    def _layer(self, g: _Graph, s: _Stream, p: str) -> PhaseNeuron:
+        b, n, hidden = s.shape
+        heads, d = self.config.num_attention_heads, self.config.head_dim
+        split = _index((b, n, hidden)).reshape(b, n, heads, d).transpose(1, 2).numpy()
+        qkv = {}
+        for name, key in (("q_if", "query"), ("k_if", "key"), ("v_if", "value")):
+            qkv[name] = g.neuron(f"{p}.{name}", (b, heads, n, d))
+            g.linear(f"{p}.attention.{key}", s, qkv[name], out_index=split)
+        ctx = g.stream(attention_core(g, p, qkv, key_mask=self.key_mask))
+        merged = _index((b, heads, n, d)).transpose(1, 2).reshape(b, n, hidden).numpy()
+        if self.official:
+            n1 = g.neuron(f"{p}.attention.neuron_1_if", s.shape)
+            g.linear(f"{p}.attention.output", ctx, n1, in_index=merged)
+            h = g.neuron(f"{p}.attention.neuron_2_if", s.shape)
+            self._diagonal(g, f"{p}.attention.norm", g.stream(n1), h)
+            self._diagonal(g, f"{p}.attention.norm", s, h, bias=False)
+            h = g.stream(h)
+            m = g.neuron(f"{p}.intermediate_if", (b, n, self.config.intermediate_size))
+            g.linear(f"{p}.intermediate", h, m)
+            o1 = g.neuron(f"{p}.output.neuron_1_if", s.shape)
+            g.linear(f"{p}.output", g.stream(m), o1)
+            out = g.neuron(f"{p}.output.neuron_2_if", s.shape)
+            self._diagonal(g, f"{p}.output.norm", g.stream(o1), out)
+            self._diagonal(g, f"{p}.output.norm", h, out, bias=False)
+            return out
+        h = g.neuron(f"{p}.attn_out_if", s.shape)
+        g.linear(f"{p}.attention.output", ctx, h, in_index=merged)
+        self._diagonal(g, f"{p}.attention.residual", s, h)
+        h = g.stream(h)
+        m = g.neuron(f"{p}.intermediate_if", (b, n, self.config.intermediate_size))
+        g.linear(f"{p}.intermediate", h, m)
+        out = g.neuron(f"{p}.out_if", s.shape)
+        g.linear(f"{p}.output", g.stream(m), out)
+        self._diagonal(g, f"{p}.output.residual", h, out)
+        return out
 
 
 class LavaNetwork:
@@ -322,15 +417,25 @@ class LavaNetwork:
         self.cm = cm
         self.mode = mode
         self.code = cm.code
-        self.config = swin.SwinConfig.from_json(cm.config["architecture"])
+        self.family = cm.family.name
         self._last: dict[str, ty.Any] = {}
 
     @property
     def steps_per_sample(self) -> int:
         return self.cm.steps_per_inference
 
-    def _check_input(self, x: ty.Any) -> torch.Tensor:
-        cfg = self.config
+    def _check_input(self, x: ty.Any) -> tuple[ty.Any, int]:
+        """The input in the builder's format and its batch size; LavaBuildError if it is wrong."""
+        if self.family == "bert":
+            if not isinstance(x, ty.Mapping) or "input_ids" not in x:
+                raise LavaBuildError(f"input must be a dict with 'input_ids' (batch, N) as HF tokenizers return, "
+                                     f"got {type(x).__name__}")
+            try:
+                ids, _, _ = self.cm.to_reference("ann").parse_inputs(x)
+            except ValueError as error:
+                raise LavaBuildError(str(error)) from None
+            return x, ids.shape[0]
+        cfg = swin.SwinConfig.from_json(self.cm.config["architecture"])
         expected = (cfg.in_chans, *cfg.img_size)
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise LavaBuildError(f"input must be a float tensor of images (batch, {', '.join(map(str, expected))}), "
@@ -341,13 +446,14 @@ class LavaNetwork:
             raise LavaBuildError(f"input must be images (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
             raise LavaBuildError("input contains NaN/inf")
-        return x.detach().cpu().double()
+        x = x.detach().cpu().double()
+        return x, x.shape[0]
 
-    def build(self, x: torch.Tensor) -> tuple[_Graph, SpikeSink, int]:
+    def build(self, x: ty.Any) -> tuple[_Graph, SpikeSink, int]:
         """Processes for one batch; raises :class:`LavaBuildError` before any worker starts."""
-        x = self._check_input(x)
-        graph = _Graph(self.cm, batch=x.shape[0])
-        builder = _SwinBuilder(graph)
+        x, batch = self._check_input(x)
+        graph = _Graph(self.cm, batch=batch)
+        builder = (_BertBuilder if self.family == "bert" else _SwinBuilder)(graph)
         head, readout_index = builder.build(x)
         sink = probe(head.a_out, self.steps_per_sample)
         graph.processes.append(sink)
@@ -358,8 +464,9 @@ class LavaNetwork:
         self._last = {"graph": graph, "builder": builder}
         return graph, sink, readout_index
 
-    def run(self, x: torch.Tensor, timings: dict | None = None) -> torch.Tensor:
-        """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W)).
+    def run(self, x: ty.Any, timings: dict | None = None) -> torch.Tensor:
+        """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W)) for Swin,
+        of a tokenizer dict (input_ids, attention_mask, token_type_ids) for BERT.
 
         ``timings``, if given, is filled with build_s and run_processes' compile/init/run/stop.
         """
@@ -374,9 +481,15 @@ class LavaNetwork:
         membrane = np.tensordot(weights, window, axes=1)  # u = Σ_τ B^-τ x_τ
         return torch.from_numpy(membrane / self.code.unit_gain)
 
-    def run_batch(self, xs: torch.Tensor, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
-        """Logits of many images, ``batch_size`` per Lava run, with a progress bar."""
-        chunks = list(torch.split(xs, batch_size))
+    def run_batch(self, xs: ty.Any, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+        """Logits of many inputs (an image tensor, or a tokenizer dict of tensors), ``batch_size``
+        per Lava run, with a progress bar."""
+        if isinstance(xs, ty.Mapping):
+            keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if xs.get(key) is not None]
+            parts = [torch.split(torch.as_tensor(xs[key]), batch_size) for key in keys]
+            chunks = [dict(zip(keys, values)) for values in zip(*parts)]
+        else:
+            chunks = list(torch.split(xs, batch_size))
         return torch.cat([self.run(chunk) for chunk in tqdm(chunks, desc="Lava", disable=not progress)])
 
     def stats(self) -> dict[str, ty.Any]:
@@ -395,7 +508,8 @@ class LavaNetwork:
             saturated = population.recorded_saturation().sum() if isinstance(population, PhaseNeuron) else 0
             layers[name] = LayerStats(int(fire_steps.size), int((fire_steps >= 0).sum()), int(saturated))
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
-        layers["input"] = self._last["builder"].input_stats
+        if self._last["builder"].input_stats is not None:
+            layers["input"] = self._last["builder"].input_stats
         neurons = sum(int(np.prod(p.s_out.shape)) for p in graph.populations.values())
         synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in _leaves(graph.processes)
                        if isinstance(p, TokenLinear))

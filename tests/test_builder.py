@@ -101,6 +101,62 @@ def test_official_convention_runs_in_lava(model, inputs):
     check_against_reference(cm, inputs[:3].double(), net.run(inputs[:3]), net.stats())
 
 
+def sentences(n: int, seed: int) -> dict:
+    """Token batches of varying length (padding at the end), as a tokenizer returns them."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=g)
+    return {"input_ids": torch.randint(0, 50, (n, 8), generator=g),
+            "attention_mask": (torch.arange(8) < lengths[:, None]).long()}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    """A 2-layer prepared BERT, briefly trained to separate two token sets (real logit margins)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lava_spikedattn.ann import finetune, prepare_bert
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    model = prepare_bert(BertForSequenceClassification(config))
+    batches = []
+    for seed in range(20):
+        batch = sentences(16, seed)
+        batch["labels"] = (batch["input_ids"][:, 0] < 25).long()
+        batches.append(batch)
+    return finetune(model, batches, lr=3e-3, progress=False)
+
+
+@pytest.mark.parametrize("convention", ["exact", "official"])
+def test_lava_bert_equals_the_stepped_reference_in_both_modes(tiny_bert, convention):
+    cm = convert(tiny_bert, [sentences(32, 100)], PhaseCode(1.25, 12, convention))
+    x = sentences(8, 200)
+    reference = cm.to_reference("stepped").double()
+    expected = reference(x)
+    assert expected.abs().max() > 0.1
+    closed = cm.to_reference("closed").double()(x)
+    runs = {}
+    for mode in builder.MODES if convention == "exact" else ("fused",):
+        net = build_lava_network(cm, mode=mode)
+        logits = net.run(x)
+        assert ((logits - expected).norm() / expected.norm()).item() < RELATIVE, mode
+        assert torch.equal(logits.argmax(-1), closed.argmax(-1))
+        stats = net.stats()
+        assert stats["layers"] == reference.stats  # spikes and saturation of every layer
+        runs[mode] = {name: p.recorded_fire_steps() for name, p in net._last["graph"].populations.items()}
+    if len(runs) == 2:
+        for name, steps in runs["fused"].items():
+            assert (steps == runs["decomposed"][name]).all(), name
+    with pytest.raises(LavaBuildError, match="dict with 'input_ids'"):
+        build_lava_network(cm).run(torch.zeros(2, 8))
+    with pytest.raises(LavaBuildError, match="attention_mask"):
+        build_lava_network(cm).run({"input_ids": x["input_ids"], "attention_mask": x["attention_mask"][:, :4]})
+    # Padded keys never fire: layer 0's WOSS entries for absent keys stay silent.
+    woss = runs["fused"]["layers.0.softmax_if"]  # (batch, heads, N, N)
+    padded = (x["attention_mask"] == 0)[:, None, None, :].expand_as(torch.as_tensor(woss))
+    assert (woss[padded.numpy()] == -1).all()
+
+
 def test_start_offsets_follow_the_layer_indices(model, inputs):
     """Spec §1.5 with W = T: layer n integrates in [nT, (n+1)T) and fires in [(n+1)T, (n+2)T)."""
     cm = convert(model, [task(16, 51)[0]], PhaseCode(1.25, 12))

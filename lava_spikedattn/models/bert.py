@@ -318,7 +318,7 @@ class SpikingBert(SpikingNetwork):
         self.config = config
         self.official = convention == "official"
 
-    def _inputs(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def parse_inputs(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, present (bool), token_type_ids), validated, on this module's device."""
         if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
             raise ValueError("SpikingBert expects a dict with 'input_ids' (batch, N) and optionally "
@@ -350,15 +350,23 @@ class SpikingBert(SpikingNetwork):
             raise ValueError("every sequence needs at least one token with attention_mask 1")
         return ids.long(), present, tensors["token_type_ids"].long()
 
-    def run(self, inputs: Any, engine: Engine) -> torch.Tensor:
-        ids, present, types = self._inputs(inputs)
+    def embed(self, inputs: Any, code: PhaseCode | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host side of the input: (normalised embeddings (batch, N, hidden), present (batch, N)).
+
+        ``code`` None is the ANN; with a code, the official convention also applies the
+        release's T-bit embedding quantisation (spec §8.5).
+        """
+        ids, present, types = self.parse_inputs(inputs)
         n = ids.shape[1]
         e = (F.embedding(ids, self.weight("embeddings.word_embeddings"))
              + F.embedding(types, self.weight("embeddings.token_type_embeddings"))
              + self.weight("embeddings.position_embeddings")[:n])
-        if self.official and engine.code is not None:
-            e = quantize_embedding(e, present, engine.code.timesteps)
-        x = e * self.weight("embeddings.norm.weight") + self.weight("embeddings.norm.bias")  # host side
+        if self.official and code is not None:
+            e = quantize_embedding(e, present, code.timesteps)
+        return e * self.weight("embeddings.norm.weight") + self.weight("embeddings.norm.bias"), present
+
+    def run(self, inputs: Any, engine: Engine) -> torch.Tensor:
+        x, present = self.embed(inputs, engine.code)
         tokens = present[:, :, None]  # (batch, N, 1): calibration mask of per-token layers
         key_mask, query_mask = present[:, None, None, :], present[:, None, :, None]
         x = engine.neuron("embeddings_if", x, mask=tokens)
