@@ -1,19 +1,78 @@
-"""The ``spikedattn`` command line."""
+"""The ``spikedattn`` command line: ``demo``, ``convert`` and ``evaluate``.
+
+Convert a timm Swin (random init, or a saved prepared checkpoint) and measure how faithful the
+spiking network is::
+
+    spikedattn convert --model swin_tiny_patch4_window7_224 --num-classes 10 --data fashion-mnist \\
+        --calib-batches 8 --out swin_t_snn --save-ann swin_t_ann.safetensors
+    spikedattn evaluate swin_t_snn --data fashion-mnist --limit 500 --ann swin_t_ann.safetensors \\
+        --json report.json
+    torchrun --nproc_per_node 4 -m lava_spikedattn.cli evaluate swin_t_snn --data fashion-mnist
+
+Under ``torchrun`` both commands shard the batches over the processes and combine the results
+exactly (calibration maxima all-reduced, metrics summed; see ``lava_spikedattn.distributed``);
+rank 0 writes the files and prints.
+
+ANN checkpoint (``--checkpoint``, ``--ann``, written by ``convert --save-ann`` or
+:func:`save_ann_checkpoint`): one safetensors file holding the *prepared* model's state dict,
+with string metadata ``format`` = ``lava-spikedattn-ann``, ``version`` = ``1``, ``family``
+(``swin``/``bert``), ``model`` (the builder name: a timm model name for Swin, ``bert`` for BERT)
+and ``model_kwargs`` (JSON: the builder's keyword arguments, e.g. ``num_classes``, ``img_size``;
+for BERT the ``BertConfig`` fields). Loading builds the model with ``pretrained=False``, applies
+``prepare_swin``/``prepare_bert`` and loads the state dict strictly. No pickle.
+
+Data (``--data``): images (fashion-mnist, mnist-5k, digits; grey, in [0, 1]) are resized
+bilinearly to the model's image size and repeated over its input channels, no normalisation;
+``rt-polarity`` sentences (BERT) are tokenised with the bundled MiniLM (bert-base-uncased)
+vocabulary; ``random`` is seeded Gaussian images or random token ids with random labels.
+``convert`` calibrates on the train split, ``evaluate`` uses the test split by default.
+
+Exit status: 0 success; 2 a usage error (an invalid or inconsistent option, reported by
+argparse with the usage line); 1 any other failure (a missing or corrupt file, a missing data
+set, a model the converter cannot handle), with the reason on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as nnf
+from torch import nn
 
-from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.coding import CONVENTIONS, PhaseCode
 from lava_spikedattn.reference import functional as F
+
+__all__ = [
+    "ANN_CHECKPOINT_FORMAT",
+    "Batches",
+    "FamilyCLI",
+    "build_parser",
+    "load_ann_checkpoint",
+    "main",
+    "register_family_cli",
+    "save_ann_checkpoint",
+]
 
 SHOWCASE_VALUES = (1.0, 0.8, 0.5, 0.3, 0.1, 0.01, 0.003, -0.3, -0.7)
 SHOWCASE_CODES = ((1.15, 40), (1.4, 16), (2.0, 8))
+ANN_CHECKPOINT_FORMAT = "lava-spikedattn-ann"
+ANN_CHECKPOINT_VERSION = "1"
+RANDOM_SAMPLES = 256  # size of the "random" data set when --limit is not given
+BERT_MODELS = ("bert", "bert-base", "minilm")
 
 
+class UsageError(Exception):
+    """An invalid or inconsistent option found after parsing: exit status 2, like argparse."""
+
+
+# --- demo ---------------------------------------------------------------------------------------------
 def phase_coding_table(values=SHOWCASE_VALUES, codes=SHOWCASE_CODES, convention: str = "exact") -> str:
     """Table of fire steps and decoded values of a few values (scale 1) under a few codes."""
     x = torch.tensor(values, dtype=torch.float64)
@@ -56,19 +115,610 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- data ---------------------------------------------------------------------------------------------
+class Batches(Sequence):
+    """``n`` samples in batches of ``batch_size``, each built on access by ``make(start, stop)``.
+
+    Indexable with a length, so ``distributed.shard`` builds only this rank's batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, make: Callable[[int, int], Any]) -> None:
+        self.n, self.batch_size, self.make = n, batch_size, make
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        start = (index % len(self)) * self.batch_size
+        return self.make(start, min(start + self.batch_size, self.n))
+
+
+def _batch_generator(seed: int, split: str, start: int) -> torch.Generator:
+    """A generator per (seed, split, batch start): the same batch whatever the sharding."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + (split == "test") * 7_919 + start) % 2**63)
+
+
+@dataclass(frozen=True)
+class FamilyCLI:
+    """What the command line needs to know about one model family (see :data:`FAMILY_CLI`).
+
+    ``owns(name)``: whether a ``--model`` name belongs to the family. ``build(name, kwargs)``:
+    an unprepared ANN with ``pretrained=False``/random init (``kwargs`` as stored in a
+    checkpoint; returns the model and the kwargs to store). ``code``: the default (B, T).
+    ``prepare``: the ``ann.prepare_*``
+    function. ``model_info(model)`` / ``architecture_info(architecture)``: what ``batches`` needs
+    (image size, channels, classes / vocabulary, labels), from an ANN or from a converted
+    model's ``config.json`` architecture. ``batches(data, split, limit, batch_size, info,
+    args)``: a :class:`Batches` of ``(x, y)`` tuples or dicts with ``"labels"``.
+    """
+
+    name: str
+    datasets: tuple[str, ...]
+    code: tuple[float, int]  # default (B, T): the paper's setting for the family
+    owns: Callable[[str], bool]
+    build: Callable[[str, dict[str, Any]], tuple[nn.Module, dict[str, Any]]]
+    prepare: Callable[[nn.Module], nn.Module]
+    model_info: Callable[[nn.Module], dict[str, Any]]
+    architecture_info: Callable[[Mapping[str, Any]], dict[str, Any]]
+    batches: Callable[[str, str, int | None, int, Mapping[str, Any], argparse.Namespace], Batches]
+
+
+FAMILY_CLI: dict[str, FamilyCLI] = {}
+
+
+def register_family_cli(family: FamilyCLI) -> FamilyCLI:
+    """Make ``family`` (named as its converter family) available to ``convert``/``evaluate``."""
+    FAMILY_CLI[family.name] = family
+    return family
+
+
+def _family_cli(name: str) -> FamilyCLI:
+    if name not in FAMILY_CLI:
+        raise ValueError(f"the command line does not support the model family {name!r} (supported: "
+                         f"{', '.join(sorted(FAMILY_CLI))}); use the Python API (lava_spikedattn.evaluate)")
+    return FAMILY_CLI[name]
+
+
+def _family_for_model_name(name: str) -> FamilyCLI:
+    for family in FAMILY_CLI.values():
+        if family.owns(name):
+            return family
+    raise ValueError(f"no family builds the model {name!r}")
+
+
+def _check_dataset(family: FamilyCLI, data: str) -> None:
+    if data not in family.datasets:
+        raise UsageError(f"--data {data} does not fit a {family.name} model; choose one of "
+                         f"{', '.join(family.datasets)}")
+
+
+# Swin (timm) ----------------------------------------------------------------------------------------
+def _swin_build(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+
+    return timm.create_model(name, pretrained=False, **kwargs), kwargs
+
+
+def _swin_prepare(model: nn.Module) -> nn.Module:
+    from lava_spikedattn.ann import prepare_swin
+
+    return prepare_swin(model)
+
+
+def _swin_model_info(model: nn.Module) -> dict[str, Any]:
+    return {"img_size": list(model.patch_embed.img_size), "in_chans": model.patch_embed.proj.in_channels,
+            "num_classes": model.num_classes}
+
+
+def _swin_architecture_info(architecture: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: architecture[key] for key in ("img_size", "in_chans", "num_classes")}
+
+
+def _swin_batches(data: str, split: str, limit: int | None, batch_size: int, info: Mapping[str, Any],
+                  args: argparse.Namespace) -> Batches:
+    height, width = info["img_size"]
+    channels = info["in_chans"]
+    if data == "random":
+        def make_random(start: int, stop: int):
+            g = _batch_generator(args.seed, split, start)
+            x = torch.randn(stop - start, channels, height, width, generator=g)
+            return x, torch.randint(0, info["num_classes"], (stop - start,), generator=g)
+
+        return Batches(RANDOM_SAMPLES if limit is None else limit, batch_size, make_random)
+    from lava_spikedattn.data import load_image_dataset
+
+    images, labels = load_image_dataset(data, split, limit)
+
+    def make(start: int, stop: int):
+        x = images[start:stop]
+        if tuple(x.shape[-2:]) != (height, width):
+            x = nnf.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        return x.expand(-1, channels, -1, -1).contiguous(), labels[start:stop]
+
+    return Batches(len(images), batch_size, make)
+
+
+register_family_cli(FamilyCLI(
+    name="swin",
+    datasets=("fashion-mnist", "mnist-5k", "digits", "random"),
+    code=(1.15, 40),
+    owns=lambda name: name not in BERT_MODELS,
+    build=_swin_build, prepare=_swin_prepare, model_info=_swin_model_info,
+    architecture_info=_swin_architecture_info, batches=_swin_batches,
+))
+
+
+# BERT (Hugging Face) ------------------------------------------------------------------------------------
+def _bert_build(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """``minilm``: the bundled pre-trained MiniLM (kwargs: ``num_labels``); ``bert``/``bert-base``:
+    a random-init ``BertForSequenceClassification`` of ``BertConfig(**kwargs)`` (BERT-base sizes
+    by default). The stored kwargs are always the full config (builder ``bert``)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    kwargs = dict(kwargs)
+    if "num_classes" in kwargs:
+        kwargs["num_labels"] = kwargs.pop("num_classes")
+    if name == "minilm":
+        from lava_spikedattn.data import load_minilm_classifier
+
+        unknown = set(kwargs) - {"num_labels"}
+        if unknown:
+            raise ValueError(f"the minilm model takes no options but --num-classes; got {', '.join(sorted(unknown))}")
+        model, _ = load_minilm_classifier(kwargs.get("num_labels", 2))
+    else:
+        model = BertForSequenceClassification(BertConfig(**kwargs))
+    config = model.config.to_dict()
+    for key in ("transformers_version", "_name_or_path", "architectures", "_attn_implementation_autoset"):
+        config.pop(key, None)
+    return model, config
+
+
+def _bert_prepare(model: nn.Module) -> nn.Module:
+    from lava_spikedattn.ann import prepare_bert
+
+    return prepare_bert(model)
+
+
+def _bert_model_info(model: nn.Module) -> dict[str, Any]:
+    config = model.config
+    return {"vocab_size": config.vocab_size, "num_labels": config.num_labels,
+            "max_position": config.max_position_embeddings}
+
+
+def _bert_architecture_info(architecture: Mapping[str, Any]) -> dict[str, Any]:
+    # Key names of the BERT family's architecture (lava_spikedattn.models.bert); defaults: BERT-base.
+    return {"vocab_size": architecture.get("vocab_size", 30522),
+            "num_labels": architecture.get("num_labels", architecture.get("num_classes", 2)),
+            "max_position": architecture.get("max_position_embeddings", 512)}
+
+
+def _bert_batches(data: str, split: str, limit: int | None, batch_size: int, info: Mapping[str, Any],
+                  args: argparse.Namespace) -> Batches:
+    seq_len = min(args.seq_len, info["max_position"])
+    if data == "random":
+        def make_random(start: int, stop: int):
+            g = _batch_generator(args.seed, split, start)
+            ids = torch.randint(1000, info["vocab_size"], (stop - start, seq_len), generator=g)
+            ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP] of the bert-base-uncased vocabulary
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                    "token_type_ids": torch.zeros_like(ids),
+                    "labels": torch.randint(0, info["num_labels"], (stop - start,), generator=g)}
+
+        return Batches(RANDOM_SAMPLES if limit is None else limit, batch_size, make_random)
+    from transformers import AutoTokenizer
+
+    from lava_spikedattn.data import minilm_path, split_rt_polarity
+
+    texts, labels = split_rt_polarity()[0 if split == "train" else 1]
+    texts, labels = texts[:limit], labels[:limit]
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+
+    def make(start: int, stop: int):
+        batch = tokenizer(texts[start:stop], padding="longest", truncation=True, max_length=seq_len,
+                          return_tensors="pt")
+        return {**batch, "labels": torch.tensor(labels[start:stop])}
+
+    return Batches(len(texts), batch_size, make)
+
+
+register_family_cli(FamilyCLI(
+    name="bert",
+    datasets=("rt-polarity", "random"),
+    code=(1.4, 16),
+    owns=lambda name: name in BERT_MODELS,
+    build=_bert_build, prepare=_bert_prepare, model_info=_bert_model_info,
+    architecture_info=_bert_architecture_info, batches=_bert_batches,
+))
+
+ALL_DATASETS = tuple(dict.fromkeys(d for family in FAMILY_CLI.values() for d in family.datasets))
+
+
+# --- ANN checkpoints ----------------------------------------------------------------------------------------
+def save_ann_checkpoint(model: nn.Module, path: str | os.PathLike, *, family: str, model_name: str,
+                        model_kwargs: Mapping[str, Any]) -> Path:
+    """Write a prepared ANN as an ANN checkpoint (format in the module docstring)."""
+    import safetensors.torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+    metadata = {"format": ANN_CHECKPOINT_FORMAT, "version": ANN_CHECKPOINT_VERSION, "family": family,
+                "model": model_name, "model_kwargs": json.dumps(dict(model_kwargs)), "prepared": "true"}
+    partial = path.with_name(f".{path.name}.partial")
+    safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
+    return path
+
+
+def load_ann_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """(prepared model in eval mode, metadata with ``model_kwargs`` decoded) of an ANN checkpoint.
+
+    Raises ``FileNotFoundError`` or ``ValueError`` naming what is wrong with the file.
+    """
+    import safetensors
+    import safetensors.torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ANN checkpoint {path} does not exist")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        state = safetensors.torch.load_file(str(path))
+    except Exception as error:  # safetensors raises its own types for malformed files
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+    if metadata.get("format") != ANN_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a lava-spikedattn ANN checkpoint (metadata format="
+                         f"{metadata.get('format')!r}); write one with `spikedattn convert ... --save-ann PATH` "
+                         f"or lava_spikedattn.cli.save_ann_checkpoint()")
+    if metadata.get("version") != ANN_CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: ANN checkpoint version {metadata.get('version')!r} is not supported "
+                         f"(this version reads {ANN_CHECKPOINT_VERSION})")
+    for key in ("family", "model", "model_kwargs"):
+        if key not in metadata:
+            raise ValueError(f"{path}: the checkpoint metadata is missing {key!r}")
+    try:
+        kwargs = json.loads(metadata["model_kwargs"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: model_kwargs is not valid JSON: {error}") from None
+    family = _family_cli(metadata["family"])
+    model, _ = family.build(metadata["model"], kwargs)
+    if metadata.get("prepared", "true") == "true":
+        model = family.prepare(model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit {metadata['model']} with {kwargs}: {error}") from None
+    return model.eval(), {**metadata, "model_kwargs": kwargs}
+
+
+# --- shared option handling ------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"embed_dim\": 32}}', got {text!r}")
+    return value
+
+
+def _base(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (1, 2] or 'auto', got {text!r}") from None
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {text!r}") from None
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {value:g}")
+    return value
+
+
+def _resolve_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {text}: CUDA is not available on this machine (torch.cuda.is_available() "
+                           f"is False); use --device cpu")
+    return device
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only."""
+    from lava_spikedattn import distributed
+
+    if distributed.world()[0] == 0:
+        print(text, flush=True)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                        help="samples per batch (per process under torchrun) (default: 16)")
+    parser.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
+                        help="BERT only: tokens per sequence (truncation / random length) (default: 128)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random model initialisation and of --data random (default: 0)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N; under torchrun "
+                             "cuda means cuda:LOCAL_RANK (default: auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+# --- convert ------------------------------------------------------------------------------------------------
+def _build_ann(args: argparse.Namespace) -> tuple[nn.Module, FamilyCLI, str, dict[str, Any]]:
+    """(prepared ANN in eval mode, its family, builder name, builder kwargs) from the options."""
+    if args.checkpoint is not None:
+        if args.num_classes or args.img_size or args.in_chans or args.model_kwargs:
+            raise UsageError("--num-classes, --img-size, --in-chans and --model-kwargs describe a --model; a "
+                             "--checkpoint carries its own")
+        model, metadata = load_ann_checkpoint(args.checkpoint)
+        return model, _family_cli(metadata["family"]), metadata["model"], metadata["model_kwargs"]
+    family = _family_for_model_name(args.model)
+    kwargs = dict(args.model_kwargs or {})
+    for option, key in ((args.num_classes, "num_classes"), (args.img_size, "img_size"), (args.in_chans, "in_chans")):
+        if option is not None:
+            if family.name == "bert" and key != "num_classes":
+                raise UsageError(f"--{key.replace('_', '-')} applies to image models, not {args.model}")
+            kwargs[key] = option
+    torch.manual_seed(args.seed)
+    model, stored = family.build(args.model, kwargs)
+    name = "bert" if family.name == "bert" else args.model
+    return family.prepare(model).eval(), family, name, stored
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from lava_spikedattn import distributed
+    from lava_spikedattn.convert import ConvertedModel, search_base
+
+    def phase_code(base: float, timesteps: int) -> PhaseCode:
+        try:
+            return PhaseCode(base, timesteps, args.convention)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+
+    numeric_base = args.base if isinstance(args.base, float) else None
+    phase_code(2.0 if numeric_base is None else numeric_base, 1)  # bad values are usage errors: before any work
+    device = distributed.init_from_env(_resolve_device(args.device))
+    model, family, name, kwargs = _build_ann(args)
+    _check_dataset(family, args.data)
+    # "auto": a placeholder B until search_base has run (the scales do not depend on B).
+    if numeric_base is None:
+        numeric_base = 2.0 if args.base == "auto" else family.code[0]
+    code = phase_code(numeric_base, family.code[1] if args.timesteps is None else args.timesteps)
+    model.to(device)
+    info = family.model_info(model)
+    batches = family.batches(args.data, "train", args.calib_batches * args.batch_size, args.batch_size, info, args)
+    if len(batches) == 0:
+        raise ValueError(f"data set {args.data!r} has no training samples")
+    cm = distributed.convert_distributed(model, _OnDevice(distributed.shard(batches), device), code,
+                                         method=args.method, percentile=args.percentile, verify=not args.no_verify,
+                                         progress=not args.no_progress)
+    if args.base == "auto":
+        base = None
+        if distributed.world()[0] == 0:  # on the whole calibration set, so it does not depend on the ranks
+            base = search_base(cm, code.timesteps, batches=batches).base  # runs the folded ANN on the CPU
+        cm = ConvertedModel(dict(cm.config, base=distributed.broadcast_object(base)), cm.weights)
+    if distributed.world()[0] == 0:
+        folder = cm.save(args.out)
+        if args.save_ann is not None:
+            save_ann_checkpoint(model, args.save_ann, family=family.name, model_name=name, model_kwargs=kwargs)
+        calibration = cm.config["calibration"]
+        parameters = sum(p.numel() for p in model.parameters())
+        print(f"converted {family.name} ({name}, {parameters / 1e6:.2f} M parameters) to {folder}")
+        print(f"  {cm.summary()}")
+        if args.base == "auto":
+            print(f"  base B={cm.code.base:g} chosen by search_base on the calibration data")
+        if "folding_error" in calibration:
+            print(f"  folded network vs prepared model: relative error {calibration['folding_error']:.2e}")
+        print(f"  calibration data: {args.data} (train split), {calibration['batches']} batches")
+        if args.save_ann is not None:
+            print(f"  prepared ANN written to {args.save_ann}")
+    return 0
+
+
+class _OnDevice:
+    """``batches`` (with their length) moved to ``device`` one at a time, as they are iterated."""
+
+    def __init__(self, batches: Any, device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        from lava_spikedattn.evaluate import to_device
+
+        return (to_device(batch, self.device) for batch in self.batches)
+
+
+# --- evaluate ------------------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lava_spikedattn import distributed
+    from lava_spikedattn.convert import ConvertedModel, tensor_sha256
+    from lava_spikedattn.evaluate import evaluate
+
+    device = distributed.init_from_env(_resolve_device(args.device))
+    cm = ConvertedModel.load(args.folder)
+    family = _family_cli(cm.config["family"])
+    _check_dataset(family, args.data)
+    ann = None
+    if args.ann is not None:
+        ann, metadata = load_ann_checkpoint(args.ann)
+        if metadata["family"] != cm.config["family"]:
+            raise ValueError(f"--ann {args.ann} holds a {metadata['family']} model but {args.folder} is a "
+                             f"converted {cm.config['family']} model")
+        if tensor_sha256(ann.state_dict()) != cm.config["source_sha256"]:
+            print(f"spikedattn evaluate: warning: {args.ann} is not the model {args.folder} was converted from "
+                  f"(its weights' sha256 differs from source_sha256 in config.json)", file=sys.stderr)
+    info = family.architecture_info(cm.config["architecture"])
+    batches = family.batches(args.data, args.split, args.limit, args.batch_size, info, args)
+    if len(batches) == 0:
+        raise ValueError(f"data set {args.data!r} ({args.split} split) has no samples")
+    report = evaluate(ann, cm.to_reference(args.engine), distributed.shard(batches), device=device,
+                      progress=not args.no_progress, compare_layers=not args.no_layers)
+    report.meta.update(folder=str(args.folder), data=args.data, split=args.split)
+    if distributed.world()[0] == 0:
+        print(report.table())
+        if args.json is not None:
+            print(f"\nwritten {report.save(args.json)}")
+    return 0
+
+
+# --- parser and entry point -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spikedattn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="phase-coding and WOSS attention showcase on the reference engine")
-    demo.add_argument("--convention", choices=("exact", "official"), default="exact",
+    parser = argparse.ArgumentParser(
+        prog="spikedattn", description="SpikedAttention: convert PyTorch transformers into one-spike "
+        "phase-coded spiking networks and evaluate them on the reference engine.",
+        epilog="Exit status: 0 success, 2 usage error, 1 other failure. Run `spikedattn COMMAND --help` for "
+               "the options of a command.")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on a failure, show the Python traceback instead of a one-line message")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="phase-coding and WOSS attention showcase on the reference engine",
+                          description="Phase-coding and WOSS attention showcase on the reference engine.")
+    demo.add_argument("--convention", choices=CONVENTIONS, default="exact",
                       help="level convention: exact (top level = scale) or official (the release's)")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, parser=demo)
+
+    convert = sub.add_parser(
+        "convert", help="calibrate and convert a prepared ANN into a converted-model folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Build or load an ANN, prepare it (BatchNorm-style norms, ReLU), calibrate the per-neuron scales\n"
+            "on --calib-batches batches of --data (train split), fold the norms and write the converted model\n"
+            "(config.json + weights.safetensors) to --out.\n\n"
+            "  spikedattn convert --model swin_tiny_patch4_window7_224 --num-classes 10 \\\n"
+            "      --data fashion-mnist --out swin_t_snn --save-ann swin_t_ann.safetensors\n"
+            "  spikedattn convert --checkpoint trained.safetensors --data mnist-5k --base auto --out snn\n\n"
+            "--model builds a randomly initialised model (pretrained weights are never downloaded): use it for\n"
+            "structure and speed. Bring trained weights with --checkpoint: a safetensors file with the prepared,\n"
+            "fine-tuned model's state dict and metadata format=lava-spikedattn-ann, version=1, family,\n"
+            "model (timm name or 'bert') and model_kwargs (JSON), as `--save-ann` and\n"
+            "lava_spikedattn.cli.save_ann_checkpoint() write it. Grey images are resized to the model's\n"
+            "image size and repeated over its channels, without normalisation. Under torchrun the\n"
+            "calibration batches are sharded and the maxima all-reduced (the result equals one process)."))
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="NAME",
+                        help="a timm Swin model name (e.g. swin_tiny_patch4_window7_224), built with "
+                             "pretrained=False; or bert / bert-base (random-init BertForSequenceClassification) "
+                             "or minilm (the bundled pre-trained MiniLM) for BERT")
+    source.add_argument("--checkpoint", metavar="PATH", type=Path,
+                        help="a prepared ANN checkpoint (safetensors state dict + builder metadata, see above)")
+    convert.add_argument("--num-classes", type=_positive_int, metavar="N",
+                         help="classifier outputs of --model (default: the model's, 1000 for timm Swin, 2 for BERT)")
+    convert.add_argument("--img-size", type=_positive_int, metavar="N",
+                         help="image side of --model (Swin; default: the model's, 224)")
+    convert.add_argument("--in-chans", type=_positive_int, metavar="N",
+                         help="input channels of --model (Swin; default: 3); grey data is repeated over them")
+    convert.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+                         help="more keyword arguments for the model builder as a JSON object, e.g. "
+                              "'{\"embed_dim\": 32, \"depths\": [2, 2], \"num_heads\": [2, 4], \"window_size\": 4}' "
+                              "(timm) or BertConfig fields (BERT)")
+    convert.add_argument("--data", required=True, choices=ALL_DATASETS,
+                         help="calibration data (train split): fashion-mnist, mnist-5k, digits (images), "
+                              "rt-polarity (BERT), random (seeded noise, always available)")
+    convert.add_argument("--calib-batches", type=_positive_int, default=8, metavar="N",
+                         help="calibration batches, in all processes together (default: 8)")
+    convert.add_argument("--base", type=_base, metavar="B",
+                         help="phase-code base B in (1, 2], or 'auto' to pick it with search_base on the "
+                              "calibration data (default: the paper's, 1.15 for Swin, 1.4 for BERT)")
+    convert.add_argument("--timesteps", type=_positive_int, metavar="T",
+                         help="time steps per window T (default: the paper's, 40 for Swin, 16 for BERT)")
+    convert.add_argument("--convention", choices=CONVENTIONS, default="exact",
+                         help="exact: BatchNorms folded (7 neuron layers per Swin block); official: the "
+                              "release's graph and level set (10 per block) (default: exact)")
+    convert.add_argument("--method", choices=("max", "percentile"), default="max",
+                         help="scale calibration: max |activation|, or the --percentile of it (keeps every "
+                              "sample in memory: small calibration sets only) (default: max)")
+    convert.add_argument("--percentile", type=_percentile, default=99.99, metavar="P",
+                         help="percentile for --method percentile, in (0, 100] (default: 99.99)")
+    convert.add_argument("--no-verify", action="store_true",
+                         help="skip the check that the folded network reproduces the prepared model")
+    convert.add_argument("--save-ann", type=Path, metavar="PATH",
+                         help="also write the prepared ANN as a checkpoint (for `evaluate --ann`)")
+    convert.add_argument("--out", required=True, type=Path, metavar="FOLDER",
+                         help="folder to write config.json and weights.safetensors to (created if needed)")
+    _add_common(convert)
+    convert.set_defaults(func=cmd_convert, parser=convert)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="compare a converted model with its ANN: accuracy, agreement, per-layer fidelity, spikes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run a converted model on the spiking reference engine and on its folded ANN, and print ANN and\n"
+            "SNN accuracy, prediction agreement, per-layer cosine similarity and relative error of the\n"
+            "decoded activations, spike counts and saturation.\n\n"
+            "  spikedattn evaluate swin_t_snn --data fashion-mnist --limit 500 --json report.json\n"
+            "  torchrun --nproc_per_node 4 -m lava_spikedattn.cli evaluate swin_t_snn --data mnist-5k\n\n"
+            "Without --ann the ANN is the folded network itself (equal to the prepared model up to float\n"
+            "rounding). Under torchrun the batches are sharded and the metrics combined exactly."))
+    evaluate.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
+    evaluate.add_argument("--data", required=True, choices=ALL_DATASETS,
+                          help="evaluation data: fashion-mnist, mnist-5k, digits, rt-polarity (BERT), random")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test",
+                          help="which split of --data (default: test)")
+    evaluate.add_argument("--limit", type=_positive_int, metavar="N",
+                          help=f"evaluate the first N samples only (default: all; {RANDOM_SAMPLES} for random)")
+    evaluate.add_argument("--ann", type=Path, metavar="CHECKPOINT",
+                          help="the prepared ANN checkpoint the model was converted from (for ANN accuracy and "
+                               "agreement against the real model; a warning if its sha256 differs)")
+    evaluate.add_argument("--engine", choices=("closed", "stepped"), default="closed",
+                          help="closed: closed-form phase code (fast); stepped: time-stepped dynamics (the "
+                               "oracle, slow) (default: closed)")
+    evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
+    evaluate.add_argument("--no-layers", action="store_true",
+                          help="skip the per-layer fidelity (less memory; spike counts are kept)")
+    _add_common(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate, parser=evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from lava_spikedattn.ann import UnsupportedModuleError  # after parsing: --help and usage errors stay fast
+    from lava_spikedattn.convert import ConvertedModelError
+
+    try:
+        return args.func(args)
+    except UsageError as error:
+        args.parser.error(str(error))  # exits with 2
+    except BrokenPipeError:  # stdout closed early (`spikedattn evaluate ... | head`): nothing left to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit; keep it quiet)
+        return 1
+    except (ConvertedModelError, UnsupportedModuleError, FileNotFoundError, OSError, ValueError, TypeError,
+            RuntimeError, KeyError) as error:
+        if args.traceback:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"spikedattn {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    return 1  # not reached: parser.error exits
 
 
 if __name__ == "__main__":
