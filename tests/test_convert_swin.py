@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
+from synthetic import synthetic_task
 from lava_spikedattn.ann import UnsupportedModuleError, prepare_swin
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import (
@@ -37,21 +38,6 @@ FOLDING = 1e-5  # folded ANN vs prepared model in float32: BN folding is exact u
 # coherent tokens shrinks it, so the logits keep cosine ≥ 0.99 (measured: 0.999).
 COSINE = 0.99
 AGREEMENT = 0.95
-
-
-def synthetic_task(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of a 10-class task: a smooth class prototype plus smooth and white noise.
-
-    A Swin with random weights has nearly tied logits, so its prediction agreement would
-    measure rounding noise rather than fidelity; a few training steps on this task give it
-    real decision margins, as a pre-trained model has.
-    """
-    prototypes = F.interpolate(torch.randn(10, 3, 4, 4, generator=torch.Generator().manual_seed(7)),
-                               size=32, mode="bilinear", align_corners=False)
-    labels = torch.randint(0, 10, (n,), generator=generator)
-    smooth = F.interpolate(torch.randn(n, 3, 8, 8, generator=generator), size=32, mode="bilinear",
-                           align_corners=False)
-    return prototypes[labels] + 0.5 * smooth + 0.1 * torch.randn(n, 3, 32, 32, generator=generator), labels
 
 
 @pytest.fixture(scope="module")

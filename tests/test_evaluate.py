@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer
 
+from synthetic import synthetic_task
 from lava_spikedattn import distributed
 from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.coding import PhaseCode
@@ -41,17 +42,6 @@ SAME = 1e-9  # stepped vs closed form in float64: the same dynamics, summation o
 SUMMATION = 1e-12  # a float64 sum computed in another order (relative)
 
 
-def synthetic_task(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """10-class images: a smooth class prototype plus smooth and white noise (test_convert_swin)."""
-    size = TINY["img_size"]
-    prototypes = F.interpolate(torch.randn(10, 3, 4, 4, generator=torch.Generator().manual_seed(7)),
-                               size=size, mode="bilinear", align_corners=False)
-    labels = torch.randint(0, 10, (n,), generator=generator)
-    smooth = F.interpolate(torch.randn(n, 3, 8, 8, generator=generator), size=size, mode="bilinear",
-                           align_corners=False)
-    return prototypes[labels] + 0.5 * smooth + 0.1 * torch.randn(n, 3, size, size, generator=generator), labels
-
-
 def trained_tiny() -> torch.nn.Module:
     """20 training steps give the random Swin real decision margins (and BN statistics)."""
     torch.manual_seed(0)
@@ -59,7 +49,7 @@ def trained_tiny() -> torch.nn.Module:
     generator = torch.Generator().manual_seed(1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(20):
-        x, y = synthetic_task(32, generator)
+        x, y = synthetic_task(32, generator, TINY["img_size"])
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -75,14 +65,14 @@ def tiny():
 @pytest.fixture(scope="module")
 def calibration():
     generator = torch.Generator().manual_seed(2)
-    return [synthetic_task(16, generator) for _ in range(4)]
+    return [synthetic_task(16, generator, TINY["img_size"]) for _ in range(4)]
 
 
 @pytest.fixture(scope="module")
 def test_batches():
     """60 samples in 5 batches of 12: an odd number of batches, so 2 ranks get 3 and 2."""
     generator = torch.Generator().manual_seed(3)
-    return [synthetic_task(12, generator) for _ in range(5)]
+    return [synthetic_task(12, generator, TINY["img_size"]) for _ in range(5)]
 
 
 @pytest.fixture(scope="module")
