@@ -60,7 +60,7 @@ from timm.models.swin_transformer import SwinTransformer
 
 from lava_spikedattn import builder as lava_builder
 from lava_spikedattn import lava as lava_runner
-from lava_spikedattn.ann import prepare_swin
+from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
@@ -236,7 +236,7 @@ def parent_init_split(stats: pstats.Stats) -> dict[str, float]:
 MODES: tuple[str, ...] = lava_builder.MODES
 
 
-def run_once(cm, x: torch.Tensor, mode: str) -> tuple[dict, dict, torch.Tensor]:
+def run_once(cm, x: ty.Any, mode: str) -> tuple[dict, dict, torch.Tensor]:
     """One Lava run of a batch: phase timings, stats, logits."""
     net = build_lava_network(cm, mode=mode)
     timings: dict = {}
@@ -273,11 +273,33 @@ def swin_t() -> dict:
     return result
 
 
-def row(mode: str, batch: int, timings: dict, stats: dict, cpu: dict, rel: float, cpus: int) -> dict:
+def sentences(n: int, seed: int) -> dict:
+    """Token batches of 8 positions with padding at the end (as in tests/test_builder.py)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=g)
+    return {"input_ids": torch.randint(0, 50, (n, 8), generator=g),
+            "attention_mask": (torch.arange(8) < lengths[:, None]).long()}
+
+
+def tiny_bert() -> torch.nn.Module:
+    """The 2-layer prepared BERT of tests/test_builder.py (norm statistics from 3 batches)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    model = prepare_bert(BertForSequenceClassification(config)).train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(**sentences(16, seed))
+    return model.eval()
+
+
+def row(model: str, mode: str, batch: int, timings: dict, stats: dict, cpu: dict, rel: float, cpus: int) -> dict:
     steps, processes = stats["steps_per_sample"], stats["processes"]
     worker_cpu_s = sum(cpu["by_kind"].values())
     return {
-        "model": "tiny Swin", "mode": mode, "batch": batch, "processes": processes,
+        "model": model, "mode": mode, "batch": batch, "processes": processes,
         "neurons": stats["neurons"], "synapses": stats["synapses"], "steps/sample": steps,
         **{phase: timings[phase] for phase in PHASES},
         "wall/sample_s": sum(timings[p] for p in PHASES) / batch,
@@ -339,8 +361,20 @@ def main() -> None:
                 timings, stats, logits = run_once(cm, inputs[:batch], mode)
             reference = expected[:batch]
             rel = ((logits - reference).abs().max() / reference.abs().max()).item()
-            rows.append(row(mode, batch, timings, stats, cpu, rel, cpus))
+            rows.append(row("tiny Swin", mode, batch, timings, stats, cpu, rel, cpus))
             cpu_records[f"{mode}/{batch}"] = cpu
+
+    bert_cm = convert(tiny_bert(), [sentences(32, 50)], code)
+    bert_inputs = sentences(max(args.batch, 1), 100)
+    bert_expected = bert_cm.to_reference("stepped").double()(bert_inputs)
+    for mode in modes:
+        for batch in sorted({1, args.batch}):
+            cpu = {}
+            with worker_cpu(cpu):
+                timings, stats, logits = run_once(bert_cm, {k: v[:batch] for k, v in bert_inputs.items()}, mode)
+            reference = bert_expected[:batch]
+            rel = ((logits - reference).abs().max() / reference.abs().max()).item()
+            rows.append(row("tiny BERT", mode, batch, timings, stats, cpu, rel, cpus))
 
     profiles = {} if args.no_profile else {mode: profiled_run(cm, inputs[:1], mode)
                                            for mode in modes}
