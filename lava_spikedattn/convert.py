@@ -621,11 +621,12 @@ class Calibrator(Observer):
         return weights, summary
 
 
-def _batch_size(x: Any) -> int:
+def batch_size(x: Any) -> int:
+    """Samples in a model input: a tensor's first axis, or a dict of tensors' (tokenizer output)."""
     if isinstance(x, torch.Tensor):
         return int(x.shape[0])
     if isinstance(x, Mapping):
-        return next(_batch_size(v) for v in x.values() if isinstance(v, torch.Tensor))
+        return next(batch_size(v) for v in x.values() if isinstance(v, torch.Tensor))
     raise TypeError(f"a calibration batch must be a tensor or a dict of tensors, got {type(x).__name__}")
 
 
@@ -848,7 +849,7 @@ def convert(model: nn.Module, calibration_batches: Iterable[Any], code: PhaseCod
             network.run(x, engine)
             first = x if first is None else first
             n_batches += 1
-            n_samples += _batch_size(x)
+            n_samples += batch_size(x)
     if first is None:
         raise ValueError("calibration_batches is empty: convert() needs at least one batch")
     scales, summary = calibrator.finish(dtype)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -38,7 +38,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import AnnEngine, Calibrator, ConvertedModel, convert, tensor_sha256
+from lava_spikedattn.convert import AnnEngine, Calibrator, ConvertedModel, batch_size, convert, tensor_sha256
 
 __all__ = [
     "ShardedBatchSampler",
@@ -260,7 +260,7 @@ def convert_distributed(model: torch.nn.Module, calibration_batches: Iterable[An
             x = family.model_input(batch)
             network.run(x, engine)
             batches += 1
-            samples += _batch_size(x)
+            samples += batch_size(x)
     reduce_calibrator(calibrator)
     counts = gather_objects((batches, samples))
     scales, summary = calibrator.finish(next(iter(converted.weights.values())).dtype)  # the folded weights' dtype
@@ -270,11 +270,3 @@ def convert_distributed(model: torch.nn.Module, calibration_batches: Iterable[An
     weights = {**converted.weights, **{key: value.detach().cpu() for key, value in scales.items()}}
     config = dict(converted.config, calibration=summary, weights_sha256=tensor_sha256(weights))
     return ConvertedModel(json.loads(json.dumps(config, allow_nan=False)), weights)
-
-
-def _batch_size(x: Any) -> int:
-    if isinstance(x, torch.Tensor):
-        return int(x.shape[0])
-    if isinstance(x, Mapping):
-        return next(_batch_size(v) for v in x.values() if isinstance(v, torch.Tensor))
-    raise TypeError(f"a calibration batch must be a tensor or a dict of tensors, got {type(x).__name__}")
