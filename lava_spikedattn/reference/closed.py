@@ -45,9 +45,13 @@ class WossResult:
 
     @property
     def probabilities(self) -> torch.Tensor:
-        """decoded / spike_sum per row; rows with no spike give zeros (never NaN)."""
-        total = self.spike_sum.unsqueeze(-1)
-        return torch.where(total > 0, self.decoded / torch.where(total > 0, total, 1.0), 0.0)
+        return normalise_rows(self.decoded, self.spike_sum)
+
+
+def normalise_rows(decoded: torch.Tensor, spike_sum: torch.Tensor) -> torch.Tensor:
+    """decoded / spike_sum per row (spike_sum (..., N)); rows with no spike give zeros, never NaN."""
+    total = spike_sum.unsqueeze(-1)
+    return torch.where(total > 0, decoded / torch.where(total > 0, total, 1.0), 0.0)
 
 
 def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None, key_mask=None) -> WossResult:

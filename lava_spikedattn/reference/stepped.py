@@ -18,6 +18,7 @@ from numbers import Integral
 import torch
 
 from lava_spikedattn.coding import PhaseCode, broadcast_shape, check_scale
+from lava_spikedattn.reference.closed import normalise_rows
 
 
 def _window(code: PhaseCode, start: int, wait: int | None) -> tuple[int, int]:
@@ -265,8 +266,7 @@ class WOSSSim:
 
     def probabilities(self) -> torch.Tensor:
         """Row-normalised latched traces; rows that never spiked give all zeros, not NaN."""
-        total = self.spike_sum.unsqueeze(-1)
-        return torch.where(total > 0, self.latched / torch.where(total > 0, total, 1.0), 0.0)
+        return normalise_rows(self.latched, self.spike_sum)
 
 
 def key_mask_tensor(key_mask, shape: torch.Size) -> torch.Tensor:
