@@ -335,7 +335,10 @@ class _BertBuilder:
 
     def build(self, inputs) -> tuple[TokenLinear, int]:
         g = self.g
-        x, present = self.network.embed(inputs, g.code)
+        try:
+            x, present = self.network.embed(inputs, g.code)  # validates the tokenizer tensors
+        except ValueError as error:
+            raise LavaBuildError(str(error)) from None
         x = x.detach().double()
         self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
         source = g.add(SpikeSource(data=one_shot(x, g.code, g.cm.steps_per_inference)))
@@ -430,11 +433,10 @@ class LavaNetwork:
             if not isinstance(x, ty.Mapping) or "input_ids" not in x:
                 raise LavaBuildError(f"input must be a dict with 'input_ids' (batch, N) as HF tokenizers return, "
                                      f"got {type(x).__name__}")
-            try:
-                ids, _, _ = self.cm.to_reference("ann").parse_inputs(x)
-            except ValueError as error:
-                raise LavaBuildError(str(error)) from None
-            return x, ids.shape[0]
+            ids = torch.as_tensor(x["input_ids"])
+            if ids.dim() != 2:
+                raise LavaBuildError(f"input_ids must be (batch, N), got shape {tuple(ids.shape)}")
+            return x, ids.shape[0]  # the builder's embedding validates the rest
         cfg = swin.SwinConfig.from_json(self.cm.config["architecture"])
         expected = (cfg.in_chans, *cfg.img_size)
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
