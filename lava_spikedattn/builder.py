@@ -508,7 +508,7 @@ class LavaNetwork:
         for name, population in graph.populations.items():
             fire_steps = population.recorded_fire_steps()
             saturated = population.recorded_saturation().sum() if isinstance(population, PhaseNeuron) else 0
-            layers[name] = LayerStats(int(fire_steps.size), int((fire_steps >= 0).sum()), int(saturated))
+            layers[name] = LayerStats.from_fire_steps(torch.from_numpy(fire_steps), graph.T, int(saturated))
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
         if self._last["builder"].input_stats is not None:
             layers["input"] = self._last["builder"].input_stats

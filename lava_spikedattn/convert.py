@@ -49,6 +49,7 @@ from torch import nn
 
 from lava_spikedattn import ann
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode
+from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, family_of, get_family
 from lava_spikedattn.reference import closed, functional
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim, ConvertNeuronSim, PhaseNeuronSim
@@ -175,6 +176,20 @@ class LayerStats:
     neurons: int = 0
     spikes: int = 0
     saturated: int = 0
+    active_steps: int = 0
+
+    @classmethod
+    def from_fire_steps(cls, fire_step: torch.Tensor, timesteps: int,
+                        saturated: int = 0) -> LayerStats:
+        """Statistics of a population from its fire steps (−1: silent).
+
+        ``active_steps``: neuron updates in the fire window, the energy model's ``N·p``
+        (spec §7.2): a neuron firing at step k was updated k + 1 times, a silent one T times.
+        """
+        k = torch.as_tensor(fire_step)
+        fired = k >= 0
+        active = torch.where(fired, k + 1, torch.full_like(k, timesteps))
+        return cls(int(k.numel()), int(fired.sum()), int(saturated), int(active.sum()))
 
 
 class Observer(ABC):
@@ -303,22 +318,22 @@ class _SpikingEngine(Engine):
         self.bias_gain = code.bias_gain
         self.input_bias_gain = 1.0 - 2.0**-code.timesteps  # first layer: bias not divided (§1.4)
 
-    def _record(self, name: str, fired: torch.Tensor, saturated: torch.Tensor | int) -> None:
-        self.stats[name] = LayerStats(int(fired.numel()), int(fired.sum()), int(saturated))
+    def _record(self, name: str, fire_step: torch.Tensor, saturated: torch.Tensor | int) -> None:
+        self.stats[name] = LayerStats.from_fire_steps(fire_step, self.code.timesteps, int(saturated))
 
     def _record_neuron(self, name: str, x: torch.Tensor, scale: torch.Tensor, signed: bool,
                        present: torch.Tensor | None = None) -> None:
         """Statistics of a neuron layer; neurons outside ``present`` (absent keys) never fire."""
-        fired = self.code.fire_step(x, scale, signed) >= 0
+        fire_step = self.code.fire_step(x, scale, signed)
         saturated = self.code.saturated(x, scale, signed)
         if present is not None:
-            fired, saturated = fired & present, saturated & present
-        self._record(name, fired, saturated.sum())
+            fire_step, saturated = fire_step.masked_fill(~present, -1), saturated & present
+        self._record(name, fire_step, saturated.sum())
 
     def _closed_neuron(self, name: str, x: torch.Tensor, signed: bool) -> torch.Tensor:
         scale = self.scale(name, x.shape)
         k = self.code.fire_step(x, scale, signed)
-        self._record(name, k >= 0, self.code.saturated(x, scale, signed).sum())
+        self._record(name, k, self.code.saturated(x, scale, signed).sum())
         return self.code.decode(k, torch.sign(x), scale.to(x.dtype))
 
     def _full_scale(self, x: torch.Tensor) -> float:
@@ -345,7 +360,7 @@ class _SpikingEngine(Engine):
         present = None if key_mask is None else key_mask.expand_as(logits)
         self._record_neuron(n_logits, logits, s_logits, True, present)
         woss = closed.woss(logits, code, s_logits, key_mask=present)
-        self._record(n_woss, woss.fire_step >= 0, 0)
+        self._record(n_woss, woss.fire_step, 0)
         v_hat = self._closed_neuron(n_v, v, True)
         return self._closed_neuron(n_out, woss.probabilities @ v_hat, True)
 
@@ -386,7 +401,7 @@ class SteppedEngine(_SpikingEngine):
         self.stats["input"].spikes = int(encoder.bits.sum())
         # What the convert neuron integrated, Σ_t 2^-(t+1)·x_t, decides its saturation.
         integrated = sum(2.0 ** -(t + 1) * x_t for t, x_t in enumerate(steps))
-        self._record(name, neuron.fire_step >= 0, self.code.saturated(integrated, scale).sum())
+        self._record(name, neuron.fire_step, self.code.saturated(integrated, scale).sum())
         return neuron.decoded.to(x.dtype)
 
     def neuron(self, name, x, signed=True, mask=None):
@@ -394,7 +409,7 @@ class SteppedEngine(_SpikingEngine):
         sim = PhaseNeuronSim(self.code, scale, x.shape, signed=signed)
         for t in range(sim.end):
             sim.step(self.code.unit_gain * x.double() if t == 0 else None)
-        self._record(name, sim.fire_step >= 0, self.code.saturated(x, scale, signed).sum())
+        self._record(name, sim.fire_step, self.code.saturated(x, scale, signed).sum())
         return sim.decoded.to(x.dtype)
 
     def attention(self, prefix, q, k, v, bias, key_mask=None, query_mask=None):
@@ -476,6 +491,10 @@ class SpikingNetwork(nn.Module):
     def run(self, x: Any, engine: Engine) -> torch.Tensor:
         """The family's forward pass with every spike point delegated to ``engine``."""
         raise NotImplementedError(f"{type(self).__name__} must implement run(x, engine)")
+
+    def synapses(self, x: Any) -> list[Synapse]:
+        """The synaptic operations one sample of ``x`` costs (energy accounting, spec §7)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its synapses")
 
 
 # --- calibration ----------------------------------------------------------------------------------------

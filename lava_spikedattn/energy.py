@@ -1,9 +1,18 @@
 """The paper's energy model (spec §7): per-layer ANN and SNN energy from activity counts.
 
-This module is the pure arithmetic. A caller describes each layer with a :class:`LayerActivity`
-(dense MAC count, fan-in, measured spike rate, active neuron-steps, ANN activation density) and
-:func:`energy_report` turns a list of them into per-layer and total energies, the SNN/ANN ratio
-and the saving.
+A layer is described by a :class:`LayerActivity` (dense MAC count, fan-in, measured spike rate,
+active neuron-steps, ANN activation density) and :func:`energy_report` turns a list of them into
+per-layer and total energies, the SNN/ANN ratio and the saving.
+
+Measured activity: a converted network lists its synaptic operations as :class:`Synapse` rows
+(``SpikingNetwork.synapses(inputs)``: dense MACs per sample, fan-in, the neuron layers whose
+spikes drive it, the layers it feeds). :func:`synapse_sums` combines one run's spike statistics
+(:class:`~lava_spikedattn.convert.LayerStats`: spikes and active neuron-steps per layer, from
+the fire steps of the closed-form engine, the stepped engine or a Lava run) and the ANN's
+activation density on the same input into sums that add up exactly over batches;
+:func:`layer_activity` turns the totals into a :class:`LayerActivity`.
+``lava_spikedattn.evaluate`` does both for every batch it evaluates
+(``EvaluationReport.energy(counting)``).
 
 Constants (units: pJ, 32-bit operations in a 45 nm process) are those of the released code
 (spec §7.1), which takes them from M. Horowitz, "Computing's energy problem (and what we can do
@@ -22,9 +31,13 @@ Counting conventions (spec §7.3):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from numbers import Real
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lava_spikedattn.convert import LayerStats
 
 # 32-bit, 45 nm, pJ per operation (Horowitz, ISSCC 2014, as used by the release; spec §7.1).
 E_ADD_PJ = 0.9
@@ -42,6 +55,8 @@ WEIGHT_READ_FACTOR = 33 / 32
 SPIKE_WRITE_PJ = E_MEM_PJ / 32
 
 COUNTINGS = ("complete", "official")
+# Per-synapse sums over samples (see synapse_sums), in the order they are stored.
+ACTIVITY_SUMS = ("macs", "neurons", "synops", "ann_macs", "neuron_steps")
 
 PJ_PER_MJ = 1e9
 
@@ -98,6 +113,64 @@ class LayerActivity:
     def neurons(self) -> float:
         """Output neurons N = F / w."""
         return self.macs / self.fan_in
+
+
+@dataclass(frozen=True)
+class Synapse:
+    """One synaptic operation of a converted network, the unit of energy accounting.
+
+    ``macs``: dense MAC count F per sample. ``fan_in``: weights per output neuron w.
+    ``sources``: neuron layers whose spikes drive it; its spike rate r is the product of their
+    spike rates (e.g. q·k for QKᵀ, spec §7.2; ``"input"`` is the bit-serial input code, whose
+    rate is bits per pixel). ``targets``: the neuron layers it feeds, whose mean active steps
+    are p (the read-out, which records no fire steps, integrates over all T steps).
+    ``official``: counted by the release's bookkeeping (spec §7.3).
+    """
+
+    name: str
+    macs: int
+    fan_in: int
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    official: bool = True
+
+
+def synapse_sums(synapse: Synapse, stats: Mapping[str, LayerStats], ann_density: Mapping[str, float],
+                 samples: int, timesteps: int) -> dict[str, float]:
+    """Activity of ``synapse`` over one batch of ``samples``, as sums (see :data:`ACTIVITY_SUMS`).
+
+    ``stats``: the spiking run's per-layer statistics, summed over the batch. ``ann_density``:
+    the ANN's non-zero fraction of each layer's output on the same batch (a layer without an
+    entry counts as dense, e.g. the softmax). Returns ``macs`` (F·samples), ``neurons``,
+    ``synops`` (F·r), ``ann_macs`` (F·s) and ``neuron_steps`` (N·p); every one adds up over
+    batches, so totals over a data set (or over ranks) are exact.
+    """
+    rate = density = 1.0
+    for source in synapse.sources:
+        if source not in stats:
+            raise KeyError(f"synapse {synapse.name}: the run recorded no statistics for its source {source!r}")
+        neurons = stats[source].neurons
+        rate *= stats[source].spikes / neurons if neurons else 0.0
+        density *= ann_density.get(source, 1.0)
+    recorded = [stats[target] for target in synapse.targets if target in stats]
+    target_neurons = sum(target.neurons for target in recorded)
+    active_steps = (sum(target.active_steps for target in recorded) / target_neurons if target_neurons
+                    else float(timesteps))
+    macs = float(synapse.macs) * samples
+    neurons = macs / synapse.fan_in
+    return {"macs": macs, "neurons": neurons, "synops": macs * rate, "ann_macs": macs * density,
+            "neuron_steps": neurons * active_steps}
+
+
+def layer_activity(synapse: Synapse, sums: Mapping[str, float], samples: int) -> LayerActivity:
+    """Per-sample :class:`LayerActivity` of ``synapse`` from its :func:`synapse_sums` totals."""
+    macs, neurons = sums["macs"], sums["neurons"]
+    if samples <= 0 or macs <= 0 or neurons <= 0:
+        raise ValueError(f"synapse {synapse.name}: no activity was measured ({samples} samples, "
+                         f"{macs:g} MACs)")
+    return LayerActivity(synapse.name, macs=macs / samples, fan_in=macs / neurons,
+                         spike_rate=sums["synops"] / macs, active_steps=sums["neuron_steps"] / neurons,
+                         ann_density=sums["ann_macs"] / macs, included_in_official=synapse.official)
 
 
 def snn_energy_pj(layer: LayerActivity) -> float:

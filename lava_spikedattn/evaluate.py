@@ -32,6 +32,12 @@ sample's whole activation; ``cosine_min``, the worst sample; ``rel_error``,
 inner layers (``q_if``, ``k_if``, ``v_if``, ``stdp_qk``, ``softmax_if``) have spike statistics
 but no fidelity numbers.
 
+Energy (spec §7, :mod:`lava_spikedattn.energy`): for every batch, the network's synaptic
+operations (``SpikingNetwork.synapses``) are combined with the spiking run's spike counts and
+active neuron-steps and with the folded ANN's activation density (:class:`DensityObserver`);
+``report.activity`` holds the per-synapse averages per sample and ``report.energy(counting)``
+the ANN vs SNN energy.
+
 Batches: ``(x, y)`` tuples (or ``(x,)`` / a bare ``x`` without labels), or dicts of model
 inputs with an optional ``"labels"`` entry (Hugging Face style). Under ``torchrun`` each rank
 passes its shard (:func:`lava_spikedattn.distributed.shard`) and every rank gets the report of
@@ -53,10 +59,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lava_spikedattn import distributed
-from lava_spikedattn.convert import ATTENTION_LAYERS, AnnEngine, ConvertedModel, Engine, SpikingNetwork
+from lava_spikedattn.convert import ATTENTION_LAYERS, AnnEngine, ConvertedModel, Engine, Observer, SpikingNetwork
+from lava_spikedattn.energy import ACTIVITY_SUMS, EnergyReport, LayerActivity, Synapse, energy_report, layer_activity, \
+    synapse_sums
 from lava_spikedattn.models import family_of
 
 __all__ = [
+    "DensityObserver",
     "EvaluationReport",
     "LayerReport",
     "MetricState",
@@ -164,6 +173,24 @@ class RecordingEngine(Engine):
         return out
 
 
+class DensityObserver(Observer):
+    """Non-zero fraction of the folded ANN's output of every layer it observes, per batch.
+
+    This is the energy model's ANN activation density s (spec §7.2): ReLU layers are sparse,
+    signed ones dense. ``"input"`` is the input's non-zero fraction (e.g. black pixels).
+    """
+
+    def __init__(self) -> None:
+        self.density: dict[str, float] = {}
+
+    def observe(self, name: str, x: torch.Tensor, signed: bool, mask: torch.Tensor | None = None) -> None:
+        nonzero = x != 0 if signed else x > 0
+        self.density[name] = float(nonzero.double().mean())
+
+    def observe_input(self, x: torch.Tensor) -> None:
+        self.density[INPUT] = float((x != 0).double().mean())
+
+
 # --- reducible metric state -------------------------------------------------------------------------------
 @dataclass
 class MetricState:
@@ -230,7 +257,7 @@ def _compare(state: MetricState, name: str, reference: torch.Tensor, decoded: to
 class LayerReport:
     """One layer of an :class:`EvaluationReport` (totals over the data set).
 
-    ``neurons``/``spikes``/``saturated``: sums over samples of :class:`LayerStats` (for the
+    ``neurons``/``spikes``/``saturated``/``active_steps``: sums over samples of :class:`LayerStats` (for the
     ``input`` row, pixels / bits of the bit-serial code / pixels beyond its full scale; zero for
     the read-out, which integrates a membrane and never spikes). ``compared``: samples compared
     with the folded ANN (0 where the layer's output is not observed: fidelity fields are None).
@@ -242,6 +269,7 @@ class LayerReport:
     neurons: int = 0
     spikes: int = 0
     saturated: int = 0
+    active_steps: int = 0
     compared: int = 0
     cosine: float | None = None
     cosine_min: float | None = None
@@ -260,6 +288,8 @@ class EvaluationReport:
     ``layers``: ``input`` first (networks with a bit-serial input code), then the layer graph in
     execution order.
     ``meta``: what was evaluated (network, engine, code, ANN source, device, world size, batches).
+    ``activity``: measured activity per synapse and sample (empty on the ``"ann"`` engine), the
+    input of :meth:`energy`.
     """
 
     samples: int
@@ -269,6 +299,13 @@ class EvaluationReport:
     agree: int
     layers: list[LayerReport]
     meta: dict[str, Any] = field(default_factory=dict)
+    activity: list[LayerActivity] = field(default_factory=list)
+
+    def energy(self, counting: str = "complete") -> EnergyReport:
+        """ANN vs SNN energy per inference from the measured activity (spec §7)."""
+        if not self.activity:
+            raise ValueError("this report has no measured activity (evaluate a spiking engine)")
+        return energy_report(self.activity, counting)
 
     @property
     def ann_accuracy(self) -> float | None:
@@ -322,6 +359,7 @@ class EvaluationReport:
             "spikes": self.spikes, "neurons": self.neurons, "saturated": self.saturated,
             "spikes_per_sample": self.spikes / self.samples if self.samples else None,
             "layers": layers,
+            "activity": [asdict(layer) for layer in self.activity],
         }
 
     @classmethod
@@ -333,8 +371,9 @@ class EvaluationReport:
         names = {f.name for f in fields(LayerReport)}
         layers = [LayerReport(**{key: value for key, value in layer.items() if key in names})
                   for layer in data["layers"]]
+        activity = [LayerActivity(**layer) for layer in data.get("activity", [])]
         return cls(data["samples"], data["labeled"], data["ann_correct"], data["snn_correct"], data["agree"],
-                   layers, dict(data["meta"]))
+                   layers, dict(data["meta"]), activity)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -427,6 +466,7 @@ def evaluate(ann: nn.Module | None, snn: SpikingNetwork | ConvertedModel, loader
     reduce = distributed.is_distributed() if distributed_reduce is None else distributed_reduce
     rank, world_size = distributed.world()
     state = MetricState()
+    synapses: list[Synapse] = []
     try:
         total = len(loader)  # type: ignore[arg-type]
     except TypeError:
@@ -436,7 +476,7 @@ def evaluate(ann: nn.Module | None, snn: SpikingNetwork | ConvertedModel, loader
     try:
         with torch.no_grad():
             for batch in bar:
-                _evaluate_batch(ann, snn, batch, device, compare_layers, state)
+                synapses = _evaluate_batch(ann, snn, batch, device, compare_layers, state)
                 samples = state.count(("", "samples"))
                 bar.set_postfix(agreement=f"{state.count(('', 'agree')) / max(samples, 1):.3f}")
     finally:
@@ -457,16 +497,18 @@ def evaluate(ann: nn.Module | None, snn: SpikingNetwork | ConvertedModel, loader
         "world_size": world_size if reduce else 1,
         "batches": state.count(("", "batches")),
     }
-    return _build_report(snn, state, meta)
+    return _build_report(snn, state, meta, synapses)
 
 
 def _evaluate_batch(ann: nn.Module | None, snn: SpikingNetwork, batch: Any, device: torch.device,
-                    compare_layers: bool, state: MetricState) -> None:
+                    compare_layers: bool, state: MetricState) -> list[Synapse]:
+    """Add one batch to ``state``; returns the network's synapses (empty on the ANN engine)."""
     inputs, labels = split_batch(batch)
     inputs = to_device(inputs, device)
     n = batch_size(inputs)
     reference: dict[str, torch.Tensor] = {}
-    ann_engine: Engine = AnnEngine()
+    density = DensityObserver()
+    ann_engine: Engine = AnnEngine(density)
     if compare_layers:
         ann_engine = RecordingEngine(ann_engine, reference.__setitem__)
     folded_logits = snn.run(inputs, ann_engine)
@@ -498,6 +540,15 @@ def _evaluate_batch(ann: nn.Module | None, snn: SpikingNetwork, batch: Any, devi
         state.add((name, "neurons"), stats.neurons)
         state.add((name, "spikes"), stats.spikes)
         state.add((name, "saturated"), stats.saturated)
+        state.add((name, "active_steps"), stats.active_steps)
+    if snn.engine == "ann":
+        return []
+    synapses = snn.synapses(inputs)
+    for synapse in synapses:
+        sums = synapse_sums(synapse, spiking.stats, density.density, n, snn.code.timesteps)
+        for key, value in sums.items():
+            state.add_sum((synapse.name, f"energy.{key}"), value)
+    return synapses
 
 
 def _readout_name(snn: SpikingNetwork) -> str:
@@ -505,7 +556,8 @@ def _readout_name(snn: SpikingNetwork) -> str:
     return readouts[-1] if readouts else "logits"
 
 
-def _build_report(snn: SpikingNetwork, state: MetricState, meta: dict[str, Any]) -> EvaluationReport:
+def _build_report(snn: SpikingNetwork, state: MetricState, meta: dict[str, Any],
+                  synapses: list[Synapse]) -> EvaluationReport:
     rows = [(INPUT, "input", None)] + [(layer.name, layer.kind, layer.index) for layer in snn.layers]
     if _readout_name(snn) == "logits":
         rows.append(("logits", "readout", None))
@@ -514,7 +566,8 @@ def _build_report(snn: SpikingNetwork, state: MetricState, meta: dict[str, Any])
         if name == INPUT and not state.count((INPUT, "neurons")):
             continue  # no bit-serial input code (BERT's embedding is computed on the host)
         report = LayerReport(name, kind, index, state.count((name, "neurons")), state.count((name, "spikes")),
-                             state.count((name, "saturated")), state.count((name, "compared")))
+                             state.count((name, "saturated")), state.count((name, "active_steps")),
+                             state.count((name, "compared")))
         if report.compared:
             report.cosine = state.total((name, "cosine")) / report.compared
             report.cosine_min = state.mins[(name, "cosine_min")]
@@ -522,6 +575,8 @@ def _build_report(snn: SpikingNetwork, state: MetricState, meta: dict[str, Any])
             report.rel_error = math.sqrt(error_sq / reference_sq) if reference_sq > 0 else (
                 0.0 if error_sq == 0 else None)
         layers.append(report)
-    return EvaluationReport(state.count(("", "samples")), state.count(("", "labeled")),
-                            state.count(("", "ann_correct")), state.count(("", "snn_correct")),
-                            state.count(("", "agree")), layers, meta)
+    samples = state.count(("", "samples"))
+    activity = [layer_activity(synapse, {key: state.total((synapse.name, f"energy.{key}")) for key in ACTIVITY_SUMS},
+                               samples) for synapse in synapses]
+    return EvaluationReport(samples, state.count(("", "labeled")), state.count(("", "ann_correct")),
+                            state.count(("", "snn_correct")), state.count(("", "agree")), layers, meta, activity)

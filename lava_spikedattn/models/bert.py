@@ -81,6 +81,7 @@ from transformers.models.bert.modeling_bert import (
 from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode
 from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
+from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, register_family
 from lava_spikedattn.models.swin import _fold_linear
 
@@ -374,6 +375,48 @@ class SpikingBert(SpikingNetwork):
             x = self._layer(x, f"layers.{i}", engine, tokens, key_mask, query_mask)
         pooled = engine.neuron("pooler_if", self._linear("pooler", x[:, 0], engine), signed=False)
         return self._linear("classifier", pooled, engine)  # classifier: membrane read-out, no spikes
+
+    def synapses(self, inputs: Any) -> list[Synapse]:
+        """Synaptic operations per sentence of ``inputs`` (N tokens, padding included).
+
+        Per encoder layer: q/k/v, the trace-driven QKᵀ and WOSS·V, the logit → WOSS connection,
+        the attention output, the residual synapses, fc1 (``intermediate``) and fc2 (``output``);
+        official: the norms on the stream. Then the pooler and the classifier. The host-side
+        embedding look-up is not a synaptic operation. ``official`` is False for the residual
+        synapses, which the release does not count (spec §7.5).
+        """
+        n = self.parse_inputs(inputs)[0].shape[1]
+        cfg, official = self.config, self.official
+        hidden, inter, heads, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim
+        pairs = heads * n * n
+        rows: list[Synapse] = []
+        x = "embeddings_if"
+        for i in range(cfg.num_hidden_layers):
+            p = f"layers.{i}"
+            attn_out = f"{p}.attention.neuron_1_if" if official else f"{p}.attn_out_if"
+            rows += [
+                Synapse(f"{p}.qkv", n * hidden * 3 * hidden, hidden, (x,), (f"{p}.q_if", f"{p}.k_if", f"{p}.v_if")),
+                Synapse(f"{p}.qk", pairs * d, d, (f"{p}.q_if", f"{p}.k_if"), (f"{p}.stdp_qk",)),
+                Synapse(f"{p}.woss", pairs, 1, (f"{p}.stdp_qk",), (f"{p}.softmax_if",)),
+                Synapse(f"{p}.av", pairs * d, n, (f"{p}.softmax_if", f"{p}.v_if"), (f"{p}.stdp_av",)),
+                Synapse(f"{p}.attention.output", n * hidden * hidden, hidden, (f"{p}.stdp_av",), (attn_out,)),
+            ]
+            h = attn_out
+            if official:
+                h = f"{p}.attention.neuron_2_if"
+                rows.append(Synapse(f"{p}.attention.norm", n * hidden, 1, (attn_out,), (h,)))
+            rows.append(Synapse(f"{p}.attention.residual", n * hidden, 1, (x,), (h,), official=False))
+            rows.append(Synapse(f"{p}.intermediate", n * hidden * inter, hidden, (h,), (f"{p}.intermediate_if",)))
+            out = f"{p}.output.neuron_1_if" if official else f"{p}.out_if"
+            rows.append(Synapse(f"{p}.output", n * inter * hidden, inter, (f"{p}.intermediate_if",), (out,)))
+            x = out
+            if official:
+                x = f"{p}.output.neuron_2_if"
+                rows.append(Synapse(f"{p}.output.norm", n * hidden, 1, (out,), (x,)))
+            rows.append(Synapse(f"{p}.output.residual", n * hidden, 1, (h,), (x,), official=False))
+        rows.append(Synapse("pooler", hidden * hidden, hidden, (x,), ("pooler_if",)))
+        rows.append(Synapse("classifier", hidden * cfg.num_labels, hidden, ("pooler_if",), ("classifier",)))
+        return rows
 
     def _linear(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
         return F.linear(x, self.weight(f"{key}.weight"), self.weight(f"{key}.bias") * engine.bias_gain)

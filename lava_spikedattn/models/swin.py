@@ -34,6 +34,7 @@ from torch import nn
 from lava_spikedattn.ann import UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode
 from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
+from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, register_family
 
 __all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "SwinFamily", "merge_heads", "merge_patches",
@@ -444,6 +445,62 @@ class SpikingSwin(SpikingNetwork):
             for block in stage.blocks:
                 x = self._block(x, block, engine)
         return self._head(x, engine)
+
+    def synapses(self, x: Any = None) -> list[Synapse]:
+        """Synaptic operations per image, in execution order (the same for every input).
+
+        Dense layers (patch embed, qkv, proj, fc1, fc2, patch merging, head), the two trace-driven
+        products (QKᵀ, WOSS·V), the logit → WOSS connection, the residual additions, the
+        average pool, and in the official convention the BatchNorms on the stream. ``official``
+        is False for what the release's bookkeeping leaves out: every MLP's fc2 and the residual
+        additions (spec §7.3).
+        """
+        cfg, official = self.config, self.official
+        h, w = self.geometry[0].resolution
+        patch = cfg.in_chans * cfg.patch_size[0] * cfg.patch_size[1]
+        rows = [Synapse("patch_embed", h * w * patch * cfg.embed_dim, patch, ("input",), ("patch_embed_if",))]
+        x = "patch_embed_if"
+
+        def diagonal(name: str, size: int, source: str, target: str, counted: bool = True) -> str:
+            rows.append(Synapse(name, size, 1, (source,), (target,), counted))
+            return target
+
+        for stage in self.geometry:
+            tokens = stage.resolution[0] * stage.resolution[1]
+            if stage.merge:
+                target = f"layers.{stage.index}.patch_merging_if"
+                rows.append(Synapse(f"layers.{stage.index}.downsample", tokens * 4 * stage.in_dim * stage.dim,
+                                    4 * stage.in_dim, (x,), (target,)))
+                x = target
+            for g in stage.blocks:
+                p, inner, pairs = g.prefix, g.heads * g.head_dim, g.windows * g.heads * g.tokens * g.tokens
+                h_in = diagonal(f"{p}.norm1", tokens * g.dim, x, f"{p}.norm1_if") if official else x
+                rows += [
+                    Synapse(f"{p}.qkv", tokens * g.dim * 3 * inner, g.dim, (h_in,),
+                            (f"{p}.q_if", f"{p}.k_if", f"{p}.v_if")),
+                    Synapse(f"{p}.qk", pairs * g.head_dim, g.head_dim, (f"{p}.q_if", f"{p}.k_if"), (f"{p}.stdp_qk",)),
+                    Synapse(f"{p}.woss", pairs, 1, (f"{p}.stdp_qk",), (f"{p}.softmax_if",)),
+                    Synapse(f"{p}.av", pairs * g.head_dim, g.tokens, (f"{p}.softmax_if", f"{p}.v_if"),
+                            (f"{p}.stdp_av",)),
+                    Synapse(f"{p}.proj", tokens * inner * g.dim, inner, (f"{p}.stdp_av",), (f"{p}.attn_if",)),
+                ]
+                diagonal(f"{p}.residual1", tokens * g.dim, x, f"{p}.attn_if", counted=False)
+                x = f"{p}.attn_if"
+                h_in = diagonal(f"{p}.norm2", tokens * g.dim, x, f"{p}.norm2_if") if official else x
+                rows.append(Synapse(f"{p}.fc1", tokens * g.dim * g.hidden, g.dim, (h_in,), (f"{p}.mlp_act",)))
+                h_in = (diagonal(f"{p}.mlp_norm", tokens * g.hidden, f"{p}.mlp_act", f"{p}.mlp_if") if official
+                        else f"{p}.mlp_act")
+                rows.append(Synapse(f"{p}.fc2", tokens * g.hidden * g.dim, g.hidden, (h_in,), (f"{p}.final_if",),
+                                    official=False))
+                diagonal(f"{p}.residual2", tokens * g.dim, x, f"{p}.final_if", counted=False)
+                x = f"{p}.final_if"
+        features = cfg.num_features
+        tokens = self.geometry[-1].resolution[0] * self.geometry[-1].resolution[1]
+        if official:
+            x = diagonal("norm", tokens * features, x, "last_norm_if")
+        rows.append(Synapse("pool", tokens * features, tokens, (x,), ("pool_if",)))
+        rows.append(Synapse("head", features * cfg.num_classes, features, ("pool_if",), ("last_fc",)))
+        return rows
 
     def _linear(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
         return F.linear(x, self.weight(f"{key}.weight"), self.weight(f"{key}.bias") * engine.bias_gain)
