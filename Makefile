@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RT_SDIST := .cache/vaderSentiment-3.3.2.tar.gz
 
-.PHONY: demo test venv data clean
+.PHONY: demo demo-text test venv data clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: data
 	$(VENV)/bin/spikedattn demo
+
+# MiniLM fine-tuned on Rotten-Tomatoes polarity (an SST-2 proxy), converted at T=16, B=1.4 and
+# evaluated; its outputs are cached in .cache/demo-text/ (git-ignored), so a second run is fast.
+demo-text: data
+	$(PY) -m lava_spikedattn.text_demo
 
 test: data
 	$(PY) -m pytest -q

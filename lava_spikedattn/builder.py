@@ -494,6 +494,17 @@ class LavaNetwork:
             chunks = list(torch.split(xs, batch_size))
         return torch.cat([self.run(chunk) for chunk in tqdm(chunks, desc="Lava", disable=not progress)])
 
+    def fire_steps(self) -> dict[str, np.ndarray]:
+        """Fire step of every neuron of the last run, per layer (−1: silent), batch axis first.
+
+        Steps count from the layer's own fire window; the window of layer n opens at step
+        (n + 1)·T of the run (its input window is [n·T, (n+1)·T), spec §1.5).
+        """
+        if not self._last:
+            raise RuntimeError("run the network first")
+        return {name: population.recorded_fire_steps()
+                for name, population in self._last["graph"].populations.items()}
+
     def stats(self) -> dict[str, ty.Any]:
         """Graph size and activity of the last run.
 
@@ -505,8 +516,8 @@ class LavaNetwork:
             raise RuntimeError("run the network first")
         graph = self._last["graph"]
         layers, histograms = {}, {}
-        for name, population in graph.populations.items():
-            fire_steps = population.recorded_fire_steps()
+        for name, fire_steps in self.fire_steps().items():
+            population = graph.populations[name]
             saturated = population.recorded_saturation().sum() if isinstance(population, PhaseNeuron) else 0
             layers[name] = LayerStats.from_fire_steps(torch.from_numpy(fire_steps), graph.T, int(saturated))
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)

@@ -43,11 +43,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as nnf
 from torch import nn
 
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode
-from lava_spikedattn.reference import functional as F
 
 __all__ = [
     "ANN_CHECKPOINT_FORMAT",
@@ -60,8 +58,6 @@ __all__ = [
     "save_ann_checkpoint",
 ]
 
-SHOWCASE_VALUES = (1.0, 0.8, 0.5, 0.3, 0.1, 0.01, 0.003, -0.3, -0.7)
-SHOWCASE_CODES = ((1.15, 40), (1.4, 16), (2.0, 8))
 ANN_CHECKPOINT_FORMAT = "lava-spikedattn-ann"
 ANN_CHECKPOINT_VERSION = "1"
 RANDOM_SAMPLES = 256  # size of the "random" data set when --limit is not given
@@ -73,45 +69,25 @@ class UsageError(Exception):
 
 
 # --- demo ---------------------------------------------------------------------------------------------
-def phase_coding_table(values=SHOWCASE_VALUES, codes=SHOWCASE_CODES, convention: str = "exact") -> str:
-    """Table of fire steps and decoded values of a few values (scale 1) under a few codes."""
-    x = torch.tensor(values, dtype=torch.float64)
-    lines = []
-    for base, steps in codes:
-        code = PhaseCode(base, steps, convention)
-        k = code.fire_step(x, 1.0)
-        q = code.quantize(x, 1.0)
-        lines.append(f"\n{code.describe()}")
-        lines.append(f"{'value':>9} {'fire step':>9} {'decoded':>10} {'rel. error':>10}")
-        for value, step, decoded in zip(x.tolist(), k.tolist(), q.tolist()):
-            error = abs(decoded - value) / abs(value) if value else 0.0
-            shown = "silent" if step < 0 else str(step)
-            lines.append(f"{value:9.4f} {shown:>9} {decoded:10.6f} {error:10.2%}")
-    return "\n".join(lines)
-
-
-def attention_showcase(seed: int = 0) -> str:
-    """One WOSS attention row on both engines next to float softmax attention."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(1, 6, dtype=torch.float64, generator=g) * 1.5
-    values = torch.randn(6, 4, dtype=torch.float64, generator=g)
-    code = PhaseCode(1.15, 40)
-    scale = logits.abs().amax(-1, keepdim=True)
-    lines = [f"\nWOSS softmax, {code.describe()}"]
-    lines.append("float softmax : " + " ".join(f"{p:.4f}" for p in torch.softmax(logits, -1)[0].tolist()))
-    for engine in ("closed", "stepped"):
-        p = F.woss_softmax(logits, code, scale, engine=engine)
-        lines.append(f"WOSS {engine:8s}: " + " ".join(f"{v:.4f}" for v in p[0].tolist()))
-    out = F.woss_attention(logits, values, code, scale, values.abs().max(), 2.0, engine="stepped")
-    lines.append("softmax·V float : " + " ".join(f"{v:+.4f}" for v in (torch.softmax(logits, -1) @ values)[0].tolist()))
-    lines.append("softmax·V spikes: " + " ".join(f"{v:+.4f}" for v in out[0].tolist()))
-    return "\n".join(lines)
+def _timesteps_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 8,16,32, got {text!r}") \
+            from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 8,16,32, got {text!r}")
+    return values
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("One-spike phase coding: a neuron fires once; step k means ±scale·B^-k.")
-    print(phase_coding_table(convention=args.convention))
-    print(attention_showcase())
+    from lava_spikedattn.demo import DemoSettings, run_demo
+
+    if args.lava_samples > (args.limit or args.lava_samples):
+        raise UsageError(f"--lava-samples {args.lava_samples} is more than --limit {args.limit}")
+    run_demo(DemoSettings(model=args.model, ann=args.ann, out=args.out, lava_samples=args.lava_samples,
+                          limit=args.limit, sweep=args.sweep, sweep_limit=args.sweep_limit,
+                          progress=not args.no_progress))
     return 0
 
 
@@ -227,15 +203,12 @@ def _swin_batches(data: str, split: str, limit: int | None, batch_size: int, inf
             return x, torch.randint(0, info["num_classes"], (stop - start,), generator=g)
 
         return Batches(RANDOM_SAMPLES if limit is None else limit, batch_size, make_random)
-    from lava_spikedattn.data import load_image_dataset
+    from lava_spikedattn.data import fit_images, load_image_dataset
 
     images, labels = load_image_dataset(data, split, limit)
 
     def make(start: int, stop: int):
-        x = images[start:stop]
-        if tuple(x.shape[-2:]) != (height, width):
-            x = nnf.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-        return x.expand(-1, channels, -1, -1).contiguous(), labels[start:stop]
+        return fit_images(images[start:stop], (height, width), channels), labels[start:stop]
 
     return Batches(len(images), batch_size, make)
 
@@ -455,16 +428,17 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
-                        help="samples per batch (per process under torchrun) (default: 16)")
+def _add_common(parser: argparse.ArgumentParser, batch_size: int = 16, device: bool = True) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="N",
+                        help=f"samples per batch (per process under torchrun) (default: {batch_size})")
     parser.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
                         help="BERT only: tokens per sequence (truncation / random length) (default: 128)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random model initialisation and of --data random (default: 0)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N; under torchrun "
-                             "cuda means cuda:LOCAL_RANK (default: auto)")
+    if device:
+        parser.add_argument("--device", default="auto",
+                            help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N; under torchrun "
+                                 "cuda means cuda:LOCAL_RANK (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
@@ -556,28 +530,35 @@ class _OnDevice:
 
 
 # --- evaluate ------------------------------------------------------------------------------------------------
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lava_spikedattn import distributed
+def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, nn.Module | None, Batches]:
+    """(converted model, ANN checkpoint or None, batches of --data) from the shared options."""
     from lava_spikedattn.convert import ConvertedModel, tensor_sha256
-    from lava_spikedattn.evaluate import evaluate
 
-    device = distributed.init_from_env(_resolve_device(args.device))
     cm = ConvertedModel.load(args.folder)
     family = _family_cli(cm.config["family"])
     _check_dataset(family, args.data)
     ann = None
-    if args.ann is not None:
+    if getattr(args, "ann", None) is not None:
         ann, metadata = load_ann_checkpoint(args.ann)
         if metadata["family"] != cm.config["family"]:
             raise ValueError(f"--ann {args.ann} holds a {metadata['family']} model but {args.folder} is a "
                              f"converted {cm.config['family']} model")
         if tensor_sha256(ann.state_dict()) != cm.config["source_sha256"]:
-            print(f"spikedattn evaluate: warning: {args.ann} is not the model {args.folder} was converted from "
-                  f"(its weights' sha256 differs from source_sha256 in config.json)", file=sys.stderr)
+            print(f"spikedattn {args.command}: warning: {args.ann} is not the model {args.folder} was converted "
+                  f"from (its weights' sha256 differs from source_sha256 in config.json)", file=sys.stderr)
     info = family.architecture_info(cm.config["architecture"])
     batches = family.batches(args.data, args.split, args.limit, args.batch_size, info, args)
     if len(batches) == 0:
         raise ValueError(f"data set {args.data!r} ({args.split} split) has no samples")
+    return cm, ann, batches
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lava_spikedattn import distributed
+    from lava_spikedattn.evaluate import evaluate
+
+    device = distributed.init_from_env(_resolve_device(args.device))
+    cm, ann, batches = _load_for_evaluation(args)
     report = evaluate(ann, cm.to_reference(args.engine), distributed.shard(batches), device=device,
                       progress=not args.no_progress, compare_layers=not args.no_layers)
     report.meta.update(folder=str(args.folder), data=args.data, split=args.split)
@@ -585,6 +566,84 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(report.table())
         if args.json is not None:
             print(f"\nwritten {report.save(args.json)}")
+    return 0
+
+
+# --- energy ----------------------------------------------------------------------------------------------
+def cmd_energy(args: argparse.Namespace) -> int:
+    from lava_spikedattn import distributed
+    from lava_spikedattn.evaluate import evaluate
+
+    device = distributed.init_from_env(_resolve_device(args.device))
+    cm, ann, batches = _load_for_evaluation(args)
+    report = evaluate(ann, cm.to_reference("closed"), distributed.shard(batches), device=device,
+                      progress=not args.no_progress, compare_layers=False)
+    countings = ("official", "complete") if args.counting == "both" else (args.counting,)
+    energies = {counting: report.energy(counting) for counting in countings}
+    if distributed.world()[0] == 0:
+        print(f"{args.folder}: {cm.code.describe()}, {report.samples} samples of {args.data} ({args.split})")
+        print(f"ANN accuracy {_fraction(report.ann_accuracy)}, SNN accuracy {_fraction(report.snn_accuracy)}, "
+              f"agreement {_fraction(report.agreement)}, spikes per inference {report.spikes / report.samples:,.0f}")
+        for energy in energies.values():
+            print()
+            print(energy.table() if args.layers else energy.table().splitlines()[-1])
+            if not args.layers:
+                print(f"  ANN {energy.ann_total_pj / 1e9:.6f} mJ, SNN {energy.snn_total_pj / 1e9:.6f} mJ per "
+                      f"inference ({energy.counting} counting)")
+        if args.json is not None:
+            args.json.write_text(json.dumps({"folder": str(args.folder), "data": args.data, "split": args.split,
+                                             "samples": report.samples,
+                                             **{c: e.to_json() for c, e in energies.items()}}, indent=1) + "\n")
+            print(f"\nwritten {args.json}")
+    return 0
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+# --- run-lava --------------------------------------------------------------------------------------------
+def cmd_run_lava(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from lava_spikedattn.builder import build_lava_network
+    from lava_spikedattn.evaluate import split_batch
+
+    cm, _, batches = _load_for_evaluation(args)
+    net = build_lava_network(cm, mode=args.mode)
+    reference = cm.to_reference("closed").double()
+    print(f"{args.folder}: {cm.code.describe()}, {cm.steps_per_inference} steps per inference, Lava "
+          f"{args.mode} network on {args.limit} samples of {args.data} ({args.split})")
+    samples = same = correct = labeled = steps = 0
+    worst = 0.0
+    for batch in tqdm(batches, desc="Lava", unit="batch", disable=args.no_progress):
+        inputs, labels = split_batch(batch)
+        logits = net.run(inputs)
+        expected = reference(inputs if isinstance(inputs, dict) else inputs.double())
+        same += int((logits.argmax(-1) == expected.argmax(-1)).sum())
+        worst = max(worst, float((logits - expected).abs().max() / expected.abs().max().clamp(min=1e-300)))
+        samples += len(logits)
+        steps += len(logits) * net.steps_per_sample
+        if labels is not None:
+            labeled += len(labels)
+            correct += int((logits.argmax(-1) == torch.as_tensor(labels)).sum())
+    stats = net.stats()
+    print(f"  same class as the closed-form reference engine: {same}/{samples}; max logit difference "
+          f"{worst:.1e} (relative)")
+    if labeled:
+        print(f"  Lava accuracy {correct}/{labeled} ({correct / labeled:.2%})")
+    print(f"  {stats['processes']} Lava processes, {stats['neurons']:,} neurons, {stats['synapses']:,} token-wise "
+          f"weights; {steps:,} steps simulated")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"samples": samples, "same_class": same, "max_relative_difference": worst,
+                                         "labeled": labeled, "correct": correct, "steps_simulated": steps,
+                                         "processes": stats["processes"], "neurons": stats["neurons"],
+                                         "synapses": stats["synapses"]}, indent=1) + "\n")
+        print(f"\nwritten {args.json}")
+    if same != samples:
+        print(f"spikedattn run-lava: error: the Lava network predicted another class than the reference engine on "
+              f"{samples - same} sample(s)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -599,10 +658,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on a failure, show the Python traceback instead of a one-line message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="phase-coding and WOSS attention showcase on the reference engine",
-                          description="Phase-coding and WOSS attention showcase on the reference engine.")
-    demo.add_argument("--convention", choices=CONVENTIONS, default="exact",
-                      help="level convention: exact (top level = scale) or official (the release's)")
+    from lava_spikedattn.demo import DEFAULT_ANN, DEFAULT_MODEL, DemoSettings
+
+    defaults = DemoSettings()
+    demo = sub.add_parser(
+        "demo", help="the shipped Fashion-MNIST Swin through Lava and the reference engine, with figures",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run the shipped converted Swin (weights/, trained on Fashion-MNIST): a few test images through\n"
+            "the Lava network (checked against the reference engine), the whole test set on the closed-form\n"
+            "engine (ANN vs SNN accuracy, agreement, spikes, energy of spec §7 from measured activity), and a\n"
+            "sweep of the window T; write summary.json, evaluation.json and PNG figures to --out."))
+    demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="FOLDER",
+                      help=f"converted Swin folder (default: {DEFAULT_MODEL})")
+    demo.add_argument("--ann", type=Path, default=DEFAULT_ANN, metavar="CHECKPOINT",
+                      help=f"the prepared ANN it was converted from (default: {DEFAULT_ANN})")
+    demo.add_argument("--out", type=Path, default=defaults.out, metavar="FOLDER",
+                      help=f"where to write the figures and JSON (default: {defaults.out})")
+    demo.add_argument("--lava-samples", type=_positive_int, default=defaults.lava_samples, metavar="N",
+                      help=f"test images run through Lava, one Lava run each (default: {defaults.lava_samples})")
+    demo.add_argument("--limit", type=_positive_int, metavar="N",
+                      help="test images on the closed-form engine (default: the whole test set, 10 000)")
+    demo.add_argument("--sweep", type=_timesteps_list, default=defaults.sweep, metavar="T,T,...",
+                      help="windows T of the accuracy/energy sweep (default: "
+                           f"{','.join(map(str, defaults.sweep))})")
+    demo.add_argument("--sweep-limit", type=_positive_int, default=defaults.sweep_limit, metavar="N",
+                      help=f"test images per sweep point (default: {defaults.sweep_limit})")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     demo.set_defaults(func=cmd_demo, parser=demo)
 
     convert = sub.add_parser(
@@ -677,16 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  torchrun --nproc_per_node 4 -m lava_spikedattn.cli evaluate swin_t_snn --data mnist-5k\n\n"
             "Without --ann the ANN is the folded network itself (equal to the prepared model up to float\n"
             "rounding). Under torchrun the batches are sharded and the metrics combined exactly."))
-    evaluate.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
-    evaluate.add_argument("--data", required=True, choices=ALL_DATASETS,
-                          help="evaluation data: fashion-mnist, mnist-5k, digits, rt-polarity (BERT), random")
-    evaluate.add_argument("--split", choices=("test", "train"), default="test",
-                          help="which split of --data (default: test)")
-    evaluate.add_argument("--limit", type=_positive_int, metavar="N",
-                          help=f"evaluate the first N samples only (default: all; {RANDOM_SAMPLES} for random)")
-    evaluate.add_argument("--ann", type=Path, metavar="CHECKPOINT",
-                          help="the prepared ANN checkpoint the model was converted from (for ANN accuracy and "
-                               "agreement against the real model; a warning if its sha256 differs)")
+    _add_evaluation_inputs(evaluate)
     evaluate.add_argument("--engine", choices=("closed", "stepped"), default="closed",
                           help="closed: closed-form phase code (fast); stepped: time-stepped dynamics (the "
                                "oracle, slow) (default: closed)")
@@ -695,7 +768,59 @@ def build_parser() -> argparse.ArgumentParser:
                           help="skip the per-layer fidelity (less memory; spike counts are kept)")
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate, parser=evaluate)
+
+    energy = sub.add_parser(
+        "energy", help="energy per inference of a converted model vs its ANN, from measured activity (spec §7)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run a converted model on the closed-form engine and its folded ANN over --data, measure every\n"
+            "synapse's input spike rate, neuron activity and the ANN's activation density, and print the\n"
+            "energy per inference of spec §7 (45 nm, 32-bit: add 0.9 pJ, multiply 3.7 pJ, memory access\n"
+            "5.0 pJ; Horowitz, ISSCC 2014, as the release uses them).\n\n"
+            "  spikedattn energy weights/swin_fashion_mnist --data fashion-mnist --limit 1000 --layers\n\n"
+            "official counting reproduces the release's bookkeeping (it leaves out every MLP's fc2 and the\n"
+            "residual additions; compare with the paper's 42 %% / 58 %% savings); complete counts every layer."))
+    _add_evaluation_inputs(energy)
+    energy.add_argument("--counting", choices=("official", "complete", "both"), default="both",
+                        help="which bookkeeping to print (default: both)")
+    energy.add_argument("--layers", action="store_true", help="print one row per synapse, not only the totals")
+    energy.add_argument("--json", type=Path, metavar="PATH", help="also write the energy reports as JSON to PATH")
+    _add_common(energy)
+    energy.set_defaults(func=cmd_energy, parser=energy)
+
+    run_lava = sub.add_parser(
+        "run-lava", help="run a converted model as Lava Processes on Lava's CPU simulator",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Build the Lava network of a converted model (one Process per layer-level operator) and run\n"
+            "--limit samples of --data through Lava's CPU simulator (Loihi2SimCfg), comparing every\n"
+            "prediction and logit with the closed-form reference engine. Exit status 1 if any prediction\n"
+            "differs. Lava costs about 1 ms per process and step: keep --limit small.\n\n"
+            "  spikedattn run-lava weights/swin_fashion_mnist --data fashion-mnist --limit 4"))
+    _add_evaluation_inputs(run_lava, limit=4)
+    run_lava.add_argument("--mode", choices=("fused", "decomposed"), default="fused",
+                          help="fused: one OS process per block (fast); decomposed: every population and "
+                               "synapse its own Process, the porting path (about 7x slower) (default: fused)")
+    run_lava.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    _add_common(run_lava, batch_size=1, device=False)
+    run_lava.set_defaults(func=cmd_run_lava, parser=run_lava)
     return parser
+
+
+def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = None) -> None:
+    """The converted-model folder and the data options shared by evaluate, energy and run-lava."""
+    parser.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
+    parser.add_argument("--data", required=True, choices=ALL_DATASETS,
+                        help="data: fashion-mnist, mnist-5k, digits, rt-polarity (BERT), random")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="which split of --data (default: test)")
+    default = f"{limit}" if limit is not None else f"all; {RANDOM_SAMPLES} for random"
+    parser.add_argument("--limit", type=_positive_int, default=limit, metavar="N",
+                        help=f"use the first N samples only (default: {default})")
+    if parser.prog.endswith(("evaluate", "energy")):
+        parser.add_argument("--ann", type=Path, metavar="CHECKPOINT",
+                            help="the prepared ANN checkpoint the model was converted from (ANN accuracy and "
+                                 "agreement against the real model; a warning if its sha256 differs)")
 
 
 def main(argv: list[str] | None = None) -> int:

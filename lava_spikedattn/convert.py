@@ -214,6 +214,8 @@ class Engine(ABC):
     a bias injected per step integrates to); network code computes linear layers itself.
     ``code`` is the phase code the engine simulates (None for the ANN engine): network code
     reads it for host-side input coding that only the spiking network has.
+    ``attention_maps``: set it to a dict to keep every attention core's probabilities
+    (``prefix`` → (batch, ..., N, N): the softmax, or the WOSS spikes' normalised weights).
     """
 
     bias_gain: float = 1.0
@@ -221,6 +223,7 @@ class Engine(ABC):
 
     def __init__(self) -> None:
         self.stats: dict[str, LayerStats] = {}
+        self.attention_maps: dict[str, torch.Tensor] | None = None
 
     @abstractmethod
     def input_layer(self, name: str, x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor],
@@ -295,7 +298,10 @@ class AnnEngine(Engine):
         self._observe(n_logits, logits, True, pairs)
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask, -math.inf)
-        out = torch.softmax(logits, dim=-1) @ v
+        probabilities = torch.softmax(logits, dim=-1)
+        if self.attention_maps is not None:
+            self.attention_maps[prefix] = probabilities
+        out = probabilities @ v
         self._observe(n_out, out, True, query_mask)
         return out
 
@@ -361,6 +367,8 @@ class _SpikingEngine(Engine):
         self._record_neuron(n_logits, logits, s_logits, True, present)
         woss = closed.woss(logits, code, s_logits, key_mask=present)
         self._record(n_woss, woss.fire_step, 0)
+        if self.attention_maps is not None:
+            self.attention_maps[prefix] = woss.probabilities
         v_hat = self._closed_neuron(n_v, v, True)
         return self._closed_neuron(n_out, woss.probabilities @ v_hat, True)
 

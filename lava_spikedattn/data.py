@@ -25,13 +25,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification, PreTrainedTokenizerBase
@@ -217,6 +218,17 @@ def load_image_dataset(name: str, split: str = "train", limit: int | None = None
     if name not in IMAGE_DATASETS:
         raise ValueError(f"unknown image data set {name!r}; available: {', '.join(IMAGE_DATASETS)}")
     return IMAGE_DATASETS[name](split, limit)
+
+
+def fit_images(images: torch.Tensor, img_size: Sequence[int], in_chans: int) -> torch.Tensor:
+    """Grey images (n, 1, h, w) as a model's input: resized bilinearly to ``img_size`` (when it
+    differs) and repeated over ``in_chans`` channels; no normalisation (pixels stay in [0, 1])."""
+    if images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected grey images (n, 1, h, w), got {tuple(images.shape)}")
+    height, width = img_size
+    if tuple(images.shape[-2:]) != (height, width):
+        images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+    return images.expand(-1, in_chans, -1, -1).contiguous()
 
 
 def available_image_datasets() -> list[str]:

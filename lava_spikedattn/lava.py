@@ -31,6 +31,8 @@ import typing as ty
 
 import numpy as np
 import psutil
+
+import lava_spikedattn.procs  # noqa: F401 (first: lets Lava set its start method, see procs/__init__.py)
 from lava.magma.compiler.compiler_graphs import find_processes
 from lava.magma.core.process.message_interface_enum import ActorType
 from lava.magma.core.run_conditions import RunSteps

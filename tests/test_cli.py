@@ -109,6 +109,37 @@ def test_evaluate_warns_about_another_ann(converted, tmp_path, capsys):
     assert status == 0 and "is not the model" in err and "source_sha256" in err
 
 
+def test_energy_prints_both_countings_and_writes_json(converted, tmp_path, capsys):
+    folder, checkpoint = converted
+    status, out, err = run(capsys, "energy", folder, "--data", "digits", "--limit", "12", "--ann", checkpoint,
+                           "--json", tmp_path / "energy.json", "--no-progress")
+    assert status == 0, err
+    assert "official counting" in out and "complete counting" in out and "SNN/ANN ratio" in out
+    data = json.loads((tmp_path / "energy.json").read_text())
+    assert data["samples"] == 12 and set(data) >= {"official", "complete"}
+    official, complete = data["official"], data["complete"]
+    assert complete["snn_total_pj"] > official["snn_total_pj"] > 0  # complete adds fc2 and the residuals
+    assert any(row["name"].endswith("fc2") for row in complete["layers"])
+    assert not any(row["name"].endswith("fc2") for row in official["layers"])
+    status, out, _ = run(capsys, "energy", folder, "--data", "digits", "--limit", "4", "--counting", "complete",
+                         "--layers", "--no-progress")
+    assert status == 0 and "layers.0.blocks.0.qk " in out and "official counting" not in out
+
+
+def test_run_lava_checks_every_prediction_against_the_reference(tmp_path, capsys):
+    folder = tmp_path / "snn"
+    assert main([str(a) for a in ["convert", *SWIN, "--data", "random", "--calib-batches", "1", "--batch-size", "8",
+                                  "--timesteps", "8", "--base", "1.3", "--out", folder, "--no-progress"]]) == 0
+    capsys.readouterr()
+    status, out, err = run(capsys, "run-lava", folder, "--data", "digits", "--limit", "2", "--batch-size", "2",
+                           "--json", tmp_path / "lava.json", "--no-progress")
+    assert status == 0, err
+    assert "same class as the closed-form reference engine: 2/2" in out and "Lava accuracy" in out
+    data = json.loads((tmp_path / "lava.json").read_text())
+    assert data["samples"] == data["same_class"] == 2 and data["max_relative_difference"] < 1e-9
+    assert data["steps_simulated"] == 2 * 32 * 8  # 32 layers of T = 8 steps per image
+
+
 # --- help ---------------------------------------------------------------------------------------------------
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -118,7 +149,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_help_explains_every_option(capsys):
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"demo", "convert", "evaluate"}
+    assert set(commands) == {"demo", "convert", "evaluate", "energy", "run-lava"}
     status, out, _ = run(capsys, "--help")
     assert status == 0 and all(name in out for name in commands)
     for name, sub in commands.items():
@@ -149,6 +180,13 @@ BAD_USAGE = {
     "unknown data": (["evaluate", "folder", "--data", "imagenet"], "invalid choice: 'imagenet'"),
     "unknown engine": (["evaluate", "folder", "--data", "random", "--engine", "lava"], "invalid choice: 'lava'"),
     "unknown command": (["train"], "invalid choice: 'train'"),
+    "bad sweep": (["demo", "--sweep", "8,x"], "expected comma-separated positive integers"),
+    "more Lava samples than the limit": (["demo", "--lava-samples", "5", "--limit", "2"],
+                                         "--lava-samples 5 is more than --limit 2"),
+    "unknown counting": (["energy", "folder", "--data", "random", "--counting", "all"], "invalid choice: 'all'"),
+    "unknown Lava mode": (["run-lava", "folder", "--data", "random", "--mode", "loihi"], "invalid choice: 'loihi'"),
+    "no device for Lava": (["run-lava", "folder", "--data", "random", "--device", "cpu"],
+                           "unrecognized arguments: --device"),
 }
 
 

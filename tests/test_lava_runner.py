@@ -240,3 +240,15 @@ def test_runner_validation():
         run_processes({"a": sink, "b": other}, 2)
     with pytest.raises(ValueError, match="mapping or sequence"):
         run_processes(sink, 2)
+
+
+def test_lava_imports_after_the_start_method_was_fixed():
+    """Lava sets the 'fork' start method on import; a start method fixed earlier (a
+    get_start_method() call, as torch's DataLoader makes) must not break importing it."""
+    import subprocess
+
+    code = ("import multiprocessing as mp; mp.get_start_method(); "
+            "from lava_spikedattn.procs import PhaseNeuron; import lava_spikedattn.lava; "
+            "print(mp.get_start_method())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "fork", done.stderr
