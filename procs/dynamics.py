@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The membrane reaches B^W·u by W multiplications, so a value exactly at the top level (every
+# calibrated maximum is) lands a few ulp either side of B^W. Saturation means "above the top
+# level by more than that rounding", as the closed form (PhaseCode.saturated) decides it.
+SATURATION_RTOL = 1.0 + 1e-9
+
 
 @dataclass
 class PhaseState:
@@ -69,7 +74,8 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
     if t_rel < p.timesteps:
         s.v[:] = s.v + x / p.scale
     if t_rel == p.wait:
-        s.saturated[:] = np.abs(s.v) > p.saturation if p.signed else s.v > p.saturation
+        limit = p.saturation * SATURATION_RTOL
+        s.saturated[:] = np.abs(s.v) > limit if p.signed else s.v > limit
     if t_rel >= p.wait:
         theta = p.thresholds[t_rel - p.wait]
         fire = (s.v >= theta).astype(float)

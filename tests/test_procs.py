@@ -48,7 +48,7 @@ from lava_spikedattn.procs.trace_matmul.process import TraceMatMul  # noqa: E402
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor  # noqa: E402
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron  # noqa: E402
 from lava_spikedattn.reference.stepped import PhaseNeuronSim, WOSSSim, trace_product  # noqa: E402
-from lava_spikedattn.wiring import connect_product, connect_trace, probe  # noqa: E402
+from lava_spikedattn.wiring import connect, connect_product, connect_trace, probe  # noqa: E402
 
 SAME = 1e-9  # float64, same dynamics
 TIGHT = 1e-12  # traces/products: repeated division vs B^-k, matmul summation order
@@ -652,3 +652,23 @@ def test_no_workers_left_after_a_run_that_raises_mid_run():
     record = sink.data()
     assert np.isfinite(record[:code.timesteps]).all()
     assert math.isnan(record[-1].flat[0])
+
+
+@pytest.mark.parametrize("base,timesteps", [(1.15, 16), (1.4, 16), (1.25, 40)])
+def test_phase_neuron_saturation_record_equals_the_closed_form(base, timesteps):
+    """Values exactly at the top level (every calibrated maximum) are not saturated, values one
+    part in 10^6 above it are; Lava's record agrees with PhaseCode.saturated value by value."""
+    from lava_spikedattn.wiring import inject
+
+    code = PhaseCode(base, timesteps)
+    scale = np.array([1.0, 0.37, 2.5, 1.0, 0.37, 2.5])
+    x = scale * np.array([1.0, -1.0, 1.0, 1.0 + 1e-6, -(1.0 + 1e-6), 0.5])
+    steps = 2 * timesteps
+    neuron = PhaseNeuron(shape=x.shape, scale=scale, code=code)
+    source = inject(x, code, steps)
+    connect(source.s_out, neuron.a_in)
+    sink = probe(neuron.s_out, steps)
+    run_processes([sink], steps)
+    expected = code.saturated(torch.from_numpy(x), torch.from_numpy(scale)).numpy()
+    np.testing.assert_array_equal(expected, [False, False, False, True, True, False])
+    np.testing.assert_array_equal(neuron.recorded_saturation(), expected)
