@@ -523,11 +523,15 @@ class LavaNetwork:
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
         if self._last["builder"].input_stats is not None:
             layers["input"] = self._last["builder"].input_stats
+        return {**self.graph_size(graph), "steps_per_sample": self.steps_per_sample, "layers": layers,
+                "fire_histograms": histograms}
+
+    def graph_size(self, graph: _Graph) -> dict[str, int]:
+        """OS processes, neurons and token-wise weights of a graph from :meth:`build` (no run needed)."""
         neurons = sum(int(np.prod(p.s_out.shape)) for p in graph.populations.values())
         synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in _leaves(graph.processes)
                        if isinstance(p, TokenLinear))
-        return {"processes": self._os_processes(graph), "neurons": neurons, "synapses": synapses,
-                "steps_per_sample": self.steps_per_sample, "layers": layers, "fire_histograms": histograms}
+        return {"processes": self._os_processes(graph), "neurons": neurons, "synapses": synapses}
 
 
     def _os_processes(self, graph: _Graph) -> int:
