@@ -647,6 +647,38 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- loihi-report ----------------------------------------------------------------------------------------
+def _step_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of microseconds, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number of microseconds, got {text!r}")
+    return value
+
+
+def cmd_loihi_report(args: argparse.Namespace) -> int:
+    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.loihi import resource_estimate
+
+    cm = ConvertedModel.load(args.folder)
+    inputs = None
+    if cm.config["family"] == "bert":
+        positions = cm.config["architecture"]["max_position_embeddings"]
+        if args.seq_len > positions:
+            raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {positions} positions")
+        inputs = {"input_ids": torch.zeros(1, args.seq_len, dtype=torch.long)}
+    timing = {} if args.step_time_us is None else {"step_time_us": args.step_time_us}
+    report = resource_estimate(cm, inputs=inputs, **timing)
+    print(f"{args.folder}: {cm.code.describe()}")
+    print(report.table())
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        print(f"\nwritten {args.json}")
+    return 0
+
+
 # --- parser and entry point -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -804,6 +836,26 @@ def build_parser() -> argparse.ArgumentParser:
     run_lava.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     _add_common(run_lava, batch_size=1, device=False)
     run_lava.set_defaults(func=cmd_run_lava, parser=run_lava)
+
+    loihi = sub.add_parser(
+        "loihi-report", help="what a converted model needs on Loihi 2: neurons, synapses, memory, cores, chips, time",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Estimate the Loihi 2 resources of a converted model from its geometry (nothing runs on Loihi):\n"
+            "neurons, stored 8-bit weights, unrolled connections, trace-driven products, synaptic memory,\n"
+            "neuro-cores and chips per layer and in total, steps per inference, latency at --step-time-us\n"
+            "and pipelined throughput. The per-core and per-chip limits and their sources are listed in\n"
+            "lava_spikedattn.loihi (some are assumptions, marked there).\n\n"
+            "  spikedattn loihi-report weights/swin_fashion_mnist --json loihi.json"))
+    loihi.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
+    loihi.add_argument("--step-time-us", type=_step_time, metavar="US",
+                       help="time of one algorithmic step in microseconds (default: 10, "
+                            "lava_spikedattn.loihi.DEFAULT_STEP_TIME_US, an assumption; pass the one measured on "
+                            "your system)")
+    loihi.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
+                       help="BERT only: tokens per sentence the estimate is made for (default: 128)")
+    loihi.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
+    loihi.set_defaults(func=cmd_loihi_report, parser=loihi)
     return parser
 
 

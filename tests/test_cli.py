@@ -140,6 +140,22 @@ def test_run_lava_checks_every_prediction_against_the_reference(tmp_path, capsys
     assert data["steps_simulated"] == 2 * 32 * 8  # 32 layers of T = 8 steps per image
 
 
+def test_loihi_report_prints_the_resources_and_writes_json(converted, tmp_path, capsys):
+    from lava_spikedattn.loihi import DEFAULT_STEP_TIME_US
+
+    folder, _ = converted
+    status, out, err = run(capsys, "loihi-report", folder, "--json", tmp_path / "loihi.json")
+    assert status == 0, err
+    data = json.loads((tmp_path / "loihi.json").read_text())
+    assert data["step_time_us"] == DEFAULT_STEP_TIME_US and data["steps_per_inference"] == 32 * 40
+    assert "cores" in out and "chips" in out
+    status, _, _ = run(capsys, "loihi-report", folder, "--step-time-us", "2.5", "--json", tmp_path / "fast.json")
+    fast = json.loads((tmp_path / "fast.json").read_text())
+    assert status == 0 and fast["step_time_us"] == 2.5 and fast["chips"] == data["chips"]
+    status, out, _ = run(capsys, "loihi-report", "--help")
+    assert f"default: {DEFAULT_STEP_TIME_US:g}," in " ".join(out.split())  # the help states the real default
+
+
 # --- help ---------------------------------------------------------------------------------------------------
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -149,7 +165,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_help_explains_every_option(capsys):
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"demo", "convert", "evaluate", "energy", "run-lava"}
+    assert set(commands) == {"demo", "convert", "evaluate", "energy", "run-lava", "loihi-report"}
     status, out, _ = run(capsys, "--help")
     assert status == 0 and all(name in out for name in commands)
     for name, sub in commands.items():
@@ -187,6 +203,7 @@ BAD_USAGE = {
     "unknown Lava mode": (["run-lava", "folder", "--data", "random", "--mode", "loihi"], "invalid choice: 'loihi'"),
     "no device for Lava": (["run-lava", "folder", "--data", "random", "--device", "cpu"],
                            "unrecognized arguments: --device"),
+    "zero step time": (["loihi-report", "folder", "--step-time-us", "0"], "expected a positive number"),
 }
 
 
