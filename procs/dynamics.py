@@ -28,6 +28,7 @@ class PhaseState:
     latched: np.ndarray
     fire_step: np.ndarray
     saturated: np.ndarray  # value above the top level (clipped by the code): counted, never silent
+    divisor: np.ndarray | None = None  # divide_free: the latched row divisor S (population shape)
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...]) -> "PhaseState":
@@ -52,36 +53,61 @@ class PhaseParams:
     saturation: float  # |v| at the first fire step above which the value is clipped
     signed: bool
     normalized: bool
+    divide_free: bool = False  # normalise by scaling the thresholds (v ≥ θ·S), not by dividing v
 
     @classmethod
     def from_proc_params(cls, p) -> "PhaseParams":
         return cls(scale=p["scale"], gain=p["gain"], timesteps=p["timesteps"], start=p["start"],
                    wait=p["wait"], thresholds=p["thresholds"], saturation=p["saturation"], signed=p["signed"],
-                   normalized=p["divisor_shape"] is not None)
+                   normalized=p["divisor_shape"] is not None, divide_free=bool(p.get("divide_free", False)))
 
 
 def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: float,
                divisor: np.ndarray | None = None) -> np.ndarray:
-    """Advance the population to step ``t`` (0-based); returns the graded spikes sign·scale."""
+    """Advance the population to step ``t`` (0-based); returns the graded spikes sign·scale.
+
+    Normalised neurons (``divisor`` = the WOSS spike sum S, taken at the fire-window start)
+    either divide the membrane once, ``v ← v/S`` (the release's way), or, with
+    ``p.divide_free``, keep ``v`` and compare it with the scaled thresholds ``θ_k·S`` (no
+    divider, the Loihi way; ``s.divisor`` holds S). Both fire at the first k with
+    B^(k+1)·v_W/S ≥ θ_k (v_W the membrane before the division) in exact arithmetic. In float64 the
+    dividing path rounds the quotient and its k+1 gains (≤ (k+2)·u relative, u = 2^-53), the
+    divide-free path its k+1 gains and θ_k·S (≤ (k+2)·u), so a decision can differ only where
+    that ratio lies within (2k+4)·u ≈ 1e-14 (T = 40) of 1: the fire step is then off by one and
+    the value rounds to the other neighbouring level, still within the code's (B−1)/(B+1) bound.
+    Rows with S = 0 never fire either way (the dividing path clears their membrane).
+    """
     t_rel = t - p.start
     spikes = np.zeros_like(s.v)
     if not 0 <= t_rel < p.timesteps + p.wait:
         return spikes
     if p.normalized and t_rel == p.wait:
-        safe = np.where(divisor == 0, 1.0, divisor)
-        s.v[:] = np.where(divisor == 0, 0.0, s.v / safe)
+        if p.divide_free:
+            s.divisor[...] = divisor
+        else:
+            safe = np.where(divisor == 0, 1.0, divisor)
+            s.v[:] = np.where(divisor == 0, 0.0, s.v / safe)
     s.v[:] = p.gain * s.v
     if t_rel < p.timesteps:
         s.v[:] = s.v + x / p.scale
+    scaled = p.normalized and p.divide_free
     if t_rel == p.wait:
         limit = p.saturation * SATURATION_RTOL
+        if scaled:
+            limit = limit * s.divisor
         s.saturated[:] = np.abs(s.v) > limit if p.signed else s.v > limit
+        if scaled:
+            s.saturated[s.divisor == 0] = False  # a cleared row (the dividing path zeroes it)
     if t_rel >= p.wait:
         theta = p.thresholds[t_rel - p.wait]
+        if scaled:
+            theta = theta * s.divisor
         fire = (s.v >= theta).astype(float)
         if p.signed:
             fire -= s.v <= -theta
         fire[s.fired] = 0.0
+        if scaled:
+            fire[s.divisor == 0] = 0.0
         new = fire != 0
         s.latched[new] = trace
         s.sign[new] = fire[new]

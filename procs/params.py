@@ -74,7 +74,26 @@ def woss_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty
     start, wait = window(owner, code, start, wait)
     ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
     return dict(shape=shape, base=code.base, timesteps=code.timesteps, start=start, wait=wait,
-                slope=code.woss_slope, theta0=ramp * code.woss_slope, present=mask(owner, key_mask, shape))
+                slope=code.woss_slope, theta0=ramp * code.woss_slope, ramp_start=ramp,
+                present=mask(owner, key_mask, shape))
+
+
+def woss_fixed(owner: str, code: PhaseCode, current_exp: ty.Any, fixed_format: ty.Any) -> dict[str, ty.Any]:
+    """fixed_pt parameters of a WossNeuron / WossInhibitor: current_exp (the logits' payload
+    exponent, required once fixed point is asked for) and the FixedFormat; all None otherwise."""
+    from lava_spikedattn.reference.fixed import FixedFormat
+
+    if current_exp is None and fixed_format is None:
+        return dict(code=code, current_exp=None, fixed_format=None, clip_record=None)
+    if isinstance(current_exp, bool) or not isinstance(current_exp, Integral):
+        raise ValueError(f"{owner}: fixed point needs current_exp (the logits' payload_exp) as an int, "
+                         f"got {current_exp!r}")
+    fixed_format = FixedFormat() if fixed_format is None else fixed_format
+    if not isinstance(fixed_format, FixedFormat):
+        raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, got "
+                         f"{type(fixed_format).__name__}")
+    return dict(code=code, current_exp=int(current_exp), fixed_format=fixed_format,
+                clip_record=shared_array((1,), np.int64, 0))
 
 
 def mask(owner: str, key_mask: ty.Any, shape: tuple[int, ...]) -> np.ndarray:

@@ -55,7 +55,8 @@ def _stages(member) -> list[_Stage]:
         params = dynamics.PhaseParams.from_proc_params(p)
         shape = p["shape"]
         state = dynamics.PhaseState(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
-                                    p["fire_record"], p["saturation_record"])
+                                    p["fire_record"], p["saturation_record"],
+                                    np.zeros(shape) if params.divide_free else None)
 
         def phase(t, read):
             spikes = dynamics.phase_step(state, params, t, read(member.a_in), read(member.trace_in)[0],

@@ -26,3 +26,19 @@ class PyDelayLineModelFloat(PyLoihiProcessModel):
         t = self.time_step - 1
         self.a_out.send(dynamics.delay_output(self.buffer, t))
         dynamics.delay_input(self.buffer, t, self.s_in.recv())
+
+
+@implements(proc=DelayLine, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyDelayLineModelFixed(PyLoihiProcessModel):
+    """Integer ring buffer (24-bit payloads), same ``dynamics`` slot functions as the float model."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    buffer: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def run_spk(self) -> None:
+        t = self.time_step - 1
+        self.a_out.send(dynamics.delay_output(self.buffer, t))
+        dynamics.delay_input(self.buffer, t, self.s_in.recv())

@@ -11,6 +11,7 @@ from lava.magma.core.process.variable import Var
 
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.procs import params
+from lava_spikedattn.reference.fixed import FixedFormat
 
 
 class PhaseNeuron(AbstractProcess):
@@ -35,6 +36,19 @@ class PhaseNeuron(AbstractProcess):
             divides its membrane by the WOSS spike sum; rows with divisor 0 are cleared (silent).
         bit_serial_input: the first layer's convert neuron (spec §1.4): membrane gain 2 and the
             growing threshold ``code.convert_threshold(W, k)``, for inputs in the radix-2 code.
+        divide_free: with ``divisor_shape``, normalise without a division: keep the membrane and
+            compare ``v ≥ θ_k·S`` (``v ≤ −θ_k·S``) from the fire-window start instead of dividing
+            ``v`` by S (identical in exact arithmetic; see ``dynamics.phase_step``).
+        fixed_format, current_exp, payload_exp: the integer (``fixed_pt``) model's format
+            (``reference.fixed.FixedFormat``), the unit exponent of a_in (2^current_exp ANN units
+            per LSB; default ``fixed_format.current_exponent(scale)``) and of the payload of
+            s_out (default ``fixed_format.payload_exponent(scale)``). Giving any of the three
+            enables the ``fixed_pt`` model (it refuses a neuron built without them); it runs
+            ``dynamics_fixed.phase_step_fixed``: integer currents in, payload spikes
+            ``sign·P``, ``P = round(scale/2^payload_exp)``, out, trace_out = the decoded value in
+            payload units ``(sign·P·latched + 2^(F-1)) >> F``, v_out = the integer membrane;
+            normalised neurons compare with the thresholds scaled by the integer spike sum
+            (no divider).
 
     Ports:
         a_in: input current in ANN units (several connections are summed).
@@ -63,6 +77,10 @@ class PhaseNeuron(AbstractProcess):
         wait: ty.Optional[int] = None,
         divisor_shape: ty.Optional[ty.Tuple[int, ...]] = None,
         bit_serial_input: bool = False,
+        divide_free: bool = False,
+        fixed_format: ty.Optional[FixedFormat] = None,
+        current_exp: ty.Optional[int] = None,
+        payload_exp: ty.Optional[int] = None,
         name: ty.Optional[str] = None,
         log_config: ty.Optional[LogConfig] = None,
     ) -> None:
@@ -74,6 +92,27 @@ class PhaseNeuron(AbstractProcess):
         if divisor_shape is not None:
             divisor_shape = params.shape_tuple(owner, "divisor_shape", divisor_shape)
             params.array(owner, "divisor_shape", np.ones(divisor_shape), shape)
+        if divide_free and divisor_shape is None:
+            raise ValueError(f"{owner}: divide_free needs divisor_shape (it changes how the divisor is applied)")
+        fixed = fixed_format is not None or current_exp is not None or payload_exp is not None
+        clip_record = None
+        if fixed:
+            if bit_serial_input:
+                raise ValueError(f"{owner}: the bit-serial convert neuron has no fixed_pt model")
+            fixed_format = FixedFormat() if fixed_format is None else fixed_format
+            if not isinstance(fixed_format, FixedFormat):
+                raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, "
+                                 f"got {type(fixed_format).__name__}")
+            current_exp = fixed_format.current_exponent(scale) if current_exp is None else _exponent(
+                owner, "current_exp", current_exp)
+            payload_exp = fixed_format.payload_exponent(scale) if payload_exp is None else _exponent(
+                owner, "payload_exp", payload_exp)
+            try:  # the tables must fit the format (raises ValueError naming the limit)
+                fixed_format.thresholds(code, scale, current_exp)
+                fixed_format.payload(scale, payload_exp)
+            except ValueError as error:
+                raise ValueError(f"{owner}: {error}") from None
+            clip_record = params.shared_array(shape, np.int64, 0)
         if bit_serial_input:
             gain, thresholds = code.convert_gain, [code.convert_threshold(wait, k) for k in range(code.timesteps)]
         else:
@@ -82,7 +121,9 @@ class PhaseNeuron(AbstractProcess):
             shape=shape, scale=scale, gain=gain, timesteps=code.timesteps, start=start, wait=wait,
             thresholds=np.array(thresholds), saturation=code.saturation_membrane(wait, bit_serial_input),
             signed=bool(signed), divisor_shape=divisor_shape, fire_record=params.shared_array(shape, np.int64, -1),
-            saturation_record=params.shared_array(shape, np.bool_, False), name=name, log_config=log_config,
+            saturation_record=params.shared_array(shape, np.bool_, False), divide_free=bool(divide_free),
+            code=code, fixed_format=fixed_format, current_exp=current_exp, payload_exp=payload_exp,
+            clip_record=clip_record, name=name, log_config=log_config,
         )
         self.code = code
         self.a_in = InPort(shape=shape)
@@ -119,6 +160,28 @@ class PhaseNeuron(AbstractProcess):
         """Fire step of every neuron in the last run (−1: silent), shape ``shape``."""
         return np.array(self.proc_params["fire_record"], copy=True)
 
+    @property
+    def current_exp(self) -> ty.Optional[int]:
+        """fixed_pt: a_in carries integer currents in units of 2^current_exp (None: not configured)."""
+        return self.proc_params["current_exp"]
+
+    @property
+    def payload_exp(self) -> ty.Optional[int]:
+        """fixed_pt: s_out carries sign·round(scale/2^payload_exp) (None: not configured)."""
+        return self.proc_params["payload_exp"]
+
+    def recorded_clips(self) -> np.ndarray:
+        """fixed_pt: per neuron, how many integer updates were clipped to the state range."""
+        if self.proc_params["clip_record"] is None:
+            raise ValueError("PhaseNeuron: built without a fixed-point format (no clip record)")
+        return np.array(self.proc_params["clip_record"], copy=True)
+
     def recorded_saturation(self) -> np.ndarray:
         """Neurons whose value exceeded the top level in the last run (clipped), shape ``shape``."""
         return np.array(self.proc_params["saturation_record"], copy=True)
+
+
+def _exponent(owner: str, name: str, value: ty.Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{owner}: {name} must be an int (a power-of-two exponent), got {value!r}")
+    return int(value)

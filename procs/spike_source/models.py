@@ -28,3 +28,29 @@ class PySpikeSourceModelFloat(PyLoihiProcessModel):
         t = self.time_step - 1
         self.s_out.send(self._data[t] if t < self._data.shape[0]
                         else self._zeros)
+
+
+@implements(proc=SpikeSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikeSourceModelFixed(PyLoihiProcessModel):
+    """Integer payloads: ``data[time_step - 1]`` as int32 (24-bit), zeros after the data ends.
+
+    The data must hold integers in [−2^23, 2^23 − 1]; anything else raises (no silent rounding).
+    """
+
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        data = proc_params["data"]
+        if not (np.all(data == np.rint(data)) and np.all(np.abs(data) <= 2 ** 23)
+                and np.all(data <= 2 ** 23 - 1)):
+            raise ValueError("SpikeSource fixed_pt: data must hold integers in [-2^23, 2^23 - 1] "
+                             "(24-bit graded payloads)")
+        self._data = data.astype(np.int32)
+        self._zeros = np.zeros(data.shape[1:], dtype=np.int32)
+
+    def run_spk(self) -> None:
+        t = self.time_step - 1
+        self.s_out.send(self._data[t] if t < self._data.shape[0] else self._zeros)

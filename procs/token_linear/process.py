@@ -10,6 +10,7 @@ from lava.magma.core.process.process import AbstractProcess, LogConfig
 
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.procs import params
+from lava_spikedattn.reference.fixed import FixedFormat
 
 
 class TokenLinear(AbstractProcess):
@@ -30,6 +31,12 @@ class TokenLinear(AbstractProcess):
     (needed with a bias); bias_start; bias_divisor (default ``code.bias_divisor``; 1 for the first
     layer, whose bias the release adds undivided, spec §1.4); in_index (int array (..., in) of flat s_in positions);
     out_index (int array, the a_out shape, of flat positions of y).
+    fixed_pt (``reference.fixed.FixedTokenLinearSim``): ``payload_exp`` (unit of the integer
+    s_in payloads, the source PhaseNeuron's ``payload_exp``) and ``current_exp`` (unit of the
+    integer a_out current, the receiving PhaseNeuron's ``current_exp``) are required, with
+    ``fixed_format``; weights become 8-bit mantissas with one exponent, the accumulator is
+    round-shifted to the current unit, the bias rounded to it, the current clipped to 24 bits
+    (counted: :meth:`recorded_clips`).
     Ports: s_in graded spikes; a_out current.
     """
 
@@ -46,6 +53,9 @@ class TokenLinear(AbstractProcess):
         bias_divisor: ty.Optional[float] = None,
         in_index: ty.Any = None,
         out_index: ty.Any = None,
+        payload_exp: ty.Optional[int] = None,
+        current_exp: ty.Optional[int] = None,
+        fixed_format: ty.Optional[FixedFormat] = None,
         name: ty.Optional[str] = None,
         log_config: ty.Optional[LogConfig] = None,
     ) -> None:
@@ -71,10 +81,29 @@ class TokenLinear(AbstractProcess):
                 raise ValueError(f"{owner}: bias_divisor must be > 0, got {bias_divisor!r}")
             bias = params.array(owner, "bias", np.asarray(bias) / divisor, (weight.shape[0],))
             timesteps = code.timesteps
+        clip_record = None
+        if payload_exp is not None or current_exp is not None or fixed_format is not None:
+            for arg, value in (("payload_exp", payload_exp), ("current_exp", current_exp)):
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ValueError(f"{owner}: fixed point needs payload_exp and current_exp as ints, "
+                                     f"got {arg}={value!r}")
+            fixed_format = FixedFormat() if fixed_format is None else fixed_format
+            if not isinstance(fixed_format, FixedFormat):
+                raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, "
+                                 f"got {type(fixed_format).__name__}")
+            payload_exp, current_exp = int(payload_exp), int(current_exp)
+            clip_record = params.shared_array((1,), np.int64, 0)
         super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),
                          in_index=in_index, out_index=out_index,
                          injected_bias=bias, timesteps=timesteps,
                          bias_start=params.non_negative_int(owner, "bias_start", bias_start),
-                         name=name, log_config=log_config)
+                         payload_exp=payload_exp, current_exp=current_exp, fixed_format=fixed_format,
+                         clip_record=clip_record, name=name, log_config=log_config)
         self.s_in = InPort(shape=shape_in)
         self.a_out = OutPort(shape=shape_out)
+
+    def recorded_clips(self) -> int:
+        """fixed_pt: how many output currents were clipped to the state range in the last run."""
+        if self.proc_params["clip_record"] is None:
+            raise ValueError("TokenLinear: built without a fixed-point format (no clip record)")
+        return int(self.proc_params["clip_record"][0])

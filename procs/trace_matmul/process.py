@@ -10,6 +10,7 @@ from lava.magma.core.process.process import AbstractProcess, LogConfig
 
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.procs import params
+from lava_spikedattn.reference.fixed import FixedFormat
 
 
 class TraceMatMul(AbstractProcess):
@@ -35,6 +36,11 @@ class TraceMatMul(AbstractProcess):
             product (and bias) for absent keys (padding) is not delivered, so their logit
             neurons never fire.
 
+        payload_exp_a, payload_exp_b, current_exp, fixed_format: the ``fixed_pt`` model
+            (``reference.fixed.FixedTraceMatMulSim``): payload units of the two streams (their
+            PhaseNeurons' ``payload_exp``; traces in the same units), unit of the integer a_out
+            (the receiving PhaseNeuron's ``current_exp``). All three exponents are required for it.
+
     Ports: a_in, a_trace_in (shape_a); b_in, b_trace_in (shape_b); a_out (the product's shape).
     """
 
@@ -51,6 +57,10 @@ class TraceMatMul(AbstractProcess):
         bias: ty.Any = None,
         bias_start: int = 0,
         key_mask: ty.Any = None,
+        payload_exp_a: ty.Optional[int] = None,
+        payload_exp_b: ty.Optional[int] = None,
+        current_exp: ty.Optional[int] = None,
+        fixed_format: ty.Optional[FixedFormat] = None,
         name: ty.Optional[str] = None,
         log_config: ty.Optional[LogConfig] = None,
     ) -> None:
@@ -61,7 +71,21 @@ class TraceMatMul(AbstractProcess):
         shape_out = _product_shape(shape_a, shape_b, transpose_b)
         if bias is not None:
             bias = params.array(owner, "bias", np.asarray(bias) / code.bias_divisor, shape_out)
+        exps = {"payload_exp_a": payload_exp_a, "payload_exp_b": payload_exp_b, "current_exp": current_exp}
+        clip_record = None
+        if fixed_format is not None or any(v is not None for v in exps.values()):
+            for arg, value in exps.items():
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ValueError(f"{owner}: fixed point needs payload_exp_a, payload_exp_b and current_exp "
+                                     f"as ints, got {arg}={value!r}")
+            fixed_format = FixedFormat() if fixed_format is None else fixed_format
+            if not isinstance(fixed_format, FixedFormat):
+                raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, "
+                                 f"got {type(fixed_format).__name__}")
+            exps = {k: int(v) for k, v in exps.items()}
+            clip_record = params.shared_array((1,), np.int64, 0)
         super().__init__(
+            fixed_format=fixed_format, clip_record=clip_record, **exps,
             shape_a=shape_a, shape_b=shape_b, shape_out=shape_out, transpose_b=bool(transpose_b),
             factor=float(factor), official=code.official, injected_bias=bias, timesteps=code.timesteps,
             present=None if key_mask is None else params.mask(owner, key_mask, shape_out),
@@ -73,6 +97,12 @@ class TraceMatMul(AbstractProcess):
         self.b_in = InPort(shape=shape_b)
         self.b_trace_in = InPort(shape=shape_b)
         self.a_out = OutPort(shape=shape_out)
+
+    def recorded_clips(self) -> int:
+        """fixed_pt: how many output currents were clipped to the state range in the last run."""
+        if self.proc_params["clip_record"] is None:
+            raise ValueError("TraceMatMul: built without a fixed-point format (no clip record)")
+        return int(self.proc_params["clip_record"][0])
 
 
 def _product_shape(shape_a, shape_b, transpose_b: bool) -> tuple[int, ...]:

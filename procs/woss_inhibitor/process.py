@@ -30,7 +30,9 @@ class WossInhibitor(AbstractProcess):
 
     Args (keyword-only): shape (..., N, M) of the WOSS population; code; start; wait;
     ramp_start (threshold at step 0 in units of the slope; the convention's by default);
-    key_mask (bool, True = key present; absent keys take no part in the row maximum).
+    key_mask (bool, True = key present; absent keys take no part in the row maximum);
+    current_exp and fixed_format as for the WossNeuron (``fixed_pt``: integer shift, ramp
+    and spike sum, 2^-F units, clipped to 24 bits and counted in :meth:`recorded_clips`).
     Ports: a_in (logit spikes), trace_in (WOSS latched) → shift_out (..., N, 1), theta_out (1,),
     norm_out (..., N, 1). Vars: open (..., N, 1), theta (1,), spike_sum (..., N, 1).
     """
@@ -39,9 +41,11 @@ class WossInhibitor(AbstractProcess):
 
     def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
                  wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
-                 key_mask: ty.Any = None, name: ty.Optional[str] = None,
+                 key_mask: ty.Any = None, current_exp: ty.Optional[int] = None,
+                 fixed_format: ty.Any = None, name: ty.Optional[str] = None,
                  log_config: ty.Optional[LogConfig] = None) -> None:
         p = params.woss_params("WossInhibitor", shape, code, start, wait, ramp_start, key_mask)
+        p.update(params.woss_fixed("WossInhibitor", code, current_exp, fixed_format))
         super().__init__(**p, name=name, log_config=log_config)
         shape, row_shape = p["shape"], p["shape"][:-1] + (1,)
         self.a_in = InPort(shape=shape)
@@ -52,3 +56,9 @@ class WossInhibitor(AbstractProcess):
         self.open = Var(shape=row_shape, init=True)
         self.theta = Var(shape=(1,), init=p["theta0"])
         self.spike_sum = Var(shape=row_shape, init=0.0)
+
+    def recorded_clips(self) -> int:
+        """fixed_pt: how many row spike sums were clipped to the state range (summed over steps)."""
+        if self.proc_params["clip_record"] is None:
+            raise ValueError("WossInhibitor: built without a fixed-point format (no clip record)")
+        return int(self.proc_params["clip_record"][0])

@@ -8,7 +8,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spikedattn.procs import dynamics
+from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 
 
@@ -39,6 +39,40 @@ class PyWossNeuronModelFloat(PyLoihiProcessModel):
         theta, trace = self.theta_in.recv()[0], self.trace_in.recv()[0]
         spikes = dynamics.woss_neuron_step(self.v, self.fired, self.latched, self.fire_step, self.params,
                                            self.time_step - 1, x, shift, theta, trace)
+        self.proc_params["fire_record"][...] = self.fire_step
+        self.s_out.send(spikes)
+        self.trace_out.send(self.latched.copy())
+        self.v_out.send(self.v.copy())
+
+
+@implements(proc=WossNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyWossNeuronModelFixed(PyLoihiProcessModel):
+    """``dynamics_fixed.woss_neuron_step_fixed``: the neuron part of ``reference.fixed.FixedWossSim``."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    shift_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    theta_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    trace_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    v_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    fired: np.ndarray = LavaPyType(np.ndarray, bool)
+    fire_step: np.ndarray = LavaPyType(np.ndarray, int)
+    latched: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.params = dynamics_fixed.FixedWossParams.from_proc_params(proc_params)
+        self._clips = np.zeros(proc_params["shape"], np.int64)
+
+    def run_spk(self) -> None:
+        x, shift = self.a_in.recv(), self.shift_in.recv().astype(np.int64)
+        theta, trace = int(self.theta_in.recv()[0]), int(self.trace_in.recv()[0])
+        spikes = dynamics_fixed.woss_neuron_step_fixed(self.v, self.fired, self.latched, self.fire_step, self._clips,
+                                                       self.params, self.time_step - 1, x, shift, theta, trace)
         self.proc_params["fire_record"][...] = self.fire_step
         self.s_out.send(spikes)
         self.trace_out.send(self.latched.copy())

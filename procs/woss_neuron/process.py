@@ -29,7 +29,10 @@ class WossNeuron(AbstractProcess):
 
     Args (keyword-only): shape (..., N, M) with keys on the last axis; code; start; wait;
     ramp_start; key_mask (bool, broadcastable, True = key present: absent keys, e.g. padding,
-    never fire) — the same arguments as the population's :class:`WossInhibitor`.
+    never fire) — the same arguments as the population's :class:`WossInhibitor`; current_exp
+    (the logit neurons' ``payload_exp``) and fixed_format enable the ``fixed_pt`` model
+    (``reference.fixed.FixedWossSim``: integer ramp, spikes carry 2^F, trace_out = latched
+    integer trace in 2^-F units).
     Ports: a_in (logit spikes, ANN units), shift_in (..., N, 1), theta_in (1,), trace_in (1,)
     from a TraceHolder; s_out (0/1 spikes), trace_out (latched), v_out (membrane probe).
     Vars: v, fired, fire_step, latched. :meth:`recorded_fire_steps` as for PhaseNeuron.
@@ -39,9 +42,11 @@ class WossNeuron(AbstractProcess):
 
     def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
                  wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
-                 key_mask: ty.Any = None, name: ty.Optional[str] = None,
+                 key_mask: ty.Any = None, current_exp: ty.Optional[int] = None,
+                 fixed_format: ty.Any = None, name: ty.Optional[str] = None,
                  log_config: ty.Optional[LogConfig] = None) -> None:
         p = params.woss_params("WossNeuron", shape, code, start, wait, ramp_start, key_mask)
+        p.update(params.woss_fixed("WossNeuron", code, current_exp, fixed_format))
         super().__init__(**p, fire_record=params.shared_array(p["shape"], np.int64, -1), name=name,
                          log_config=log_config)
         shape = p["shape"]
