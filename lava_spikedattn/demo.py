@@ -42,6 +42,7 @@ DATASET = "fashion-mnist"
 RASTER_BLOCK = "layers.0.blocks.0"
 RASTER_LAYERS = ("q_if", "k_if", "v_if", "stdp_qk", "softmax_if", "stdp_av")
 SCATTER_POINTS = 4000  # per stage, sampled evenly
+SEARCH_VALUES = 4096  # activations per layer search_base scores at each candidate B (its cost)
 
 
 @dataclass
@@ -164,7 +165,8 @@ def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: De
     say(f"\nwindow sweep on {count} test images (B chosen by search_base for each T)")
     rows = []
     for timesteps in settings.sweep:
-        base = search_base(cm, timesteps, batches=train.split(settings.batch_size)).base
+        base = search_base(cm, timesteps, batches=train.split(settings.batch_size),
+                           max_values=SEARCH_VALUES).base
         recoded = ConvertedModel(dict(cm.config, timesteps=timesteps, base=base), cm.weights)
         report = evaluate(ann, recoded.to_reference("closed"), subset, progress=False, compare_layers=False)
         row = {"timesteps": timesteps, "base": base, **_report_summary(report),

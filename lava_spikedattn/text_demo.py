@@ -35,6 +35,7 @@ from torch import nn
 
 from lava_spikedattn.cli import Batches, load_ann_checkpoint, save_ann_checkpoint
 from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.evaluate import EvaluationReport
 
 DATASET = "Rotten-Tomatoes polarity (SST-2 proxy)"
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "demo-text"
@@ -228,6 +229,11 @@ def table(summary: dict[str, Any]) -> str:
          f"evaluate {seconds['evaluate']:.0f}"),
         "  stages                " + ", ".join(f"{k} {v}" for k, v in summary["stages"].items()),
     ]
+    report = EvaluationReport.from_json(summary["report"])
+    for counting in ("official", "complete"):
+        energy = report.energy(counting)
+        rows.append(f"  energy ({counting:8s})   ANN {energy.ann_total_pj / 1e9:.4f} mJ, SNN "
+                    f"{energy.snn_total_pj / 1e9:.4f} mJ per sentence, SNN/ANN {energy.ratio:.2f}")
     return "\n".join(rows)
 
 
