@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--lava-samples {args.lava_samples} is more than --limit {args.limit}")
     run_demo(DemoSettings(model=args.model, ann=args.ann, out=args.out, lava_samples=args.lava_samples,
                           limit=args.limit, sweep=args.sweep, sweep_limit=args.sweep_limit,
-                          progress=not args.no_progress))
+                          threads=args.threads, progress=not args.no_progress))
     return 0
 
 
@@ -466,7 +466,7 @@ def _build_ann(args: argparse.Namespace) -> tuple[nn.Module, FamilyCLI, str, dic
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from lava_spikedattn import distributed
-    from lava_spikedattn.convert import ConvertedModel, search_base
+    from lava_spikedattn.convert import search_base
 
     def phase_code(base: float, timesteps: int) -> PhaseCode:
         try:
@@ -495,7 +495,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         base = None
         if distributed.world()[0] == 0:  # on the whole calibration set, so it does not depend on the ranks
             base = search_base(cm, code.timesteps, batches=batches).base  # runs the folded ANN on the CPU
-        cm = ConvertedModel(dict(cm.config, base=distributed.broadcast_object(base)), cm.weights)
+        cm = cm.with_code(base=distributed.broadcast_object(base))
     if distributed.world()[0] == 0:
         folder = cm.save(args.out)
         if args.save_ann is not None:
@@ -716,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{','.join(map(str, defaults.sweep))})")
     demo.add_argument("--sweep-limit", type=_positive_int, default=defaults.sweep_limit, metavar="N",
                       help=f"test images per sweep point (default: {defaults.sweep_limit})")
+    demo.add_argument("--threads", type=_positive_int, default=defaults.threads, metavar="N",
+                      help=f"torch threads of the reference engine (default: {defaults.threads}; more threads than "
+                           f"idle cores slow it down many times)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     demo.set_defaults(func=cmd_demo, parser=demo)
 

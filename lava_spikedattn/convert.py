@@ -709,6 +709,15 @@ class ConvertedModel:
     def steps_per_inference(self) -> int:
         return self.config["steps_per_inference"]
 
+    def with_code(self, base: float | None = None, timesteps: int | None = None) -> ConvertedModel:
+        """The same network under another base and/or window (the calibrated scales do not depend
+        on either); ``steps_per_inference`` follows T. ``ValueError`` for an invalid B or T."""
+        code = PhaseCode(self.config["base"] if base is None else base,
+                         self.config["timesteps"] if timesteps is None else timesteps, self.config["convention"])
+        return ConvertedModel(dict(self.config, base=code.base, timesteps=code.timesteps,
+                                   steps_per_inference=steps_per_inference(self.layers, code.timesteps)),
+                              self.weights)
+
     def to_reference(self, engine: str = "closed") -> SpikingNetwork:
         """The network as an ``nn.Module`` on the reference engine (``"closed"``, ``"stepped"``,
         or ``"ann"`` for the folded ANN without spikes); its input format is the ANN's."""

@@ -58,6 +58,9 @@ class DemoSettings:
     sweep_limit: int = 1000
     calibration_images: int = 512  # train images for search_base in the T sweep
     batch_size: int = 250
+    # torch threads of the reference engine: 1, because on a busy 2-core machine 2 threads were
+    # measured 15-30x slower than 1 (oversubscription); raise it on an idle many-core machine.
+    threads: int = 1
     progress: bool = True
     say: Callable[[str], None] = field(default=print, repr=False)
 
@@ -70,6 +73,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from lava_spikedattn.evaluate import evaluate
 
     say, out = settings.say, Path(settings.out)
+    torch.set_num_threads(settings.threads)
     cm = ConvertedModel.load(settings.model)
     if cm.config["family"] != "swin":
         raise ValueError(f"{settings.model} is a converted {cm.config['family']} model; the demo runs a Swin")
@@ -149,7 +153,7 @@ def _report_summary(report: EvaluationReport) -> dict[str, Any]:
 def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: DemoSettings,
            say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Accuracy and energy vs T on the first ``sweep_limit`` test images (B from search_base)."""
-    from lava_spikedattn.convert import ConvertedModel, search_base
+    from lava_spikedattn.convert import search_base
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.evaluate import evaluate
 
@@ -167,7 +171,7 @@ def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: De
     for timesteps in settings.sweep:
         base = search_base(cm, timesteps, batches=train.split(settings.batch_size),
                            max_values=SEARCH_VALUES).base
-        recoded = ConvertedModel(dict(cm.config, timesteps=timesteps, base=base), cm.weights)
+        recoded = cm.with_code(base=base, timesteps=timesteps)
         report = evaluate(ann, recoded.to_reference("closed"), subset, progress=False, compare_layers=False)
         row = {"timesteps": timesteps, "base": base, **_report_summary(report),
                "steps_per_inference": recoded.steps_per_inference}

@@ -78,22 +78,29 @@ def woss_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty
                 present=mask(owner, key_mask, shape))
 
 
-def woss_fixed(owner: str, code: PhaseCode, current_exp: ty.Any, fixed_format: ty.Any) -> dict[str, ty.Any]:
-    """fixed_pt parameters of a WossNeuron / WossInhibitor: current_exp (the logits' payload
-    exponent, required once fixed point is asked for) and the FixedFormat; all None otherwise."""
+def fixed_point(owner: str, fixed_format: ty.Any, **exponents: ty.Any) -> dict[str, ty.Any]:
+    """fixed_pt parameters of a process: its payload/current exponents (ints, all required once
+    fixed point is asked for by any of them or by ``fixed_format``), the FixedFormat (default
+    ``FixedFormat()``) and a shared clip counter; every one None for a float-only process."""
     from lava_spikedattn.reference.fixed import FixedFormat
 
-    if current_exp is None and fixed_format is None:
-        return dict(code=code, current_exp=None, fixed_format=None, clip_record=None)
-    if isinstance(current_exp, bool) or not isinstance(current_exp, Integral):
-        raise ValueError(f"{owner}: fixed point needs current_exp (the logits' payload_exp) as an int, "
-                         f"got {current_exp!r}")
+    if fixed_format is None and all(value is None for value in exponents.values()):
+        return dict(fixed_format=None, clip_record=None, **exponents)
+    for name, value in exponents.items():
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise ValueError(f"{owner}: fixed point needs {', '.join(exponents)} as ints, got {name}={value!r}")
     fixed_format = FixedFormat() if fixed_format is None else fixed_format
     if not isinstance(fixed_format, FixedFormat):
         raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, got "
                          f"{type(fixed_format).__name__}")
-    return dict(code=code, current_exp=int(current_exp), fixed_format=fixed_format,
-                clip_record=shared_array((1,), np.int64, 0))
+    return dict(fixed_format=fixed_format, clip_record=shared_array((1,), np.int64, 0),
+                **{name: int(value) for name, value in exponents.items()})
+
+
+def woss_fixed(owner: str, code: PhaseCode, current_exp: ty.Any, fixed_format: ty.Any) -> dict[str, ty.Any]:
+    """fixed_pt parameters of a WossNeuron / WossInhibitor: current_exp (the logits' payload
+    exponent) and the FixedFormat (see :func:`fixed_point`)."""
+    return dict(code=code, **fixed_point(owner, fixed_format, current_exp=current_exp))
 
 
 def mask(owner: str, key_mask: ty.Any, shape: tuple[int, ...]) -> np.ndarray:

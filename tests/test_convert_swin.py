@@ -341,3 +341,14 @@ def test_search_base_on_a_converted_model(converted, calibration):
     assert result.errors.shape == (6,)
     with pytest.raises(ValueError, match="re-iterable"):
         search_base(nn.Linear(2, 2), 40, batches=(x for x in calibration))
+
+
+def test_with_code_changes_the_code_and_keeps_the_scales(converted, tmp_path):
+    recoded = converted.with_code(base=1.3, timesteps=8)
+    assert (recoded.code.base, recoded.code.timesteps) == (1.3, 8)
+    assert recoded.steps_per_inference == converted.n_layers * 8  # follows T
+    assert recoded.weights is converted.weights and converted.code.timesteps == 40  # the original is kept
+    again = ConvertedModel.load(recoded.save(tmp_path / "recoded"))  # a consistent folder
+    assert again.config == recoded.config
+    with pytest.raises(ValueError, match="base"):
+        converted.with_code(base=2.5)

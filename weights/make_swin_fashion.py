@@ -112,7 +112,7 @@ def convert_with_base(model: nn.Module, calibration: list, timesteps: int, metho
     options = {} if percentile is None else {"percentile": percentile}
     cm = convert(model, calibration, PhaseCode(2.0, timesteps, "exact"), method=method, **options)
     base = round(search_base(cm, timesteps, batches=calibration).base, 2)  # the grid is 1.01, 1.02, ..., 2.0
-    return ConvertedModel(dict(cm.config, base=base), cm.weights)
+    return cm.with_code(base=base)
 
 
 def select(model: nn.Module, calibration: list, held_out: list) -> tuple[ConvertedModel, list[dict[str, Any]]]:

@@ -81,24 +81,12 @@ class TokenLinear(AbstractProcess):
                 raise ValueError(f"{owner}: bias_divisor must be > 0, got {bias_divisor!r}")
             bias = params.array(owner, "bias", np.asarray(bias) / divisor, (weight.shape[0],))
             timesteps = code.timesteps
-        clip_record = None
-        if payload_exp is not None or current_exp is not None or fixed_format is not None:
-            for arg, value in (("payload_exp", payload_exp), ("current_exp", current_exp)):
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise ValueError(f"{owner}: fixed point needs payload_exp and current_exp as ints, "
-                                     f"got {arg}={value!r}")
-            fixed_format = FixedFormat() if fixed_format is None else fixed_format
-            if not isinstance(fixed_format, FixedFormat):
-                raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, "
-                                 f"got {type(fixed_format).__name__}")
-            payload_exp, current_exp = int(payload_exp), int(current_exp)
-            clip_record = params.shared_array((1,), np.int64, 0)
+        fixed = params.fixed_point(owner, fixed_format, payload_exp=payload_exp, current_exp=current_exp)
         super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),
                          in_index=in_index, out_index=out_index,
                          injected_bias=bias, timesteps=timesteps,
                          bias_start=params.non_negative_int(owner, "bias_start", bias_start),
-                         payload_exp=payload_exp, current_exp=current_exp, fixed_format=fixed_format,
-                         clip_record=clip_record, name=name, log_config=log_config)
+                         **fixed, name=name, log_config=log_config)
         self.s_in = InPort(shape=shape_in)
         self.a_out = OutPort(shape=shape_out)
 

@@ -71,21 +71,10 @@ class TraceMatMul(AbstractProcess):
         shape_out = _product_shape(shape_a, shape_b, transpose_b)
         if bias is not None:
             bias = params.array(owner, "bias", np.asarray(bias) / code.bias_divisor, shape_out)
-        exps = {"payload_exp_a": payload_exp_a, "payload_exp_b": payload_exp_b, "current_exp": current_exp}
-        clip_record = None
-        if fixed_format is not None or any(v is not None for v in exps.values()):
-            for arg, value in exps.items():
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise ValueError(f"{owner}: fixed point needs payload_exp_a, payload_exp_b and current_exp "
-                                     f"as ints, got {arg}={value!r}")
-            fixed_format = FixedFormat() if fixed_format is None else fixed_format
-            if not isinstance(fixed_format, FixedFormat):
-                raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, "
-                                 f"got {type(fixed_format).__name__}")
-            exps = {k: int(v) for k, v in exps.items()}
-            clip_record = params.shared_array((1,), np.int64, 0)
+        fixed = params.fixed_point(owner, fixed_format, payload_exp_a=payload_exp_a, payload_exp_b=payload_exp_b,
+                                   current_exp=current_exp)
         super().__init__(
-            fixed_format=fixed_format, clip_record=clip_record, **exps,
+            **fixed,
             shape_a=shape_a, shape_b=shape_b, shape_out=shape_out, transpose_b=bool(transpose_b),
             factor=float(factor), official=code.official, injected_bias=bias, timesteps=code.timesteps,
             present=None if key_mask is None else params.mask(owner, key_mask, shape_out),
