@@ -660,7 +660,7 @@ def _step_time(text: str) -> float:
 
 def cmd_loihi_report(args: argparse.Namespace) -> int:
     from lava_spikedattn.convert import ConvertedModel
-    from lava_spikedattn.loihi import resource_estimate
+    from lava_spikedattn.loihi import quantize_for_loihi, resource_estimate
 
     cm = ConvertedModel.load(args.folder)
     inputs = None
@@ -671,10 +671,19 @@ def cmd_loihi_report(args: argparse.Namespace) -> int:
         inputs = {"input_ids": torch.zeros(1, args.seq_len, dtype=torch.long)}
     timing = {} if args.step_time_us is None else {"step_time_us": args.step_time_us}
     report = resource_estimate(cm, inputs=inputs, **timing)
+    quantization = quantize_for_loihi(cm)
     print(f"{args.folder}: {cm.code.describe()}")
     print(report.table())
+    worst = max(quantization.weights, key=lambda w: w.rel_error)
+    widest = max(n.threshold_bits for n in quantization.neurons)
+    print(f"\n8-bit weights (one exponent per tensor): worst relative error {worst.rel_error:.2e} ({worst.name}), "
+          f"{sum(w.zeroed for w in quantization.weights):,} small weights rounded to 0; largest threshold "
+          f"{widest} of {quantization.neurons[0].state_bits} state bits")
+    if args.quantization:
+        print("\n" + quantization.table())
     if args.json is not None:
-        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        args.json.write_text(json.dumps({**report.to_json(), "quantization": quantization.to_json()}, indent=1)
+                             + "\n")
         print(f"\nwritten {args.json}")
     return 0
 
@@ -847,8 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Estimate the Loihi 2 resources of a converted model from its geometry (nothing runs on Loihi):\n"
             "neurons, stored 8-bit weights, unrolled connections, trace-driven products, synaptic memory,\n"
             "neuro-cores and chips per layer and in total, steps per inference, latency at --step-time-us\n"
-            "and pipelined throughput. The per-core and per-chip limits and their sources are listed in\n"
-            "lava_spikedattn.loihi (some are assumptions, marked there).\n\n"
+            "and pipelined throughput; and the 8-bit weight quantisation (quantize_for_loihi). The\n"
+            "per-core and per-chip limits and their sources are listed in lava_spikedattn.loihi (some are\n"
+            "assumptions, marked there).\n\n"
             "  spikedattn loihi-report weights/swin_fashion_mnist --json loihi.json"))
     loihi.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
     loihi.add_argument("--step-time-us", type=_step_time, metavar="US",
@@ -857,6 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "your system)")
     loihi.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
                        help="BERT only: tokens per sentence the estimate is made for (default: 128)")
+    loihi.add_argument("--quantization", action="store_true",
+                       help="also print the fixed-point parameters: each weight tensor's exponent and error, each "
+                            "neuron layer's payload and current units (quantize_for_loihi)")
     loihi.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
     loihi.set_defaults(func=cmd_loihi_report, parser=loihi)
     return parser

@@ -87,10 +87,11 @@ from typing import Any
 
 import torch
 
-from lava_spikedattn.convert import AnnEngine, ConvertedModel, Observer
+from lava_spikedattn.convert import AnnEngine, ConvertedModel, Observer, tensor_sha256
 from lava_spikedattn.energy import Synapse
 
-__all__ = ["DEFAULT_STEP_TIME_US", "LOIHI2", "LayerResources", "LoihiLimits", "LoihiReport", "layer_cores",
+__all__ = ["DEFAULT_STEP_TIME_US", "LOIHI2", "LayerResources", "LoihiLimits", "LoihiQuantization", "LoihiReport",
+           "NeuronQuantization", "WeightQuantization", "layer_cores", "quantize_for_loihi",
            "resource_estimate"]
 
 #: Assumed time of one algorithmic time step on Loihi 2, in µs (see the module docstring).
@@ -314,3 +315,97 @@ def resource_estimate(cm: ConvertedModel, *, step_time_us: float = DEFAULT_STEP_
                                    count["connections"], count["trace_products"], memory,
                                    layer_cores(neurons[layer.name], memory, limits)))
     return LoihiReport(cm.family.name, cm.code.timesteps, cm.steps_per_inference, step_time_us, limits, tuple(rows))
+
+
+# --- integer parameters ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightQuantization:
+    """One weight tensor as 8-bit mantissas with one exponent (``weight ≈ mantissa·2^exponent``).
+
+    ``zeroed``: non-zero weights that round to mantissa 0; ``clipped``: weights beyond the
+    mantissa range (0 by construction: the exponent covers the largest weight); ``rel_error``:
+    ‖ŵ − w‖ / ‖w‖.
+    """
+
+    name: str
+    size: int
+    exponent: int
+    zeroed: int
+    clipped: int
+    rel_error: float
+
+
+@dataclass(frozen=True)
+class NeuronQuantization:
+    """One neuron layer's integer units: graded-spike payload exponent, input-current exponent,
+    and the bits its largest threshold Θ_0 needs against the state width."""
+
+    name: str
+    payload_exp: int
+    current_exp: int
+    threshold_bits: int
+    state_bits: int
+
+
+@dataclass(frozen=True)
+class LoihiQuantization:
+    """What :func:`quantize_for_loihi` produced: per-tensor weights, per-layer units, and the
+    converted model with its weights replaced by their 8-bit values (``quantized``)."""
+
+    weights: tuple[WeightQuantization, ...]
+    neurons: tuple[NeuronQuantization, ...]
+    quantized: ConvertedModel
+
+    def table(self) -> str:
+        lines = [f"{'weight tensor':<40} {'size':>9} {'exp':>5} {'zeroed':>8} {'rel. error':>10}"]
+        lines += [f"{w.name:<40} {w.size:>9,} {w.exponent:>5} {w.zeroed:>8,} {w.rel_error:>10.2e}"
+                  for w in self.weights]
+        lines.append(f"\n{'neuron layer':<40} {'payload exp':>11} {'current exp':>11} {'Θ_0 bits':>9}")
+        lines += [f"{n.name:<40} {n.payload_exp:>11} {n.current_exp:>11} {n.threshold_bits:>5} / {n.state_bits}"
+                  for n in self.neurons]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"weights": [asdict(w) for w in self.weights], "neurons": [asdict(n) for n in self.neurons]}
+
+
+def quantize_for_loihi(cm: ConvertedModel, fmt: Any = None) -> LoihiQuantization:
+    """The integer parameters of ``cm`` in the fixed-point format ``fmt`` (default
+    ``reference.fixed.FixedFormat()``: 24-bit state, 8-bit weight mantissas, 16-bit payloads).
+
+    Every synaptic weight tensor (``*.weight``; the host-side embedding tables excepted) gets one
+    exponent; every neuron layer with a scale gets its payload and current units
+    (``FixedFormat.payload_exponent`` / ``current_exponent``, which keep the top level 2 bits
+    below the state limit) and the width of its threshold table. ``quantized`` is ``cm`` with
+    8-bit weights, to measure what weight quantisation alone costs on the reference engine.
+    """
+    from lava_spikedattn.reference.fixed import FixedFormat, quantize_weights
+
+    fmt = FixedFormat() if fmt is None else fmt
+    if not isinstance(cm, ConvertedModel):
+        raise TypeError(f"expected a ConvertedModel, got {type(cm).__name__}")
+    weights, rows = dict(cm.weights), []
+    for name, tensor in cm.weights.items():
+        if not name.endswith(".weight") or name.startswith("embeddings."):
+            continue
+        w = tensor.detach().double().cpu().numpy()
+        mantissa, exponent = quantize_weights(w, fmt.weight_bits)
+        dequantized = torch.from_numpy(mantissa * 2.0**exponent)
+        norm = float(torch.from_numpy(w).norm())
+        error = float((dequantized - torch.from_numpy(w)).norm()) / norm if norm > 0 else 0.0
+        rows.append(WeightQuantization(name, int(w.size), exponent, int(((mantissa == 0) & (w != 0)).sum()),
+                                       int((abs(w / 2.0**exponent) > 2 ** (fmt.weight_bits - 1) - 0.5).sum()),
+                                       error))
+        weights[name] = dequantized.to(tensor.dtype)
+    neurons = []
+    for layer in cm.layers:
+        key = f"scale.{layer.name}"
+        if key not in cm.weights:
+            continue
+        scale = cm.weights[key].double().cpu().numpy()
+        current_exp = fmt.current_exponent(scale)
+        theta = fmt.thresholds(cm.code, scale.max(), current_exp)
+        neurons.append(NeuronQuantization(layer.name, fmt.payload_exponent(scale), current_exp,
+                                          int(theta.max()).bit_length() + 1, fmt.state_bits))
+    quantized = ConvertedModel(dict(cm.config, weights_sha256=tensor_sha256(weights)), weights)
+    return LoihiQuantization(tuple(rows), tuple(neurons), quantized)

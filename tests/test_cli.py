@@ -148,8 +148,11 @@ def test_loihi_report_prints_the_resources_and_writes_json(converted, tmp_path, 
     assert status == 0, err
     data = json.loads((tmp_path / "loihi.json").read_text())
     assert data["step_time_us"] == DEFAULT_STEP_TIME_US and data["steps_per_inference"] == 32 * 40
-    assert "cores" in out and "chips" in out
-    status, _, _ = run(capsys, "loihi-report", folder, "--step-time-us", "2.5", "--json", tmp_path / "fast.json")
+    assert "cores" in out and "chips" in out and "8-bit weights" in out
+    assert data["quantization"]["weights"] and data["quantization"]["neurons"]
+    status, out, _ = run(capsys, "loihi-report", folder, "--step-time-us", "2.5", "--quantization", "--json",
+                         tmp_path / "fast.json")
+    assert "payload exp" in out
     fast = json.loads((tmp_path / "fast.json").read_text())
     assert status == 0 and fast["step_time_us"] == 2.5 and fast["chips"] == data["chips"]
     status, out, _ = run(capsys, "loihi-report", "--help")

@@ -160,3 +160,29 @@ def test_json_round_trip_and_table():
     for key in ("neurons", "weights", "connections", "trace_products", "memory_bytes", "cores"):
         assert f"{report.total(key):,}" in total
     assert f"chips: {report.chips}" in table and f"{report.steps_per_inference:,}" in table
+
+
+def test_quantize_for_loihi_gives_8_bit_weights_and_units_that_fit(swin, bert, tmp_path):
+    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.loihi import quantize_for_loihi
+
+    for cm in (swin, bert):
+        q = quantize_for_loihi(cm)
+        names = {w.name for w in q.weights}
+        assert names == {k for k in cm.weights if k.endswith(".weight") and not k.startswith("embeddings.")}
+        for w in q.weights:
+            original, quantized = cm.weights[w.name].double(), q.quantized.weights[w.name].double()
+            mantissa = quantized / 2.0**w.exponent
+            assert torch.equal(mantissa, mantissa.round()) and mantissa.abs().max() <= 127  # 8-bit mantissas
+            assert mantissa.abs().max() >= 64  # the exponent is the smallest that covers the largest weight
+            assert (quantized - original).abs().max() <= 2.0 ** (w.exponent - 1) * (1 + 1e-9)  # rounding only
+            assert w.clipped == 0 and 0 <= w.rel_error < 0.05
+        untouched = [k for k in cm.weights if k not in names]
+        assert all(torch.equal(cm.weights[k], q.quantized.weights[k]) for k in untouched)
+        scaled = [layer.name for layer in cm.layers if f"scale.{layer.name}" in cm.weights]
+        assert [n.name for n in q.neurons] == scaled
+        assert all(n.threshold_bits <= n.state_bits - 2 for n in q.neurons)  # 2 bits of headroom
+        folder = q.quantized.save(tmp_path / cm.config["family"])  # a consistent converted model
+        assert ConvertedModel.load(folder).config["weights_sha256"] == q.quantized.config["weights_sha256"]
+        data = json.loads(json.dumps(q.to_json()))
+        assert len(data["weights"]) == len(q.weights) and "payload exp" in q.table()
