@@ -1038,7 +1038,8 @@ def search_base(model_or_activations: Any, timesteps: int, bases: Sequence[float
                 raise ValueError(f"activations {name!r} are all zero: nothing to measure")
             collector.observe(name, t, True)
         ratios = collector.ratios
-    bases = torch.linspace(1.01, 2.0, 100, dtype=torch.float64) if bases is None else torch.as_tensor(
+    # default grid 1.01, 1.02, ..., 2.00, rounded so that the chosen B is written as 1.47, not 1.4700000000000002
+    bases = (torch.arange(101, 201, dtype=torch.float64) / 100) if bases is None else torch.as_tensor(
         bases, dtype=torch.float64).reshape(-1)
     convention = convention or "exact"
     errors = torch.tensor([sum(log_error(r, PhaseCode(float(b), timesteps, convention)) for r in ratios.values())

@@ -319,7 +319,7 @@ def test_wrong_input_shape_and_engine(converted):
 def test_search_base_on_activations_beats_bad_bases(tmp_path):
     activations = torch.exp(torch.randn(20000, generator=torch.Generator().manual_seed(0)) * 1.5)  # ~4 decades
     result = search_base(activations, 40, plot=tmp_path / "curve.png")
-    assert 1.0 < result.base <= 2.0
+    assert 1.0 < result.base <= 2.0 and result.base == round(result.base, 2)  # a clean grid value for config.json
     errors = dict(zip(result.bases.tolist(), result.errors.tolist()))
     assert result.errors.min() == errors[result.base]
     assert errors[result.base] < 0.5 * errors[1.01]  # too little dynamic range (1.01^40 = 1.5)
