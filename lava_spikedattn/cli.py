@@ -841,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
             "prediction and logit with the closed-form reference engine. Exit status 1 if any prediction\n"
             "differs. Lava costs about 1 ms per process and step: keep --limit small.\n\n"
             "  spikedattn run-lava weights/swin_fashion_mnist --data fashion-mnist --limit 4"))
-    _add_evaluation_inputs(run_lava, limit=4)
+    _add_evaluation_inputs(run_lava, limit=4, ann=False)
     run_lava.add_argument("--mode", choices=("fused", "decomposed"), default="fused",
                           help="fused: one OS process per block (fast); decomposed: every population and "
                                "synapse its own Process, the porting path (about 7x slower) (default: fused)")
@@ -875,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = None) -> None:
+def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = None, ann: bool = True) -> None:
     """The converted-model folder and the data options shared by evaluate, energy and run-lava."""
     parser.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
     parser.add_argument("--data", required=True, choices=ALL_DATASETS,
@@ -885,7 +885,7 @@ def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = 
     default = f"{limit}" if limit is not None else f"all; {RANDOM_SAMPLES} for random"
     parser.add_argument("--limit", type=_positive_int, default=limit, metavar="N",
                         help=f"use the first N samples only (default: {default})")
-    if parser.prog.endswith(("evaluate", "energy")):
+    if ann:
         parser.add_argument("--ann", type=Path, metavar="CHECKPOINT",
                             help="the prepared ANN checkpoint the model was converted from (ANN accuracy and "
                                  "agreement against the real model; a warning if its sha256 differs)")
