@@ -67,12 +67,11 @@ class FixedPhaseParams:
     @classmethod
     def from_proc_params(cls, p) -> "FixedPhaseParams":
         code, fmt, shape = p["code"], p["fixed_format"], p["shape"]
-        if p["gain"] != code.base:
-            raise ValueError("PhaseNeuron fixed_pt: the bit-serial convert neuron has no integer model")
         bcast = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape))  # noqa: E731
         theta = fmt.thresholds(code, p["scale"], p["current_exp"])  # (T, *scale.shape): broadcasts per k
         theta = theta.reshape((code.timesteps,) + (1,) * (len(shape) + 1 - theta.ndim) + theta.shape[1:])
-        return cls(payload=bcast(fmt.payload(p["scale"], p["payload_exp"])), input_weight=fmt.input_weights(code),
+        return cls(payload=bcast(fmt.payload(p["scale"], p["payload_exp"])),
+                   input_weight=fmt.input_weights(code, p["bit_serial_input"]),
                    thresholds=theta,
                    top=bcast(fmt.top_membrane(code, p["scale"], p["current_exp"])), trace_bits=fmt.trace_bits,
                    lo=fmt.state_min, hi=fmt.state_max, timesteps=code.timesteps, start=p["start"], wait=p["wait"],

@@ -88,10 +88,11 @@ def assert_equal(lava: np.ndarray, ref: np.ndarray, what: str) -> None:
 
 # ------------------------------------------------------------------ Lava fixed_pt == reference
 
-NEURON_CASES = {  # name: (shape, scale_shape, signed, start, extra_wait, normalized)
-    "bipolar-per-element": ((2, 3, 5, 4), (2, 3, 5, 4), True, 0, 0, False),
-    "unipolar-per-row-start2-wait+3": ((4, 5, 6), (4, 5, 1), False, 2, 3, False),
-    "bipolar-scalar-normalized-start1": ((3, 8, 5), (), True, 1, 0, True),
+NEURON_CASES = {  # name: (shape, scale_shape, signed, start, extra_wait, normalized, bit_serial_input)
+    "bipolar-per-element": ((2, 3, 5, 4), (2, 3, 5, 4), True, 0, 0, False, False),
+    "unipolar-per-row-start2-wait+3": ((4, 5, 6), (4, 5, 1), False, 2, 3, False, False),
+    "bipolar-scalar-normalized-start1": ((3, 8, 5), (), True, 1, 0, True, False),
+    "convert-per-channel": ((2, 4, 4, 6), (6,), True, 0, 0, False, True),
 }
 ZERO_DIVISOR_ROWS = [(0, 2), (2, 7)]
 SAT_SHAPE = (2, 4)
@@ -118,17 +119,24 @@ def fixed_run(request):
     code = PhaseCode(base, T, convention)
     steps = 3 * T + 1
     sinks, expected, neurons, ties = {}, {}, {}, []
-    for i, (name, (shape, scale_shape, signed, start, extra, normalized)) in enumerate(NEURON_CASES.items()):
+    for i, (name, (shape, scale_shape, signed, start, extra, normalized, bit_serial)) in enumerate(
+            NEURON_CASES.items()):
         rng = np.random.default_rng(1000 * seed + i)
         scale = rng.uniform(0.5, 2.0, size=scale_shape) if scale_shape else 1.3
         wait = T + extra
         current_exp = FMT.current_exponent(scale, headroom_bits=4 if normalized else 2)
-        x = int_currents(rng, code, shape, scale, current_exp, start, steps)
+        if bit_serial:  # a linear layer of input bits: about a constant ±B^-U(−1, T+1)·scale every step
+            level = rng.choice([-1.0, 1.0], size=shape) * code.base ** -rng.uniform(-1, T + 1, size=shape)
+            noisy = level + 0.05 * rng.standard_normal((steps,) + shape)
+            x = np.rint(noisy * scale / 2.0**current_exp).astype(np.int64)
+        else:
+            x = int_currents(rng, code, shape, scale, current_exp, start, steps)
         divisor_shape = shape[:-1] + (1,) if normalized else None
         neuron = PhaseNeuron(shape=shape, scale=scale, code=code, signed=signed, start=start, wait=wait,
-                             divisor_shape=divisor_shape, fixed_format=FMT, current_exp=current_exp)
+                             divisor_shape=divisor_shape, bit_serial_input=bit_serial, fixed_format=FMT,
+                             current_exp=current_exp)
         sim = FixedPhaseNeuronSim(code, scale, shape, current_exp=current_exp, signed=signed, start=start,
-                                  wait=wait, normalized=normalized, record=True)
+                                  wait=wait, normalized=normalized, bit_serial_input=bit_serial, record=True)
         assert neuron.payload_exp == sim.payload_exp
         SpikeSource(data=x.astype(float)).s_out.connect(neuron.a_in)
         connect_trace(TraceHolder(code=code, phase=neuron.fire_start), neuron)
@@ -295,7 +303,6 @@ def test_fixed_pt_source_refuses_non_integer_payloads():
     (lambda c: PhaseNeuron(shape=(2,), scale=1.0, code=c, current_exp=-40), "exceeds"),
     (lambda c: PhaseNeuron(shape=(2,), scale=1.0, code=c, current_exp=1.5), "current_exp"),
     (lambda c: PhaseNeuron(shape=(2,), scale=np.array([1.0, 1e-6]), code=c, current_exp=-20), "payload"),
-    (lambda c: PhaseNeuron(shape=(2,), scale=1.0, code=c, bit_serial_input=True, fixed_format=FMT), "convert"),
     (lambda c: PhaseNeuron(shape=(2,), scale=1.0, code=c, divide_free=True), "divisor_shape"),
     (lambda c: TokenLinear(shape_in=(2, 3), weight=np.ones((2, 3)), payload_exp=-3), "current_exp"),
     (lambda c: TraceHolder(code=c, fixed_format="F16"), "FixedFormat"),
@@ -728,6 +735,38 @@ def test_fixed_neuron_fire_steps_match_float_within_derived_margin(convention, b
     rounding = (2.0**sim.payload_exp + 2.0 ** -(F + 1) * scale)[in_range] / np.abs(a)[in_range]  # as above
     assert (rel <= code.relative_error_bound + code.base * rel_margin + rounding).all()
     assert rel.max() > 0.5 * code.relative_error_bound  # the float code's error dominates
+
+
+@pytest.mark.parametrize("convention", ["exact", "official"])
+def test_fixed_convert_neuron_fires_like_float_convert_neuron(convention):
+    """The bit-serial convert neuron (input weights unit_gain·2^-(τ+1)): integer vs float
+    ``ConvertNeuronSim`` on the same currents fire at the same step except within the margin
+    (T/2 shift roundings + 2^-(F+1)·Σ|I| weight rounding and dropped low bits + 1/2), then one
+    step apart."""
+    from lava_spikedattn.reference.stepped import ConvertNeuronSim
+
+    code = PhaseCode(1.29, 24, convention)
+    T = code.timesteps
+    rng = np.random.default_rng(11)
+    shape = (4000,)
+    scale = rng.uniform(0.5, 2.0, size=shape)
+    current_exp = FMT.current_exponent(scale)
+    x = np.rint(rng.uniform(-1.2, 1.2, size=(T,) + shape) * scale / 2.0**current_exp).astype(np.int64)
+    sim = FixedPhaseNeuronSim(code, scale, shape, current_exp=current_exp, bit_serial_input=True)
+    run_fixed_sim(sim, np.concatenate([x, np.zeros_like(x)]), T)
+    fsim = ConvertNeuronSim(code, torch.from_numpy(scale), shape)
+    for t in range(2 * T):
+        fsim.step(torch.from_numpy(x[t] * 2.0**current_exp) if t < T else None)
+    k_fix = np.where(sim.fire_step < 0, T, sim.fire_step)
+    k_float = np.where(fsim.fire_step.numpy() < 0, T, fsim.fire_step.numpy())
+    differ = k_fix != k_float
+    v_exact = code.unit_gain * (x * 2.0 ** -(np.arange(T)[:, None] + 1)).sum(0)  # LSB
+    j = np.minimum(k_fix, k_float)[differ]
+    theta = code.midpoint * code.base ** -np.arange(T)[:, None] * scale / 2.0**current_exp
+    gap = np.abs(np.abs(v_exact[differ]) - theta[j, np.nonzero(differ)[0]])
+    assert (np.abs(k_fix - k_float)[differ] == 1).all()
+    assert (gap <= margin(x, code)[differ]).all()
+    assert differ.mean() < 0.01 and len(np.unique(k_fix)) == T + 1, differ.mean()
 
 
 def test_fixed_token_linear_error_vs_float_within_derived_bound():

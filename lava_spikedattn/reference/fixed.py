@@ -201,9 +201,18 @@ class FixedFormat:
         k = np.arange(code.timesteps)
         return round_half_up(2.0**self.trace_bits * code.trace_start * code.base ** -k.astype(np.float64))
 
-    def input_weights(self, code: PhaseCode) -> np.ndarray:
-        """Input weight per input step τ: round(2^F·B^-τ), shape (T,) (the neuron's local trace)."""
+    def input_weights(self, code: PhaseCode, bit_serial_input: bool = False) -> np.ndarray:
+        """Input weight per input step τ, shape (T,): round(2^F·B^-τ), the neuron's local trace.
+
+        ``bit_serial_input``: the first layer's convert neuron, which integrates the radix-2
+        input code (spec §1.4): round(2^F·unit_gain·2^-(τ+1)), so V ≈ unit_gain·Σ_τ 2^-(τ+1)·I_τ,
+        the value the float convert neuron decides on (its gain-2 membrane and growing threshold
+        are the float form of the same decision). Steps τ > F + 1 weigh 0: input bits below
+        2^-(F+1) of full scale are dropped (≤ 2^-(F+1)·max|I| LSB).
+        """
         tau = np.arange(code.timesteps).astype(np.float64)
+        if bit_serial_input:
+            return round_half_up(2.0**self.trace_bits * code.unit_gain * 2.0 ** -(tau + 1))
         return round_half_up(2.0**self.trace_bits * code.base**-tau)
 
     def current_exponent(self, scale, headroom_bits: int = 2) -> int:
@@ -274,11 +283,12 @@ class FixedPhaseNeuronSim:
 
     ``normalized``: the attention×V neuron; :meth:`set_divisor` gives the integer spike sum S
     (2^-F units), latched at t_rel = W and multiplied into the thresholds (no division).
+    ``bit_serial_input``: the first layer's convert neuron (:meth:`FixedFormat.input_weights`).
     """
 
     def __init__(self, code: PhaseCode, scale, shape, *, current_exp: int, payload_exp: int | None = None,
                  fmt: FixedFormat = FixedFormat(), signed: bool = True, start: int = 0, wait: int | None = None,
-                 normalized: bool = False, record: bool = False) -> None:
+                 normalized: bool = False, bit_serial_input: bool = False, record: bool = False) -> None:
         self.code, self.fmt, self.shape = code, fmt, tuple(shape)
         self.scale = np.asarray(scale, dtype=np.float64)
         self.signed, self.start = signed, int(start)
@@ -286,7 +296,7 @@ class FixedPhaseNeuronSim:
         self.current_exp = int(current_exp)
         self.payload_exp = fmt.payload_exponent(self.scale) if payload_exp is None else int(payload_exp)
         self.payload = np.broadcast_to(fmt.payload(self.scale, self.payload_exp), self.shape)
-        self.G = fmt.input_weights(code)
+        self.G = fmt.input_weights(code, bit_serial_input)
         self.theta = fmt.thresholds(code, self.scale, self.current_exp)
         self.top = fmt.top_membrane(code, self.scale, self.current_exp)
         self.normalized = normalized

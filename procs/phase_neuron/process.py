@@ -48,7 +48,8 @@ class PhaseNeuron(AbstractProcess):
             ``sign·P``, ``P = round(scale/2^payload_exp)``, out, trace_out = the decoded value in
             payload units ``(sign·P·latched + 2^(F-1)) >> F``, v_out = the integer membrane;
             normalised neurons compare with the thresholds scaled by the integer spike sum
-            (no divider).
+            (no divider); the convert neuron weighs its input steps by 2^-(τ+1) instead of
+            B^-τ (``FixedFormat.input_weights``).
 
     Ports:
         a_in: input current in ANN units (several connections are summed).
@@ -97,8 +98,6 @@ class PhaseNeuron(AbstractProcess):
         fixed = fixed_format is not None or current_exp is not None or payload_exp is not None
         clip_record = None
         if fixed:
-            if bit_serial_input:
-                raise ValueError(f"{owner}: the bit-serial convert neuron has no fixed_pt model")
             fixed_format = FixedFormat() if fixed_format is None else fixed_format
             if not isinstance(fixed_format, FixedFormat):
                 raise ValueError(f"{owner}: fixed_format must be a reference.fixed.FixedFormat, "
@@ -120,7 +119,7 @@ class PhaseNeuron(AbstractProcess):
         super().__init__(
             shape=shape, scale=scale, gain=gain, timesteps=code.timesteps, start=start, wait=wait,
             thresholds=np.array(thresholds), saturation=code.saturation_membrane(wait, bit_serial_input),
-            signed=bool(signed), divisor_shape=divisor_shape, fire_record=params.shared_array(shape, np.int64, -1),
+            signed=bool(signed), divisor_shape=divisor_shape, bit_serial_input=bool(bit_serial_input), fire_record=params.shared_array(shape, np.int64, -1),
             saturation_record=params.shared_array(shape, np.bool_, False), divide_free=bool(divide_free),
             code=code, fixed_format=fixed_format, current_exp=current_exp, payload_exp=payload_exp,
             clip_record=clip_record, name=name, log_config=log_config,
