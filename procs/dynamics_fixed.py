@@ -25,6 +25,24 @@ def rshift_round(x: np.ndarray, shift: int) -> np.ndarray:
     return x << -shift if shift < 0 else x
 
 
+def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer ``a @ b`` (int64), through float64 BLAS when that is exact: every partial sum is
+    below Σ|a||b| ≤ max|a|·max column Σ|b| < 2^53 (numpy's int64 matmul has no BLAS)."""
+    if a.size == 0 or b.size == 0:
+        return a.astype(np.int64) @ b.astype(np.int64)
+    if float(np.abs(a).max()) * float(np.abs(b).sum(axis=-2).max()) < 2.0**53:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a.astype(np.int64) @ b.astype(np.int64)
+
+
+def integer_payloads(data: np.ndarray) -> np.ndarray:
+    """``data`` as int64 if it holds integers in [−2^23, 2^23 − 1] (24-bit graded payloads);
+    a ValueError otherwise (no silent rounding)."""
+    if not (np.all(data == np.rint(data)) and np.all(data >= -2**23) and np.all(data <= 2**23 - 1)):
+        raise ValueError("SpikeSource fixed_pt: data must hold integers in [-2^23, 2^23 - 1] (24-bit graded payloads)")
+    return data.astype(np.int64)
+
+
 def saturate(x: np.ndarray, lo: int, hi: int, clips: np.ndarray | None = None) -> np.ndarray:
     """Clip to [lo, hi]; adds 1 to ``clips`` (per element, in place) where a value was clipped."""
     out = np.clip(x, lo, hi)
@@ -165,7 +183,10 @@ def token_linear_fixed(x: np.ndarray, p: FixedLinearParams, in_index: np.ndarray
     x = x.astype(np.int64)
     if in_index is not None:
         x = x.reshape(-1)[in_index]
-    y = rshift_round(x @ p.mantissa_t, p.shift)
+    if x.any():
+        y = rshift_round(exact_matmul(x, p.mantissa_t), p.shift)
+    else:  # no spike this step (most steps): skip the product
+        y = np.zeros(x.shape[:-1] + p.mantissa_t.shape[-1:], np.int64)
     if bias_on and p.bias is not None:
         y = y + p.bias
     out = np.clip(y, p.lo, p.hi)
@@ -204,7 +225,8 @@ def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clip
     if p["transpose_b"]:
         b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
     a_new = np.where(a != 0, np.abs(a_hat) if p["official"] else a_hat, 0)
-    y = rshift_round((a @ b_hat + a_hat @ b - a_new @ b) * q.factor_mantissa, q.shift)
+    product = exact_matmul(a, b_hat) + exact_matmul(a_hat, b) - exact_matmul(a_new, b)
+    y = rshift_round(product * q.factor_mantissa, q.shift)
     if q.bias is not None and 0 <= t - p["bias_start"] < p["timesteps"]:
         y = y + q.bias
     out = np.clip(y, q.lo, q.hi)

@@ -8,6 +8,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikedattn.procs import dynamics_fixed
 from lava_spikedattn.procs.spike_source.process import SpikeSource
 
 
@@ -43,11 +44,7 @@ class PySpikeSourceModelFixed(PyLoihiProcessModel):
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        data = proc_params["data"]
-        if not (np.all(data == np.rint(data)) and np.all(np.abs(data) <= 2 ** 23)
-                and np.all(data <= 2 ** 23 - 1)):
-            raise ValueError("SpikeSource fixed_pt: data must hold integers in [-2^23, 2^23 - 1] "
-                             "(24-bit graded payloads)")
+        data = dynamics_fixed.integer_payloads(proc_params["data"])
         self._data = data.astype(np.int32)
         self._zeros = np.zeros(data.shape[1:], dtype=np.int32)
 

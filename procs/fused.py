@@ -1,0 +1,321 @@
+"""Step many leaf Processes inside one Python process, floating or fixed point (numpy only).
+
+Used by the fused :class:`~lava_spikedattn.procs.circuit.process.Circuit` models (a block in one
+OS process) and by ``builder.LavaNetwork.simulate`` (a whole network, no Lava runtime). Each
+leaf's update is split into stages that call the same ``dynamics`` (floating_pt) or
+``dynamics_fixed`` (fixed_pt) functions as the leaf's own ProcessModel; the stages run in an
+order where each follows the stages producing its inputs, which is Lava's same-step delivery,
+and an input port reads the sum of its sources, as a Lava InPort sums its connections. So a
+fused or in-process run produces the spikes of the Lava run, bit for bit (tested).
+
+Kept beside (not inside) the process folders: Lava's compiler executes every module inside a
+process folder while it searches for ProcessModels.
+"""
+
+from __future__ import annotations
+
+import typing as ty
+
+import numpy as np
+
+from lava_spikedattn.procs import dynamics, dynamics_fixed
+from lava_spikedattn.procs.circuit.process import Circuit
+from lava_spikedattn.procs.delay_line.process import DelayLine
+from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
+from lava_spikedattn.procs.spike_sink.process import SpikeSink
+from lava_spikedattn.procs.spike_source.process import SpikeSource
+from lava_spikedattn.procs.token_linear.process import TokenLinear
+from lava_spikedattn.procs.trace_holder.process import TraceHolder
+from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
+from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
+from lava_spikedattn.procs.woss_neuron.models import woss_params
+from lava_spikedattn.procs.woss_neuron.process import WossNeuron
+
+Read = ty.Callable[[ty.Any], np.ndarray]
+
+
+class Stage(ty.NamedTuple):
+    """One computation of a leaf within a step: reads ``inputs`` ports, writes ``outputs``."""
+
+    inputs: tuple
+    outputs: tuple
+    run: ty.Callable[[int, Read], dict]
+
+
+def stages(member, fixed: bool) -> list[Stage]:
+    """The leaf's update as stages (``fixed``: its fixed_pt equations, else floating_pt)."""
+    builders = _FIXED if fixed else _FLOAT
+    for kind, build in builders.items():
+        if isinstance(member, kind):
+            return build(member, member.proc_params)
+    raise ValueError(f"no fused update for {type(member).__name__} {member.name!r}")
+
+
+# --- floating point -----------------------------------------------------------------------------------
+def _phase(member: PhaseNeuron, p) -> list[Stage]:
+    params, shape = dynamics.PhaseParams.from_proc_params(p), p["shape"]
+    state = dynamics.PhaseState(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
+                                p["fire_record"], p["saturation_record"],
+                                np.zeros(shape) if params.divide_free else None)
+
+    def run(t, read):
+        spikes = dynamics.phase_step(state, params, t, read(member.a_in), read(member.trace_in)[0],
+                                     read(member.div_in))
+        return {member.s_out: spikes, member.trace_out: state.decoded(params.scale), member.v_out: state.v}
+    return [Stage((member.a_in, member.trace_in, member.div_in), (member.s_out, member.trace_out, member.v_out),
+                  run)]
+
+
+def _woss(member: WossNeuron, p) -> list[Stage]:
+    params, shape = woss_params(p), p["shape"]
+    v, fired, latched = np.zeros(shape), np.zeros(shape, bool), np.zeros(shape)
+
+    def run(t, read):
+        spikes = dynamics.woss_neuron_step(v, fired, latched, p["fire_record"], params, t, read(member.a_in),
+                                           read(member.shift_in), read(member.theta_in)[0], read(member.trace_in)[0])
+        return {member.s_out: spikes, member.trace_out: latched.copy(), member.v_out: v}
+    return [Stage((member.a_in, member.shift_in, member.theta_in, member.trace_in),
+                  (member.s_out, member.trace_out, member.v_out), run)]
+
+
+def _inhibitor(member: WossInhibitor, p) -> list[Stage]:
+    params, row_shape = woss_params(p), p["shape"][:-1] + (1,)
+    open_rows, theta = np.ones(row_shape, bool), np.array([p["theta0"]])
+
+    def shift_and_ramp(t, read):
+        return {member.shift_out: dynamics.woss_shift(open_rows, params, t, read(member.a_in)),
+                member.theta_out: np.array([dynamics.woss_threshold(theta, params, t)])}
+
+    def normaliser(t, read):
+        return {member.norm_out: read(member.trace_in).sum(axis=-1, keepdims=True)}
+    return [Stage((member.a_in,), (member.shift_out, member.theta_out), shift_and_ramp),
+            Stage((member.trace_in,), (member.norm_out,), normaliser)]
+
+
+def _matmul(member: TraceMatMul, p) -> list[Stage]:
+    def run(t, read):
+        return {member.a_out: dynamics.trace_matmul(p, t, read(member.a_in), read(member.a_trace_in),
+                                                    read(member.b_in), read(member.b_trace_in))}
+    return [Stage((member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), (member.a_out,), run)]
+
+
+def _linear(member: TokenLinear, p) -> list[Stage]:
+    def run(t, read):
+        bias = dynamics.window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"])
+        return {member.a_out: dynamics.token_linear(read(member.s_in), p["weight_t"], p["in_index"],
+                                                    p["out_index"], bias)}
+    return [Stage((member.s_in,), (member.a_out,), run)]
+
+
+def _delay(member: DelayLine, p, dtype=np.float64) -> list[Stage]:
+    buffer = np.zeros((p["delay"],) + p["shape"], dtype)
+
+    def send(t, read):
+        return {member.a_out: dynamics.delay_output(buffer, t)}
+
+    def store(t, read):
+        dynamics.delay_input(buffer, t, read(member.s_in))
+        return {}
+    return [Stage((), (member.a_out,), send), Stage((member.s_in,), (), store)]
+
+
+def _trace(member: TraceHolder, p) -> list[Stage]:
+    def run(t, read):
+        return {member.s_out: np.array([dynamics.global_trace(t, p["phase"], p["timesteps"], p["base"],
+                                                              p["trace_start"])])}
+    return [Stage((), (member.s_out,), run)]
+
+
+def _source(member: SpikeSource, p, data: np.ndarray | None = None) -> list[Stage]:
+    data = p["data"] if data is None else data
+    zeros = np.zeros(data.shape[1:], data.dtype)
+
+    def run(t, read):
+        return {member.s_out: data[t] if t < data.shape[0] else zeros}
+    return [Stage((), (member.s_out,), run)]
+
+
+def _sink(member: SpikeSink, p) -> list[Stage]:
+    record = p["record"]
+
+    def run(t, read):
+        if t >= record.shape[0]:
+            raise RuntimeError(f"SpikeSink: step {t} exceeds num_steps={record.shape[0]}")
+        record[t] = read(member.a_in)
+        return {}
+    return [Stage((member.a_in,), (), run)]
+
+
+_FLOAT: dict[type, ty.Callable[..., list[Stage]]] = {
+    PhaseNeuron: _phase, WossNeuron: _woss, WossInhibitor: _inhibitor, TraceMatMul: _matmul,
+    TokenLinear: _linear, DelayLine: _delay, TraceHolder: _trace, SpikeSource: _source, SpikeSink: _sink}
+
+
+# --- fixed point ---------------------------------------------------------------------------------------
+def _phase_fixed(member: PhaseNeuron, p) -> list[Stage]:
+    if p["clip_record"] is None:
+        raise ValueError(f"PhaseNeuron {member.name!r} fixed_pt: build the Process with fixed_format "
+                         f"(or current_exp)")
+    params, shape = dynamics_fixed.FixedPhaseParams.from_proc_params(p), p["shape"]
+    state = dynamics_fixed.FixedPhaseState(
+        np.zeros(shape, np.int64), np.zeros(shape, bool), np.zeros(shape, np.int64), np.zeros(shape, np.int64),
+        p["fire_record"], p["saturation_record"], p["clip_record"], np.zeros(shape, np.int64))
+
+    def run(t, read):
+        spikes = dynamics_fixed.phase_step_fixed(state, params, t, read(member.a_in), int(read(member.trace_in)[0]),
+                                                 read(member.div_in))
+        return {member.s_out: spikes, member.trace_out: dynamics_fixed.decoded_fixed(state, params),
+                member.v_out: state.v}
+    return [Stage((member.a_in, member.trace_in, member.div_in), (member.s_out, member.trace_out, member.v_out),
+                  run)]
+
+
+def _woss_fixed(member: WossNeuron, p) -> list[Stage]:
+    params, shape = dynamics_fixed.FixedWossParams.from_proc_params(p), p["shape"]
+    v, fired, latched = np.zeros(shape, np.int64), np.zeros(shape, bool), np.zeros(shape, np.int64)
+    clips = np.zeros(shape, np.int64)
+
+    def run(t, read):
+        spikes = dynamics_fixed.woss_neuron_step_fixed(v, fired, latched, p["fire_record"], clips, params, t,
+                                                       read(member.a_in), read(member.shift_in),
+                                                       int(read(member.theta_in)[0]), int(read(member.trace_in)[0]))
+        return {member.s_out: spikes, member.trace_out: latched.copy(), member.v_out: v}
+    return [Stage((member.a_in, member.shift_in, member.theta_in, member.trace_in),
+                  (member.s_out, member.trace_out, member.v_out), run)]
+
+
+def _inhibitor_fixed(member: WossInhibitor, p) -> list[Stage]:
+    params, row_shape = dynamics_fixed.FixedWossParams.from_proc_params(p), p["shape"][:-1] + (1,)
+    open_rows, theta = np.ones(row_shape, bool), np.zeros(1, np.int64)
+
+    def shift_and_ramp(t, read):
+        return {member.shift_out: dynamics_fixed.woss_shift_fixed(open_rows, params, t, read(member.a_in)),
+                member.theta_out: np.array([dynamics_fixed.woss_threshold_fixed(theta, params, t)])}
+
+    def normaliser(t, read):
+        return {member.norm_out: dynamics_fixed.woss_spike_sum_fixed(read(member.trace_in), params,
+                                                                     p["clip_record"])}
+    return [Stage((member.a_in,), (member.shift_out, member.theta_out), shift_and_ramp),
+            Stage((member.trace_in,), (member.norm_out,), normaliser)]
+
+
+def _matmul_fixed(member: TraceMatMul, p) -> list[Stage]:
+    params = dynamics_fixed.FixedMatMulParams.from_proc_params(p)
+    p["clip_record"][0] += params.bias_clips
+
+    def run(t, read):
+        return {member.a_out: dynamics_fixed.trace_matmul_fixed(p, params, t, read(member.a_in),
+                                                                read(member.a_trace_in), read(member.b_in),
+                                                                read(member.b_trace_in), p["clip_record"])}
+    return [Stage((member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), (member.a_out,), run)]
+
+
+def _linear_fixed(member: TokenLinear, p) -> list[Stage]:
+    params = dynamics_fixed.FixedLinearParams.from_proc_params(p)
+    p["clip_record"][0] += params.bias_clips
+
+    def run(t, read):
+        bias_on = 0 <= t - p["bias_start"] < p["timesteps"]
+        return {member.a_out: dynamics_fixed.token_linear_fixed(read(member.s_in), params, p["in_index"],
+                                                                p["out_index"], bias_on, p["clip_record"])}
+    return [Stage((member.s_in,), (member.a_out,), run)]
+
+
+def _trace_fixed(member: TraceHolder, p) -> list[Stage]:
+    def run(t, read):
+        return {member.s_out: np.array([dynamics_fixed.trace_value(p["trace_table"], t, p["phase"])])}
+    return [Stage((), (member.s_out,), run)]
+
+
+_FIXED: dict[type, ty.Callable[..., list[Stage]]] = {
+    PhaseNeuron: _phase_fixed, WossNeuron: _woss_fixed, WossInhibitor: _inhibitor_fixed,
+    TraceMatMul: _matmul_fixed, TokenLinear: _linear_fixed, TraceHolder: _trace_fixed, SpikeSink: _sink,
+    DelayLine: lambda member, p: _delay(member, p, np.int64),
+    SpikeSource: lambda member, p: _source(member, p, dynamics_fixed.integer_payloads(p["data"])),
+}
+
+
+# --- stepping -----------------------------------------------------------------------------------------
+class Stepper:
+    """Steps ``members`` (leaf Processes) in one Python process.
+
+    ``sources`` maps ``id(InPort)`` of a member to the keys of what feeds it: ``id(OutPort)`` of
+    a member, or an external key whose value :meth:`step` is given. Ports absent from it read
+    zeros (an unconnected Lava InPort).
+    """
+
+    def __init__(self, members: ty.Sequence, sources: ty.Mapping[int, ty.Sequence[ty.Hashable]],
+                 fixed: bool) -> None:
+        self.sources = {port: list(keys) for port, keys in sources.items()}
+        self.dtype = np.int64 if fixed else np.float64
+        self.stages = _schedule([stage for member in members for stage in stages(member, fixed)], self.sources)
+
+    def step(self, t: int, external: ty.Mapping[ty.Hashable, np.ndarray] | None = None) -> dict:
+        """Run every stage for step ``t`` (0-based); returns the outputs by ``id(OutPort)``."""
+        values: dict[ty.Hashable, np.ndarray] = dict(external or {})
+
+        def read(port) -> np.ndarray:
+            total = np.zeros(port.shape, self.dtype)
+            for key in self.sources.get(id(port), ()):
+                if key in values:
+                    total = total + values[key]
+            return total
+
+        for stage in self.stages:
+            for port, value in stage.run(t, read).items():
+                values[id(port)] = value
+        return values
+
+
+def _schedule(all_stages: list[Stage], sources: ty.Mapping[int, list]) -> list[Stage]:
+    """Stages in an order where each runs after the stages producing its inputs (within a step)."""
+    producer = {id(port): i for i, stage in enumerate(all_stages) for port in stage.outputs}
+    needs = [{producer[key] for port in stage.inputs for key in sources.get(id(port), ()) if key in producer}
+             for stage in all_stages]
+    order, done = [], set()
+    while len(order) < len(all_stages):
+        ready = [i for i in range(len(all_stages)) if i not in done and needs[i] <= done]
+        if not ready:
+            raise ValueError("the processes form a cycle that no stage order resolves")
+        order.extend(ready)
+        done.update(ready)
+    return [all_stages[i] for i in order]
+
+
+def member_sources(members: ty.Sequence, feeds: ty.Mapping[ty.Hashable, ty.Sequence]) -> dict[int, list]:
+    """``sources`` for :class:`Stepper` of a closed set of members: each member InPort's
+    connections from other members, plus the external key of every ``feeds`` entry listing it."""
+    inside = {id(member) for member in members}
+    sources: dict[int, list] = {}
+    for member in members:
+        for port in member.in_ports:
+            sources[id(port)] = [id(src) for src in port.in_connections if id(src.process) in inside]
+    for key, ports in feeds.items():
+        for port in ports:
+            sources[id(port)].append(key)
+    return sources
+
+
+def flatten(processes: ty.Sequence) -> tuple[list, dict[int, list]]:
+    """A whole graph's leaf Processes (Circuits expanded into their members) and the
+    :class:`Stepper` ``sources`` that wire them as Lava would (a Circuit's input reaches its
+    feeds, its output is its output member's port)."""
+    circuits = [p for p in processes if isinstance(p, Circuit)]
+    leaves = [leaf for p in processes for leaf in (p.members if isinstance(p, Circuit) else [p])]
+    output_of = {id(c.s_out): c.proc_params["output"] for c in circuits}
+
+    def origin(port) -> int:
+        return id(output_of.get(id(port), port))
+
+    fed: dict[int, list] = {}
+    for c in circuits:
+        for outer, inner in ((c.s_in, c.proc_params["feeds"]), (c.trace_in, c.proc_params["trace_feeds"])):
+            for port in inner:
+                fed.setdefault(id(port), []).extend(origin(src) for src in outer.in_connections)
+    sources = {}
+    for leaf in leaves:
+        for port in leaf.in_ports:
+            # a Circuit's own s_in (connected to its feeds once a decomposed run built it) is in ``fed``
+            inner = [src for src in port.in_connections if not isinstance(src.process, Circuit) or id(src) in output_of]
+            sources[id(port)] = [origin(src) for src in inner] + fed.get(id(port), [])
+    return leaves, sources
