@@ -9,10 +9,20 @@ window directly, and a stream that skips layers (residuals, V) waits in a DelayL
 Populations are tensor-shaped (batch, windows, heads, tokens, dims), so the process count grows
 with depth, not width. Layouts (window partition with the cyclic shift, head split/merge, window
 reverse, patch merging, pooling) are gathers inside the TokenLinear synapses.
+
+Fixed point (``fixed_format``, the Loihi 2 port, ``reference.fixed``): every Process gets its
+integer units: a neuron layer its current and payload exponents (``FixedFormat.current_exponent``
+/ ``payload_exponent`` of its scale, as ``loihi.quantize_for_loihi`` reports them), a synapse the
+payload unit of its source and the current unit of its target. What float wiring does with
+units for free becomes explicit: a residual is an identity TokenLinear (weight 1 = 64·2^-6,
+exact) that moves the source's payload unit to the target's current unit; the input bits are
+payloads ±1 and the first layer's weights absorb the full scale; the read-out current has a unit
+that holds its largest possible value. Runs select the ``fixed_pt`` ProcessModels.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import typing as ty
 from dataclasses import dataclass, field
@@ -25,6 +35,7 @@ from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.lava import run_processes
 from lava_spikedattn.models import swin
+from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
@@ -35,6 +46,7 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
+from lava_spikedattn.reference.fixed import FixedFormat, round_half_up
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
 from lava_spikedattn.wiring import connect, one_shot, probe
 
@@ -64,12 +76,14 @@ class _Boundary:
 
 @dataclass
 class _Stream:
-    """A population's output as the next layers see it: spikes, decoded traces, its pipeline index."""
+    """A population's output as the next layers see it: spikes, decoded traces, its pipeline
+    index, and in fixed point the unit exponent of its payloads."""
 
     s_out: ty.Any
     trace_out: ty.Any
     index: int
     shape: tuple[int, ...]
+    payload_exp: int | None = None
 
 
 @dataclass
@@ -78,6 +92,7 @@ class _Graph:
 
     cm: ConvertedModel
     batch: int
+    fmt: FixedFormat | None = None  # fixed point: the integer format; None: floating point
     processes: list = field(default_factory=list)
     populations: dict[str, ty.Any] = field(default_factory=dict)
     trace: ty.Any = None
@@ -87,7 +102,11 @@ class _Graph:
         self.T = self.code.timesteps
         self.layers: dict[str, LayerSpec] = {layer.name: layer for layer in self.cm.layers}
         if self.trace is None:
-            self.trace = self.add(TraceHolder(code=self.code))
+            self.trace = self.add(TraceHolder(code=self.code, fixed_format=self.fmt))
+
+    def fixed(self, **exponents) -> dict[str, ty.Any]:
+        """Fixed-point keyword arguments of a synapse (its unit exponents), {} in floating point."""
+        return {} if self.fmt is None else dict(fixed_format=self.fmt, **exponents)
 
     def add(self, process):
         self.processes.append(process)
@@ -95,19 +114,19 @@ class _Graph:
 
     def block(self) -> "_Graph":
         """A graph for one block's members: same model and populations, the trace a boundary."""
-        return _Graph(self.cm, self.batch, populations=self.populations, trace=_Boundary((1,)))
+        return _Graph(self.cm, self.batch, self.fmt, populations=self.populations, trace=_Boundary((1,)))
 
     def circuit(self, x: _Stream, name: str,
                 build: ty.Callable[["_Graph", _Stream], PhaseNeuron]) -> _Stream:
         """A block built by ``build(graph, input stream) → output neuron`` as one :class:`Circuit`."""
         g, boundary = self.block(), _Boundary(x.shape)
-        final = build(g, _Stream(boundary, None, x.index, x.shape))
+        final = build(g, _Stream(boundary, None, x.index, x.shape, x.payload_exp))
         shape = tuple(final.s_out.shape)
         circuit = self.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=shape, feeds=boundary.feeds,
                                    trace_feeds=g.trace.feeds, output=final.s_out, name=name))
         self.link(x.s_out, circuit.s_in)
         self.link(self.trace.s_out, circuit.trace_in)
-        return _Stream(circuit.s_out, None, self.layers[final.name].index, shape)
+        return _Stream(circuit.s_out, None, self.layers[final.name].index, shape, final.payload_exp)
 
     def link(self, source, destination) -> None:
         """Connect, or record a block-boundary feed."""
@@ -135,14 +154,15 @@ class _Graph:
         """The population of layer ``name`` (scale, sign, start from the converted model)."""
         spec = self.layers[name]
         population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name, shape), code=self.code, signed=spec.signed,
-                                          start=spec.index * self.T, name=name, **kwargs))
+                                          start=spec.index * self.T, fixed_format=self.fmt, name=name, **kwargs))
         self.link(self.trace.s_out, population.trace_in)
         self.populations[name] = population
         return population
 
     def stream(self, population, name: str | None = None) -> _Stream:
         index = self.layers[name or population.name].index
-        return _Stream(population.s_out, population.trace_out, index, tuple(population.s_out.shape))
+        return _Stream(population.s_out, population.trace_out, index, tuple(population.s_out.shape),
+                       population.payload_exp)
 
     def arrive(self, port, source_index: int, destination_index: int):
         """``port`` delayed so that spikes fired by layer ``source_index`` land in the input window
@@ -166,12 +186,39 @@ class _Graph:
         bias = self.weight(f"{key}.bias") if bias is None else bias
         synapse = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
                                        bias_start=start, bias_divisor=bias_divisor, in_index=in_index,
-                                       out_index=out_index, name=key))
+                                       out_index=out_index, name=key,
+                                       **self.fixed(payload_exp=source.payload_exp,
+                                                    current_exp=destination.current_exp)))
         self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), synapse.s_in)
         self.link(synapse.a_out, destination.a_in)
 
+    def readout(self, key: str, source: _Stream) -> tuple[TokenLinear, int]:
+        """The classifier synapse ``key`` whose current the host integrates (no neuron, spec §6),
+        and its pipeline index. Fixed point: its current unit holds the largest current
+        possible, Σ_i |w_oi|·scale_i + |b_o|/bias_divisor."""
+        index = next(layer.index for layer in self.cm.layers if layer.kind == "readout")
+        weight, bias = self.weight(f"{key}.weight"), self.weight(f"{key}.bias")
+        units = {}
+        if self.fmt is not None:
+            scale = np.broadcast_to(source.s_out.process.proc_params["scale"], source.shape)
+            largest = (np.abs(scale.reshape(-1, scale.shape[-1])).max(0) @ np.abs(weight).T
+                       + np.abs(bias) / self.code.bias_divisor).max()
+            units = self.fixed(payload_exp=source.payload_exp, current_exp=self.fmt.current_exponent(largest))
+        head = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
+                                    bias_start=index * self.T, name=key, **units))
+        connect(self.arrive(source.s_out, source.index, index), head.s_in)
+        return head, index
+
     def residual(self, source: _Stream, destination) -> None:
-        """Identity synapse: raw spikes (±scale) integrate to the decoded value (spec §3.4)."""
+        """Identity synapse: raw spikes (±scale) integrate to the decoded value (spec §3.4).
+
+        Fixed point: an identity TokenLinear, which moves the payload unit to the current unit.
+        """
+        if self.fmt is not None:
+            channels = source.shape[-1]
+            self.linear(f"{destination.name}.residual", source, destination, weight=np.eye(channels),
+                        bias=np.zeros(channels))
+            return
         self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), destination.a_in)
 
 
@@ -202,15 +249,18 @@ class _SwinBuilder:
         g, cfg, b = self.g, self.config, self.g.batch
         full_scale = float(g.cm.weights["input_max"])
         encoder = BitSerialEncoderSim(images.double(), g.T, full_scale)
-        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])  # (T, batch, C, H, W)
+        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])  # (T, batch, C, H, W): ±full scale
         self.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
+        weight = g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1)
+        if g.fmt is not None:  # integer payloads ±1; the weights absorb the full scale
+            bits, weight = bits / full_scale, weight * full_scale
         source = g.add(SpikeSource(data=bits))
         rows, cols = cfg.img_size[0] // cfg.patch_size[0], cfg.img_size[1] // cfg.patch_size[1]
         neuron = g.neuron("patch_embed_if", (b, rows, cols, cfg.embed_dim), bit_serial_input=True)
         in_index = swin.patchify(_index(images.shape), cfg.patch_size).numpy()
         # The first bias is added undivided on every input step (spec §1.4).
-        g.linear("patch_embed", _Stream(source.s_out, None, -1, tuple(images.shape)), neuron, in_index=in_index,
-                 weight=g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1), bias_divisor=1.0)
+        g.linear("patch_embed", _Stream(source.s_out, None, -1, tuple(images.shape), 0), neuron, in_index=in_index,
+                 weight=weight, bias_divisor=1.0)
         return g.stream(neuron)
 
     def _patch_merging(self, x: _Stream, stage: int) -> _Stream:
@@ -280,11 +330,7 @@ class _SwinBuilder:
         tokens = _index(x.shape).reshape(b, height * width, channels).transpose(1, 2).numpy()
         g.linear("pool", x, pool, in_index=tokens, out_index=_index((b, channels)).numpy(),
                  weight=np.full((1, height * width), 1.0 / (height * width)), bias=np.zeros(1))
-        readout_index = g.layers["last_fc"].index
-        head = g.add(TokenLinear(shape_in=(b, channels), weight=g.weight("head.weight"), bias=g.weight("head.bias"),
-                                 code=g.code, bias_start=readout_index * g.T, name="head"))
-        connect(g.arrive(pool.s_out, g.layers["pool_if"].index, readout_index), head.s_in)
-        return head, readout_index
+        return g.readout("head", g.stream(pool))
 
 
 def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarray | None = None,
@@ -297,27 +343,37 @@ def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndar
     head_shape = tuple(qkv["q_if"].s_out.shape)
     logit_shape = head_shape[:-1] + (head_shape[-2],)
     T = g.T
+    logits = g.neuron(f"{p}.stdp_qk", logit_shape)
     qk = g.add(TraceMatMul(shape_a=head_shape, shape_b=head_shape, code=g.code, transpose_b=True,
                            factor=head_shape[-1] ** -0.5, bias=bias, bias_start=g.layers[f"{p}.stdp_qk"].index * T,
-                           key_mask=key_mask, name=f"{p}.qk"))
+                           key_mask=key_mask, name=f"{p}.qk",
+                           **g.fixed(payload_exp_a=qkv["q_if"].payload_exp, payload_exp_b=qkv["k_if"].payload_exp,
+                                     current_exp=logits.current_exp)))
     g.product(qk, qkv["q_if"], qkv["k_if"])
-    logits = g.neuron(f"{p}.stdp_qk", logit_shape)
     g.link(qk.a_out, logits.a_in)
     woss_start = g.layers[f"{p}.softmax_if"].index * T
+    woss_units = g.fixed(current_exp=logits.payload_exp)
     woss = g.add(WossNeuron(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask,
-                            name=f"{p}.softmax_if"))
-    inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask))
+                            name=f"{p}.softmax_if", **woss_units))
+    inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask,
+                                    name=f"{p}.softmax_inhibitor", **woss_units))
     g.populations[f"{p}.softmax_if"] = woss
     g.link(g.trace.s_out, woss.trace_in)
     for source, destination in ((logits.s_out, woss.a_in), (logits.s_out, inhibitor.a_in),
                                 (inhibitor.shift_out, woss.shift_in), (inhibitor.theta_out, woss.theta_in),
                                 (woss.trace_out, inhibitor.trace_in)):
         g.link(source, destination)
-    out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
+    out_units = {}
+    if g.fmt is not None:  # the membrane holds Σ_j p_j·v_j unnormalised: up to N times the value
+        headroom = 2 + math.ceil(math.log2(logit_shape[-1]))
+        out_units = {"current_exp": g.fmt.current_exponent(g.scale(f"{p}.stdp_av", head_shape), headroom)}
+    out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,), **out_units)
     av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
     v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
                 v_index, head_shape)
-    av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False, name=f"{p}.av"))
+    av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False, name=f"{p}.av",
+                           **g.fixed(payload_exp_a=None if g.fmt is None else g.fmt.woss_payload_exp,
+                                     payload_exp_b=qkv["v_if"].payload_exp, current_exp=out.current_exp)))
     g.product(av, woss, v)
     g.link(av.a_out, out.a_in)
     g.link(inhibitor.norm_out, out.div_in)
@@ -341,8 +397,11 @@ class _BertBuilder:
             raise LavaBuildError(str(error)) from None
         x = x.detach().double()
         self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
-        source = g.add(SpikeSource(data=one_shot(x, g.code, g.cm.steps_per_inference)))
         embeddings = g.neuron("embeddings_if", tuple(x.shape))
+        data = one_shot(x, g.code, g.cm.steps_per_inference)
+        if g.fmt is not None:  # integer currents; beyond the state range they clip (and saturate the neuron)
+            data = np.clip(round_half_up(data / 2.0**embeddings.current_exp), g.fmt.state_min, g.fmt.state_max)
+        source = g.add(SpikeSource(data=data))
         g.link(source.s_out, embeddings.a_in)
         self.input_stats = None  # the embeddings enter as values: no input spike code
         s = g.stream(embeddings)
@@ -352,12 +411,7 @@ class _BertBuilder:
         pooler = g.neuron("pooler_if", (b, hidden))
         first_token = _index(s.shape)[:, 0].numpy()
         g.linear("pooler", s, pooler, in_index=first_token)
-        readout_index = g.layers["classifier"].index
-        head = g.add(TokenLinear(shape_in=(b, hidden), weight=g.weight("classifier.weight"),
-                                 bias=g.weight("classifier.bias"), code=g.code, bias_start=readout_index * g.T,
-                                 name="classifier"))
-        connect(g.arrive(pooler.s_out, g.layers["pooler_if"].index, readout_index), head.s_in)
-        return head, readout_index
+        return g.readout("classifier", g.stream(pooler))
 
     def _diagonal(self, g: _Graph, key: str, source: _Stream, destination: PhaseNeuron, bias: bool = True) -> None:
         """A per-channel affine synapse (folded residual, or official's norm)."""
@@ -410,15 +464,25 @@ class LavaNetwork:
     Every block is a :class:`Circuit`: ``mode="fused"`` runs each block in one OS process (fast
     simulation), ``mode="decomposed"`` runs every population and synapse as its own Lava process
     (the porting path); both produce identical spikes.
+
+    ``fixed_format`` (a ``reference.fixed.FixedFormat``): build the integer network and run the
+    ``fixed_pt`` ProcessModels (module docstring); None: floating point.
+    ``simulate(x)`` steps the same graph inside this Python process (``procs.fused``, no Lava
+    runtime, no worker processes) and returns the logits ``run(x)`` returns, bit for bit: the way
+    to evaluate a whole data set.
     """
 
-    def __init__(self, cm: ConvertedModel, mode: str = "fused") -> None:
+    def __init__(self, cm: ConvertedModel, mode: str = "fused", fixed_format: FixedFormat | None = None) -> None:
         if cm.family.name not in FAMILIES:
             raise LavaBuildError(f"no Lava builder for family {cm.family.name!r}; available: {FAMILIES}")
         if mode not in MODES:
             raise LavaBuildError(f"mode must be one of {MODES}, got {mode!r}")
+        if fixed_format is not None and not isinstance(fixed_format, FixedFormat):
+            raise LavaBuildError(f"fixed_format must be a reference.fixed.FixedFormat or None, "
+                                 f"got {type(fixed_format).__name__}")
         self.cm = cm
         self.mode = mode
+        self.fixed_format = fixed_format
         self.code = cm.code
         self.family = cm.family.name
         self._last: dict[str, ty.Any] = {}
@@ -454,7 +518,7 @@ class LavaNetwork:
     def build(self, x: ty.Any) -> tuple[_Graph, SpikeSink, int]:
         """Processes for one batch; raises :class:`LavaBuildError` before any worker starts."""
         x, batch = self._check_input(x)
-        graph = _Graph(self.cm, batch=batch)
+        graph = _Graph(self.cm, batch=batch, fmt=self.fixed_format)
         builder = (_BertBuilder if self.family == "bert" else _SwinBuilder)(graph)
         head, readout_index = builder.build(x)
         sink = probe(head.a_out, self.steps_per_sample)
@@ -463,7 +527,7 @@ class LavaNetwork:
         if count > MAX_PROCESSES:
             raise LavaBuildError(f"the graph has {count} Lava processes in {self.mode} mode, more than the simulator "
                                  f"limit of {MAX_PROCESSES} (each is a forked OS process synchronised every step)")
-        self._last = {"graph": graph, "builder": builder}
+        self._last = {"graph": graph, "builder": builder, "head": head}
         return graph, sink, readout_index
 
     def run(self, x: ty.Any, timings: dict | None = None) -> torch.Tensor:
@@ -476,11 +540,30 @@ class LavaNetwork:
         graph, sink, readout_index = self.build(x)
         if timings is not None:
             timings["build_s"] = time.perf_counter() - start
-        current = run_processes({"readout": sink}, self.steps_per_sample, timings=timings,
+        tag = "floating_pt" if self.fixed_format is None else "fixed_pt"
+        current = run_processes({"readout": sink}, self.steps_per_sample, timings=timings, select_tag=tag,
                                 select_sub_proc_model=self.mode == "decomposed")["readout"]
+        return self._logits(current, graph, readout_index)
+
+    def simulate(self, x: ty.Any) -> torch.Tensor:
+        """The logits of :meth:`run` (bit for bit), computed by stepping the same graph in this
+        process (``procs.fused.Stepper``): no Lava runtime and no worker processes, so whole
+        batches of a data set go through in one graph. :meth:`stats` then describes this run."""
+        graph, sink, readout_index = self.build(x)
+        leaves, sources = fused.flatten(graph.processes)
+        stepper = fused.Stepper(leaves, sources, self.fixed_format is not None)
+        for t in range(self.steps_per_sample):
+            stepper.step(t)
+        return self._logits(sink.proc_params["record"], graph, readout_index)
+
+    def _logits(self, current: np.ndarray, graph: _Graph, readout_index: int) -> torch.Tensor:
+        """Decode the read-out: the integrated membrane u = Σ_τ B^-τ x_τ of the head's current
+        over its window, in ANN units (÷ unit_gain; fixed point: × its current unit)."""
         window = current[readout_index * graph.T:(readout_index + 1) * graph.T]
+        if self.fixed_format is not None:
+            window = window * 2.0 ** self._last["head"].proc_params["current_exp"]
         weights = self.code.base ** -np.arange(graph.T, dtype=np.float64)
-        membrane = np.tensordot(weights, window, axes=1)  # u = Σ_τ B^-τ x_τ
+        membrane = np.tensordot(weights, window, axes=1)
         return torch.from_numpy(membrane / self.code.unit_gain)
 
     def run_batch(self, xs: ty.Any, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
@@ -510,7 +593,9 @@ class LavaNetwork:
 
         Keys: processes, neurons, synapses (token-wise weights), steps_per_sample, layers (per
         layer :class:`LayerStats`, summed over the batch, plus ``input``: bits of the input code),
-        fire_histograms (per layer, neurons that fired at each fire step k = 0..T−1).
+        fire_histograms (per layer, neurons that fired at each fire step k = 0..T−1); fixed point
+        also ``clips``: per Process name, how many integer values were clipped to the state range
+        (saturated, never wrapped), only Processes that clipped.
         """
         if not self._last:
             raise RuntimeError("run the network first")
@@ -523,8 +608,17 @@ class LavaNetwork:
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
         if self._last["builder"].input_stats is not None:
             layers["input"] = self._last["builder"].input_stats
-        return {**self.graph_size(graph), "steps_per_sample": self.steps_per_sample, "layers": layers,
-                "fire_histograms": histograms}
+        stats = {**self.graph_size(graph), "steps_per_sample": self.steps_per_sample, "layers": layers,
+                 "fire_histograms": histograms}
+        if self.fixed_format is not None:
+            clips: dict[str, int] = {}
+            for leaf in _leaves(graph.processes):  # the three qkv synapses share a name: summed
+                record = leaf.proc_params.get("clip_record")
+                count = 0 if record is None else int(np.sum(record))
+                if count:
+                    clips[leaf.name] = clips.get(leaf.name, 0) + count
+            stats["clips"] = clips
+        return stats
 
     def graph_size(self, graph: _Graph) -> dict[str, int]:
         """OS processes, neurons and token-wise weights of a graph from :meth:`build` (no run needed)."""
@@ -546,12 +640,14 @@ def _leaves(processes: list) -> list:
     return [leaf for p in processes for leaf in (p.members if isinstance(p, Circuit) else [p])]
 
 
-def build_lava_network(cm: ConvertedModel, *, mode: str = "fused") -> LavaNetwork:
+def build_lava_network(cm: ConvertedModel, *, mode: str = "fused",
+                       fixed_format: FixedFormat | None = None) -> LavaNetwork:
     """A :class:`LavaNetwork` for a converted model (``ConvertedModel.load(folder)``).
 
     ``mode``: ``"fused"`` (one OS process per block, fast) or ``"decomposed"`` (one per
-    population and synapse: the porting path).
+    population and synapse: the porting path). ``fixed_format``: the integer network
+    (``fixed_pt`` models, the Loihi 2 port); None: floating point.
     """
     if not isinstance(cm, ConvertedModel):
         raise LavaBuildError(f"expected a ConvertedModel, got {type(cm).__name__}")
-    return LavaNetwork(cm, mode)
+    return LavaNetwork(cm, mode, fixed_format)

@@ -119,6 +119,8 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
 
 def trace_product(a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray, official: bool) -> np.ndarray:
     """a @ B̂ + Â @ b − Â_new @ b (b, b̂ already in right-operand layout, (..., d, M))."""
+    if not (a.any() or b.any()):  # no spike this step: every term is 0
+        return np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:-1] + b.shape[-1:])
     a_new = np.where(a != 0, np.abs(a_hat) if official else a_hat, 0.0)
     return a @ b_hat + a_hat @ b - a_new @ b
 
@@ -204,7 +206,10 @@ def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | Non
     """Gather the input layout, apply the weight along the last axis (+ bias), gather the output."""
     if in_index is not None:
         x = x.reshape(-1)[in_index]
-    y = x @ weight_t + bias
+    if x.any():
+        y = x @ weight_t + bias
+    else:  # no spike this step (most steps): skip the product
+        y = np.zeros(x.shape[:-1] + weight_t.shape[-1:]) + bias
     return y if out_index is None else y.reshape(-1)[out_index]
 
 

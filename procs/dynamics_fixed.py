@@ -225,7 +225,10 @@ def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clip
     if p["transpose_b"]:
         b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
     a_new = np.where(a != 0, np.abs(a_hat) if p["official"] else a_hat, 0)
-    product = exact_matmul(a, b_hat) + exact_matmul(a_hat, b) - exact_matmul(a_new, b)
+    if a.any() or b.any():
+        product = exact_matmul(a, b_hat) + exact_matmul(a_hat, b) - exact_matmul(a_new, b)
+    else:  # no spike this step: every term is 0
+        product = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:-1] + b.shape[-1:], np.int64)
     y = rshift_round(product * q.factor_mantissa, q.shift)
     if q.bias is not None and 0 <= t - p["bias_start"] < p["timesteps"]:
         y = y + q.bias

@@ -31,15 +31,17 @@ from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.models import woss_params
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 
-Read = ty.Callable[[ty.Any], np.ndarray]
-
-
 class Stage(ty.NamedTuple):
-    """One computation of a leaf within a step: reads ``inputs`` ports, writes ``outputs``."""
+    """One computation of a leaf within a step: reads ``inputs`` ports, writes ``outputs``.
+
+    ``run(t, read)`` returns {OutPort: array or None}; None means all zeros (a quiet port: a
+    population outside its window, a synapse without input), so that quiet parts of a network
+    cost nothing. Returned arrays are never mutated afterwards, except a membrane (v_out).
+    """
 
     inputs: tuple
     outputs: tuple
-    run: ty.Callable[[int, Read], dict]
+    run: ty.Callable[[int, "Reader"], dict]
 
 
 def stages(member, fixed: bool) -> list[Stage]:
@@ -51,87 +53,89 @@ def stages(member, fixed: bool) -> list[Stage]:
     raise ValueError(f"no fused update for {type(member).__name__} {member.name!r}")
 
 
-# --- floating point -----------------------------------------------------------------------------------
-def _phase(member: PhaseNeuron, p) -> list[Stage]:
-    params, shape = dynamics.PhaseParams.from_proc_params(p), p["shape"]
-    state = dynamics.PhaseState(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
-                                p["fire_record"], p["saturation_record"],
-                                np.zeros(shape) if params.divide_free else None)
+# --- stages shared by both precisions --------------------------------------------------------------------
+def _population(member, start: int, end: int, advance: ty.Callable, decode: ty.Callable[[], np.ndarray],
+                membrane: np.ndarray) -> list[Stage]:
+    """A spiking population (PhaseNeuron, WossNeuron) active in steps [start, end).
+
+    ``advance(t, read)`` runs its update and returns the spikes; ``decode()`` its trace_out,
+    recomputed only in a step with spikes (it changes only when a neuron fires). Outside the
+    window nothing changes: no update runs, and the outputs are the held values.
+    """
+    held: dict[str, np.ndarray | None] = {"trace": None}
 
     def run(t, read):
-        spikes = dynamics.phase_step(state, params, t, read(member.a_in), read(member.trace_in)[0],
-                                     read(member.div_in))
-        return {member.s_out: spikes, member.trace_out: state.decoded(params.scale), member.v_out: state.v}
-    return [Stage((member.a_in, member.trace_in, member.div_in), (member.s_out, member.trace_out, member.v_out),
-                  run)]
+        if t < start:
+            return {member.s_out: None, member.trace_out: None, member.v_out: None}
+        spikes = advance(t, read) if t < end else None
+        if spikes is not None and spikes.any():
+            held["trace"] = decode()
+        else:
+            spikes = None
+        return {member.s_out: spikes, member.trace_out: held["trace"], member.v_out: membrane}
+    inputs = tuple(port for port in member.in_ports)
+    return [Stage(inputs, (member.s_out, member.trace_out, member.v_out), run)]
 
 
-def _woss(member: WossNeuron, p) -> list[Stage]:
-    params, shape = woss_params(p), p["shape"]
-    v, fired, latched = np.zeros(shape), np.zeros(shape, bool), np.zeros(shape)
-
-    def run(t, read):
-        spikes = dynamics.woss_neuron_step(v, fired, latched, p["fire_record"], params, t, read(member.a_in),
-                                           read(member.shift_in), read(member.theta_in)[0], read(member.trace_in)[0])
-        return {member.s_out: spikes, member.trace_out: latched.copy(), member.v_out: v}
-    return [Stage((member.a_in, member.shift_in, member.theta_in, member.trace_in),
-                  (member.s_out, member.trace_out, member.v_out), run)]
-
-
-def _inhibitor(member: WossInhibitor, p) -> list[Stage]:
-    params, row_shape = woss_params(p), p["shape"][:-1] + (1,)
-    open_rows, theta = np.ones(row_shape, bool), np.array([p["theta0"]])
+def _inhibitor(member: WossInhibitor, shift: ty.Callable, ramp: ty.Callable, total: ty.Callable,
+               clip_record: np.ndarray | None) -> list[Stage]:
+    """WossInhibitor: the row shift (input window only), the ramp, and the spike sum, recomputed
+    only when the WOSS trace changes (its clip count, if any, repeats every step as in Lava)."""
+    p = member.proc_params
+    start, timesteps = p["start"], p["timesteps"]
+    last: dict[str, ty.Any] = {"in": None, "out": None, "clips": 0}
 
     def shift_and_ramp(t, read):
-        return {member.shift_out: dynamics.woss_shift(open_rows, params, t, read(member.a_in)),
-                member.theta_out: np.array([dynamics.woss_threshold(theta, params, t)])}
+        row_shift = shift(t, read(member.a_in)) if start <= t < start + timesteps else None
+        return {member.shift_out: row_shift, member.theta_out: np.array([ramp(t)])}
 
     def normaliser(t, read):
-        return {member.norm_out: read(member.trace_in).sum(axis=-1, keepdims=True)}
+        if read.quiet(member.trace_in):
+            return {member.norm_out: None}
+        trace = read(member.trace_in)
+        if trace is not last["in"]:
+            before = 0 if clip_record is None else int(clip_record[0])
+            last["in"], last["out"] = trace, total(trace)
+            last["clips"] = 0 if clip_record is None else int(clip_record[0]) - before
+        elif last["clips"]:
+            clip_record[0] += last["clips"]
+        return {member.norm_out: last["out"]}
     return [Stage((member.a_in,), (member.shift_out, member.theta_out), shift_and_ramp),
             Stage((member.trace_in,), (member.norm_out,), normaliser)]
 
 
-def _matmul(member: TraceMatMul, p) -> list[Stage]:
+def _synapse(member, inputs: tuple, output, bias_window: tuple[int, int] | None, compute: ty.Callable,
+             drive: tuple) -> list[Stage]:
+    """A synapse (TokenLinear, TraceMatMul): quiet when its ``drive`` ports are quiet (no spike)
+    and its bias is off; otherwise ``compute(t, read)``."""
     def run(t, read):
-        return {member.a_out: dynamics.trace_matmul(p, t, read(member.a_in), read(member.a_trace_in),
-                                                    read(member.b_in), read(member.b_trace_in))}
-    return [Stage((member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), (member.a_out,), run)]
+        bias_on = bias_window is not None and bias_window[0] <= t < bias_window[1]
+        if not bias_on and all(read.quiet(port) for port in drive):
+            return {output: None}
+        return {output: compute(t, read)}
+    return [Stage(inputs, (output,), run)]
 
 
-def _linear(member: TokenLinear, p) -> list[Stage]:
-    def run(t, read):
-        bias = dynamics.window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"])
-        return {member.a_out: dynamics.token_linear(read(member.s_in), p["weight_t"], p["in_index"],
-                                                    p["out_index"], bias)}
-    return [Stage((member.s_in,), (member.a_out,), run)]
+def _bias_window(p) -> tuple[int, int] | None:
+    return None if p["injected_bias"] is None else (p["bias_start"], p["bias_start"] + p["timesteps"])
 
 
-def _delay(member: DelayLine, p, dtype=np.float64) -> list[Stage]:
-    buffer = np.zeros((p["delay"],) + p["shape"], dtype)
+def _delay(member: DelayLine, p) -> list[Stage]:
+    """Ring buffer of references (outputs are never mutated, so no copy); None = zeros."""
+    slots: list[np.ndarray | None] = [None] * p["delay"]
 
     def send(t, read):
-        return {member.a_out: dynamics.delay_output(buffer, t)}
+        return {member.a_out: slots[t % len(slots)]}
 
     def store(t, read):
-        dynamics.delay_input(buffer, t, read(member.s_in))
+        slots[t % len(slots)] = None if read.quiet(member.s_in) else read(member.s_in)
         return {}
     return [Stage((), (member.a_out,), send), Stage((member.s_in,), (), store)]
 
 
-def _trace(member: TraceHolder, p) -> list[Stage]:
+def _source(member: SpikeSource, data: np.ndarray) -> list[Stage]:
     def run(t, read):
-        return {member.s_out: np.array([dynamics.global_trace(t, p["phase"], p["timesteps"], p["base"],
-                                                              p["trace_start"])])}
-    return [Stage((), (member.s_out,), run)]
-
-
-def _source(member: SpikeSource, p, data: np.ndarray | None = None) -> list[Stage]:
-    data = p["data"] if data is None else data
-    zeros = np.zeros(data.shape[1:], data.dtype)
-
-    def run(t, read):
-        return {member.s_out: data[t] if t < data.shape[0] else zeros}
+        return {member.s_out: data[t] if t < data.shape[0] else None}
     return [Stage((), (member.s_out,), run)]
 
 
@@ -146,9 +150,62 @@ def _sink(member: SpikeSink, p) -> list[Stage]:
     return [Stage((member.a_in,), (), run)]
 
 
+# --- floating point -----------------------------------------------------------------------------------
+def _phase(member: PhaseNeuron, p) -> list[Stage]:
+    params, shape = dynamics.PhaseParams.from_proc_params(p), p["shape"]
+    state = dynamics.PhaseState(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
+                                p["fire_record"], p["saturation_record"],
+                                np.zeros(shape) if params.divide_free else None)
+
+    def advance(t, read):
+        return dynamics.phase_step(state, params, t, read(member.a_in), read(member.trace_in)[0], read(member.div_in))
+    return _population(member, member.start, member.end, advance, lambda: state.decoded(params.scale), state.v)
+
+
+def _woss(member: WossNeuron, p) -> list[Stage]:
+    params, shape = woss_params(p), p["shape"]
+    v, fired, latched = np.zeros(shape), np.zeros(shape, bool), np.zeros(shape)
+
+    def advance(t, read):
+        return dynamics.woss_neuron_step(v, fired, latched, p["fire_record"], params, t, read(member.a_in),
+                                         read(member.shift_in), read(member.theta_in)[0], read(member.trace_in)[0])
+    return _population(member, p["start"], p["start"] + p["wait"] + p["timesteps"], advance, latched.copy, v)
+
+
+def _inhibitor_float(member: WossInhibitor, p) -> list[Stage]:
+    params, row_shape = woss_params(p), p["shape"][:-1] + (1,)
+    open_rows, theta = np.ones(row_shape, bool), np.array([p["theta0"]])
+    return _inhibitor(member, lambda t, x: dynamics.woss_shift(open_rows, params, t, x),
+                      lambda t: dynamics.woss_threshold(theta, params, t),
+                      lambda trace: trace.sum(axis=-1, keepdims=True), None)
+
+
+def _matmul(member: TraceMatMul, p) -> list[Stage]:
+    def compute(t, read):
+        return dynamics.trace_matmul(p, t, read(member.a_in), read(member.a_trace_in), read(member.b_in),
+                                     read(member.b_trace_in))
+    return _synapse(member, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
+                    _bias_window(p), compute, (member.a_in, member.b_in))
+
+
+def _linear(member: TokenLinear, p) -> list[Stage]:
+    def compute(t, read):
+        bias = dynamics.window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"])
+        return dynamics.token_linear(read(member.s_in), p["weight_t"], p["in_index"], p["out_index"], bias)
+    return _synapse(member, (member.s_in,), member.a_out, _bias_window(p), compute, (member.s_in,))
+
+
+def _trace(member: TraceHolder, p) -> list[Stage]:
+    def run(t, read):
+        return {member.s_out: np.array([dynamics.global_trace(t, p["phase"], p["timesteps"], p["base"],
+                                                              p["trace_start"])])}
+    return [Stage((), (member.s_out,), run)]
+
+
 _FLOAT: dict[type, ty.Callable[..., list[Stage]]] = {
-    PhaseNeuron: _phase, WossNeuron: _woss, WossInhibitor: _inhibitor, TraceMatMul: _matmul,
-    TokenLinear: _linear, DelayLine: _delay, TraceHolder: _trace, SpikeSource: _source, SpikeSink: _sink}
+    PhaseNeuron: _phase, WossNeuron: _woss, WossInhibitor: _inhibitor_float, TraceMatMul: _matmul,
+    TokenLinear: _linear, DelayLine: _delay, TraceHolder: _trace, SpikeSink: _sink,
+    SpikeSource: lambda member, p: _source(member, p["data"])}
 
 
 # --- fixed point ---------------------------------------------------------------------------------------
@@ -161,13 +218,11 @@ def _phase_fixed(member: PhaseNeuron, p) -> list[Stage]:
         np.zeros(shape, np.int64), np.zeros(shape, bool), np.zeros(shape, np.int64), np.zeros(shape, np.int64),
         p["fire_record"], p["saturation_record"], p["clip_record"], np.zeros(shape, np.int64))
 
-    def run(t, read):
-        spikes = dynamics_fixed.phase_step_fixed(state, params, t, read(member.a_in), int(read(member.trace_in)[0]),
-                                                 read(member.div_in))
-        return {member.s_out: spikes, member.trace_out: dynamics_fixed.decoded_fixed(state, params),
-                member.v_out: state.v}
-    return [Stage((member.a_in, member.trace_in, member.div_in), (member.s_out, member.trace_out, member.v_out),
-                  run)]
+    def advance(t, read):
+        return dynamics_fixed.phase_step_fixed(state, params, t, read(member.a_in), int(read(member.trace_in)[0]),
+                                               read(member.div_in))
+    return _population(member, member.start, member.end, advance,
+                       lambda: dynamics_fixed.decoded_fixed(state, params), state.v)
 
 
 def _woss_fixed(member: WossNeuron, p) -> list[Stage]:
@@ -175,50 +230,44 @@ def _woss_fixed(member: WossNeuron, p) -> list[Stage]:
     v, fired, latched = np.zeros(shape, np.int64), np.zeros(shape, bool), np.zeros(shape, np.int64)
     clips = np.zeros(shape, np.int64)
 
-    def run(t, read):
+    def advance(t, read):
         spikes = dynamics_fixed.woss_neuron_step_fixed(v, fired, latched, p["fire_record"], clips, params, t,
                                                        read(member.a_in), read(member.shift_in),
                                                        int(read(member.theta_in)[0]), int(read(member.trace_in)[0]))
-        return {member.s_out: spikes, member.trace_out: latched.copy(), member.v_out: v}
-    return [Stage((member.a_in, member.shift_in, member.theta_in, member.trace_in),
-                  (member.s_out, member.trace_out, member.v_out), run)]
+        p["clip_record"][0] = clips.sum()
+        return spikes
+    return _population(member, p["start"], p["start"] + p["wait"] + p["timesteps"], advance, latched.copy, v)
 
 
 def _inhibitor_fixed(member: WossInhibitor, p) -> list[Stage]:
     params, row_shape = dynamics_fixed.FixedWossParams.from_proc_params(p), p["shape"][:-1] + (1,)
     open_rows, theta = np.ones(row_shape, bool), np.zeros(1, np.int64)
-
-    def shift_and_ramp(t, read):
-        return {member.shift_out: dynamics_fixed.woss_shift_fixed(open_rows, params, t, read(member.a_in)),
-                member.theta_out: np.array([dynamics_fixed.woss_threshold_fixed(theta, params, t)])}
-
-    def normaliser(t, read):
-        return {member.norm_out: dynamics_fixed.woss_spike_sum_fixed(read(member.trace_in), params,
-                                                                     p["clip_record"])}
-    return [Stage((member.a_in,), (member.shift_out, member.theta_out), shift_and_ramp),
-            Stage((member.trace_in,), (member.norm_out,), normaliser)]
+    return _inhibitor(member, lambda t, x: dynamics_fixed.woss_shift_fixed(open_rows, params, t, x),
+                      lambda t: dynamics_fixed.woss_threshold_fixed(theta, params, t),
+                      lambda trace: dynamics_fixed.woss_spike_sum_fixed(trace, params, p["clip_record"]),
+                      p["clip_record"])
 
 
 def _matmul_fixed(member: TraceMatMul, p) -> list[Stage]:
     params = dynamics_fixed.FixedMatMulParams.from_proc_params(p)
     p["clip_record"][0] += params.bias_clips
 
-    def run(t, read):
-        return {member.a_out: dynamics_fixed.trace_matmul_fixed(p, params, t, read(member.a_in),
-                                                                read(member.a_trace_in), read(member.b_in),
-                                                                read(member.b_trace_in), p["clip_record"])}
-    return [Stage((member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), (member.a_out,), run)]
+    def compute(t, read):
+        return dynamics_fixed.trace_matmul_fixed(p, params, t, read(member.a_in), read(member.a_trace_in),
+                                                 read(member.b_in), read(member.b_trace_in), p["clip_record"])
+    return _synapse(member, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
+                    _bias_window(p), compute, (member.a_in, member.b_in))
 
 
 def _linear_fixed(member: TokenLinear, p) -> list[Stage]:
     params = dynamics_fixed.FixedLinearParams.from_proc_params(p)
     p["clip_record"][0] += params.bias_clips
 
-    def run(t, read):
+    def compute(t, read):
         bias_on = 0 <= t - p["bias_start"] < p["timesteps"]
-        return {member.a_out: dynamics_fixed.token_linear_fixed(read(member.s_in), params, p["in_index"],
-                                                                p["out_index"], bias_on, p["clip_record"])}
-    return [Stage((member.s_in,), (member.a_out,), run)]
+        return dynamics_fixed.token_linear_fixed(read(member.s_in), params, p["in_index"], p["out_index"], bias_on,
+                                                 p["clip_record"])
+    return _synapse(member, (member.s_in,), member.a_out, _bias_window(p), compute, (member.s_in,))
 
 
 def _trace_fixed(member: TraceHolder, p) -> list[Stage]:
@@ -230,8 +279,7 @@ def _trace_fixed(member: TraceHolder, p) -> list[Stage]:
 _FIXED: dict[type, ty.Callable[..., list[Stage]]] = {
     PhaseNeuron: _phase_fixed, WossNeuron: _woss_fixed, WossInhibitor: _inhibitor_fixed,
     TraceMatMul: _matmul_fixed, TokenLinear: _linear_fixed, TraceHolder: _trace_fixed, SpikeSink: _sink,
-    DelayLine: lambda member, p: _delay(member, p, np.int64),
-    SpikeSource: lambda member, p: _source(member, p, dynamics_fixed.integer_payloads(p["data"])),
+    DelayLine: _delay, SpikeSource: lambda member, p: _source(member, dynamics_fixed.integer_payloads(p["data"])),
 }
 
 
@@ -248,23 +296,51 @@ class Stepper:
                  fixed: bool) -> None:
         self.sources = {port: list(keys) for port, keys in sources.items()}
         self.dtype = np.int64 if fixed else np.float64
+        self._zeros: dict[tuple, np.ndarray] = {}
         self.stages = _schedule([stage for member in members for stage in stages(member, fixed)], self.sources)
 
     def step(self, t: int, external: ty.Mapping[ty.Hashable, np.ndarray] | None = None) -> dict:
-        """Run every stage for step ``t`` (0-based); returns the outputs by ``id(OutPort)``."""
-        values: dict[ty.Hashable, np.ndarray] = dict(external or {})
-
-        def read(port) -> np.ndarray:
-            total = np.zeros(port.shape, self.dtype)
-            for key in self.sources.get(id(port), ()):
-                if key in values:
-                    total = total + values[key]
-            return total
-
+        """Run every stage for step ``t`` (0-based); returns the outputs by ``id(OutPort)``
+        (None: all zeros)."""
+        values: dict[ty.Hashable, np.ndarray | None] = dict(external or {})
+        read = Reader(self, values)
         for stage in self.stages:
             for port, value in stage.run(t, read).items():
                 values[id(port)] = value
         return values
+
+    def zeros(self, port) -> np.ndarray:
+        """A read-only zero array of the port's shape (what a quiet port reads)."""
+        key = (tuple(port.shape), self.dtype)
+        if key not in self._zeros:
+            self._zeros[key] = np.zeros(port.shape, self.dtype)
+            self._zeros[key].setflags(write=False)
+        return self._zeros[key]
+
+
+class Reader:
+    """What a stage reads: an InPort's value, the sum of its sources' outputs this step (as
+    Lava's InPort.recv sums its connections), a shared zero array if all are quiet."""
+
+    def __init__(self, stepper: Stepper, values: dict) -> None:
+        self.stepper, self.values = stepper, values
+
+    def _present(self, port) -> list[np.ndarray]:
+        values = self.values
+        return [values[key] for key in self.stepper.sources.get(id(port), ()) if values.get(key) is not None]
+
+    def quiet(self, port) -> bool:
+        """No source of ``port`` sent anything non-zero this step."""
+        return not self._present(port)
+
+    def __call__(self, port) -> np.ndarray:
+        present = self._present(port)
+        if not present:
+            return self.stepper.zeros(port)
+        total = present[0]
+        for value in present[1:]:
+            total = total + value
+        return total
 
 
 def _schedule(all_stages: list[Stage], sources: ty.Mapping[int, list]) -> list[Stage]:

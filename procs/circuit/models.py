@@ -46,8 +46,10 @@ class _FusedBase(PyLoihiProcessModel):
         self.output = id(proc_params["output"])
 
     def run_spk(self) -> None:
-        values = self.stepper.step(self.time_step - 1, {"s_in": self.s_in.recv(), "trace_in": self.trace_in.recv()})
-        self.s_out.send(values[self.output])
+        external = {name: (x if x.any() else None) for name, x in (("s_in", self.s_in.recv()),
+                                                                   ("trace_in", self.trace_in.recv()))}
+        out = self.stepper.step(self.time_step - 1, external)[self.output]
+        self.s_out.send(np.zeros(self.s_out.shape) if out is None else out)
 
 
 @implements(proc=Circuit, protocol=LoihiProtocol)

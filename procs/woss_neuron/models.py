@@ -74,6 +74,7 @@ class PyWossNeuronModelFixed(PyLoihiProcessModel):
         spikes = dynamics_fixed.woss_neuron_step_fixed(self.v, self.fired, self.latched, self.fire_step, self._clips,
                                                        self.params, self.time_step - 1, x, shift, theta, trace)
         self.proc_params["fire_record"][...] = self.fire_step
+        self.proc_params["clip_record"][0] = self._clips.sum()
         self.s_out.send(spikes)
         self.trace_out.send(self.latched.copy())
         self.v_out.send(self.v.copy())

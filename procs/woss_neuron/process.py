@@ -62,6 +62,12 @@ class WossNeuron(AbstractProcess):
         self.fire_step = Var(shape=shape, init=-1)
         self.latched = Var(shape=shape, init=0.0)
 
+    def recorded_clips(self) -> int:
+        """fixed_pt: how many membrane updates were clipped to the state range in the last run."""
+        if self.proc_params["clip_record"] is None:
+            raise ValueError("WossNeuron: built without a fixed-point format (no clip record)")
+        return int(self.proc_params["clip_record"][0])
+
     def recorded_fire_steps(self) -> np.ndarray:
         """Fire step of every entry in the last run (−1: silent)."""
         return np.array(self.proc_params["fire_record"], copy=True)
