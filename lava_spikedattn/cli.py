@@ -609,17 +609,24 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
     from lava_spikedattn.builder import build_lava_network
     from lava_spikedattn.evaluate import split_batch
 
+    from lava_spikedattn.reference.fixed import FixedFormat
+
     cm, _, batches = _load_for_evaluation(args)
-    net = build_lava_network(cm, mode=args.mode)
+    fmt = FixedFormat() if args.fixed else None
+    net = build_lava_network(cm, mode=args.mode, fixed_format=fmt)
     reference = cm.to_reference("closed").double()
-    print(f"{args.folder}: {cm.code.describe()}, {cm.steps_per_inference} steps per inference, Lava "
+    precision = "integer (fixed_pt)" if args.fixed else "float"
+    print(f"{args.folder}: {cm.code.describe()}, {cm.steps_per_inference} steps per inference, {precision} Lava "
           f"{args.mode} network on {args.limit} samples of {args.data} ({args.split})")
-    samples = same = correct = labeled = steps = 0
+    samples = same = correct = labeled = steps = unequal = 0
     worst = 0.0
     for batch in tqdm(batches, desc="Lava", unit="batch", disable=args.no_progress):
         inputs, labels = split_batch(batch)
         logits = net.run(inputs)
         expected = reference(inputs if isinstance(inputs, dict) else inputs.double())
+        if args.fixed:  # the port's own oracle: the same integer graph stepped in this process
+            simulated = build_lava_network(cm, fixed_format=fmt).simulate(inputs)
+            unequal += int((logits != simulated).any(-1).sum())
         same += int((logits.argmax(-1) == expected.argmax(-1)).sum())
         worst = max(worst, float((logits - expected).abs().max() / expected.abs().max().clamp(min=1e-300)))
         samples += len(logits)
@@ -628,18 +635,29 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
             labeled += len(labels)
             correct += int((logits.argmax(-1) == torch.as_tensor(labels)).sum())
     stats = net.stats()
-    print(f"  same class as the closed-form reference engine: {same}/{samples}; max logit difference "
+    print(f"  same class as the (float) closed-form reference engine: {same}/{samples}; max logit difference "
           f"{worst:.1e} (relative)")
+    if args.fixed:
+        print(f"  logits equal to the in-process integer simulation, bit for bit: {samples - unequal}/{samples}; "
+              f"clipped values: {sum(stats['clips'].values())}")
     if labeled:
         print(f"  Lava accuracy {correct}/{labeled} ({correct / labeled:.2%})")
     print(f"  {stats['processes']} Lava processes, {stats['neurons']:,} neurons, {stats['synapses']:,} token-wise "
           f"weights; {steps:,} steps simulated")
     if args.json is not None:
-        args.json.write_text(json.dumps({"samples": samples, "same_class": same, "max_relative_difference": worst,
-                                         "labeled": labeled, "correct": correct, "steps_simulated": steps,
-                                         "processes": stats["processes"], "neurons": stats["neurons"],
-                                         "synapses": stats["synapses"]}, indent=1) + "\n")
+        result = {"samples": samples, "same_class": same, "max_relative_difference": worst,
+                  "labeled": labeled, "correct": correct, "steps_simulated": steps,
+                  "processes": stats["processes"], "neurons": stats["neurons"], "synapses": stats["synapses"]}
+        if args.fixed:
+            result.update(fixed_point=True, equal_to_simulation=samples - unequal, clips=stats["clips"])
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
         print(f"\nwritten {args.json}")
+    if args.fixed:
+        if unequal:
+            print(f"spikedattn run-lava: error: the Lava integer network differs from the in-process integer "
+                  f"simulation on {unequal} sample(s)", file=sys.stderr)
+            return 1
+        return 0
     if same != samples:
         print(f"spikedattn run-lava: error: the Lava network predicted another class than the reference engine on "
               f"{samples - same} sample(s)", file=sys.stderr)
@@ -839,12 +857,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Build the Lava network of a converted model (one Process per layer-level operator) and run\n"
             "--limit samples of --data through Lava's CPU simulator (Loihi2SimCfg), comparing every\n"
             "prediction and logit with the closed-form reference engine. Exit status 1 if any prediction\n"
-            "differs. Lava costs about 1 ms per process and step: keep --limit small.\n\n"
-            "  spikedattn run-lava weights/swin_fashion_mnist --data fashion-mnist --limit 4"))
+            "differs. Lava costs about 1 ms per process and step: keep --limit small.\n"
+            "--fixed runs the integer network of the Loihi 2 port (fixed_pt models: 24-bit state, 8-bit\n"
+            "weights); it is compared bit for bit with the same integer graph stepped in process (exit\n"
+            "status 1 if they differ) and its classes are reported against the float engine.\n\n"
+            "  spikedattn run-lava weights/swin_fashion_mnist --data fashion-mnist --limit 4 [--fixed]"))
     _add_evaluation_inputs(run_lava, limit=4, ann=False)
     run_lava.add_argument("--mode", choices=("fused", "decomposed"), default="fused",
                           help="fused: one OS process per block (fast); decomposed: every population and "
                                "synapse its own Process, the porting path (about 7x slower) (default: fused)")
+    run_lava.add_argument("--fixed", action="store_true",
+                          help="run the integer (fixed_pt) network of the Loihi 2 port instead of the float one")
     run_lava.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     _add_common(run_lava, batch_size=1, device=False)
     run_lava.set_defaults(func=cmd_run_lava, parser=run_lava)

@@ -134,10 +134,18 @@ def test_run_lava_checks_every_prediction_against_the_reference(tmp_path, capsys
     status, out, err = run(capsys, "run-lava", folder, "--data", "digits", "--limit", "2", "--batch-size", "2",
                            "--json", tmp_path / "lava.json", "--no-progress")
     assert status == 0, err
-    assert "same class as the closed-form reference engine: 2/2" in out and "Lava accuracy" in out
+    assert "same class as the (float) closed-form reference engine: 2/2" in out and "Lava accuracy" in out
     data = json.loads((tmp_path / "lava.json").read_text())
     assert data["samples"] == data["same_class"] == 2 and data["max_relative_difference"] < 1e-9
     assert data["steps_simulated"] == 2 * 32 * 8  # 32 layers of T = 8 steps per image
+    # the integer network: equal to its in-process simulation bit for bit, classes reported
+    status, out, err = run(capsys, "run-lava", folder, "--data", "digits", "--limit", "2", "--batch-size", "2",
+                           "--fixed", "--json", tmp_path / "fixed.json", "--no-progress")
+    assert status == 0, err
+    assert "integer (fixed_pt) Lava fused network" in out and "bit for bit: 2/2" in out
+    data = json.loads((tmp_path / "fixed.json").read_text())
+    assert data["fixed_point"] and data["equal_to_simulation"] == 2 and data["clips"] == {}
+    assert 0 < data["max_relative_difference"] < 0.5  # 8-bit weights: close to, not equal to, the float engine
 
 
 def test_loihi_report_prints_the_resources_and_writes_json(converted, tmp_path, capsys):
