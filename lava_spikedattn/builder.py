@@ -22,7 +22,6 @@ that holds its largest possible value. Runs select the ``fixed_pt`` ProcessModel
 
 from __future__ import annotations
 
-import math
 import time
 import typing as ty
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
-from lava_spikedattn.reference.fixed import FixedFormat, round_half_up
+from lava_spikedattn.reference.fixed import FixedFormat
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
 from lava_spikedattn.wiring import connect, one_shot, probe
 
@@ -363,10 +362,8 @@ def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndar
                                 (inhibitor.shift_out, woss.shift_in), (inhibitor.theta_out, woss.theta_in),
                                 (woss.trace_out, inhibitor.trace_in)):
         g.link(source, destination)
-    out_units = {}
-    if g.fmt is not None:  # the membrane holds Σ_j p_j·v_j unnormalised: up to N times the value
-        headroom = 2 + math.ceil(math.log2(logit_shape[-1]))
-        out_units = {"current_exp": g.fmt.current_exponent(g.scale(f"{p}.stdp_av", head_shape), headroom)}
+    out_units = {} if g.fmt is None else {
+        "current_exp": g.fmt.attention_output_exponent(g.scale(f"{p}.stdp_av", head_shape), logit_shape[-1])}
     out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,), **out_units)
     av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
     v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
@@ -398,10 +395,7 @@ class _BertBuilder:
         x = x.detach().double()
         self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
         embeddings = g.neuron("embeddings_if", tuple(x.shape))
-        data = one_shot(x, g.code, g.cm.steps_per_inference)
-        if g.fmt is not None:  # integer currents; beyond the state range they clip (and saturate the neuron)
-            data = np.clip(round_half_up(data / 2.0**embeddings.current_exp), g.fmt.state_min, g.fmt.state_max)
-        source = g.add(SpikeSource(data=data))
+        source = g.add(SpikeSource(data=one_shot(x, g.code, g.cm.steps_per_inference, neuron=embeddings)))
         g.link(source.s_out, embeddings.a_in)
         self.input_stats = None  # the embeddings enter as values: no input spike code
         s = g.stream(embeddings)

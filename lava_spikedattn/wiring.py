@@ -23,23 +23,30 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
+from lava_spikedattn.reference.fixed import FixedFormat, round_half_up
 
 
-def one_shot(x: ty.Any, code: PhaseCode, num_steps: int, step: int = 0) -> np.ndarray:
+def one_shot(x: ty.Any, code: PhaseCode, num_steps: int, step: int = 0,
+             neuron: PhaseNeuron | None = None) -> np.ndarray:
     """Playback array (num_steps, *x.shape) injecting ``unit_gain·x`` at ``step`` only.
 
     A :class:`PhaseNeuron` whose input window contains ``step`` then integrates exactly
-    ``u = unit_gain·x/scale``: it fires as if ``x`` had arrived as spikes.
+    ``u = unit_gain·x/scale``: it fires as if ``x`` had arrived as spikes. For a fixed-point
+    ``neuron`` the current is integer, ``round(unit_gain·x/2^current_exp)``, clipped to the state
+    range (a clipped value is above the top level: the neuron records it as saturated).
     """
     x = np.asarray(torch.as_tensor(x, dtype=torch.float64).numpy())
     data = np.zeros((num_steps,) + x.shape)
     data[step] = code.unit_gain * x
+    fmt = None if neuron is None else neuron.proc_params["fixed_format"]
+    if fmt is not None:
+        data = np.clip(round_half_up(data / 2.0**neuron.current_exp), fmt.state_min, fmt.state_max)
     return data
 
 
-def inject(x: ty.Any, code: PhaseCode, num_steps: int, step: int = 0) -> SpikeSource:
+def inject(x: ty.Any, code: PhaseCode, num_steps: int, step: int = 0, neuron: PhaseNeuron | None = None) -> SpikeSource:
     """A :class:`SpikeSource` that injects ``x`` one-shot (see :func:`one_shot`)."""
-    return SpikeSource(data=one_shot(x, code, num_steps, step))
+    return SpikeSource(data=one_shot(x, code, num_steps, step, neuron))
 
 
 def connect(source, destination) -> None:
@@ -82,11 +89,13 @@ def _port_name(port) -> str:
 
 @dataclass
 class AttentionCore:
-    """The Lava processes of one attention core and the sinks that record it."""
+    """The Lava processes of one attention core and the sinks that record it (``fixed``: the
+    integer core, run with the fixed_pt models)."""
 
     code: PhaseCode
     processes: dict[str, ty.Any]
     sinks: dict[str, SpikeSink] = field(default_factory=dict)
+    fixed: bool = False
 
     @property
     def num_steps(self) -> int:
@@ -97,21 +106,26 @@ class AttentionCore:
         return len(self.processes) + len(self.sinks)
 
     def run(self) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """Run the 5T steps; returns the decoded output (..., N, dv) and every probe's record."""
-        records = run_processes(self.sinks, self.num_steps)
-        out = self.code.decode_spike_train(records["out"], self.processes["out"].fire_start)
-        return out, records
+        """Run the 5T steps; returns the decoded output (..., N, dv) in ANN units and every
+        probe's record (fixed point: integer payloads and membranes)."""
+        out = self.processes["out"]
+        records = run_processes(self.sinks, self.num_steps, select_tag="fixed_pt" if self.fixed else "floating_pt")
+        spikes = records["out"] * 2.0**out.payload_exp if self.fixed else records["out"]
+        return self.code.decode_spike_train(spikes, out.fire_start), records
 
 
 def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_logits, scale_out, *,
                    bias=None, ramp_start: float | None = None, key_mask=None,
-                   probes: ty.Iterable[str] = ()) -> AttentionCore:
+                   probes: ty.Iterable[str] = (), fixed_format: FixedFormat | None = None) -> AttentionCore:
     """Build the SpikedAttention core as Lava processes, timed like ``stepped.AttentionCoreSim``.
 
     q, k, v: (..., N, d), (..., M, d), (..., M, dv) values injected one-shot into the q/k/v
     neurons at step 0. ``key_mask`` (bool, True = key present) silences padded keys as in the
     reference. ``probes`` names populations (q, k, v, logits, woss, out) whose spikes
     (``NAME``) and membranes (``NAME.v``) are recorded besides the output's spikes.
+    ``fixed_format``: the integer core (the Loihi 2 port, ``reference.fixed``): every population
+    gets its default units (the output neuron ``FixedFormat.attention_output_exponent``), the
+    products their operands' payload units, and the run selects the fixed_pt models.
     Processes: 3 sources, 1 trace holder, 3 q/k/v neurons, QKᵀ product, logits neuron, WOSS
     neurons + inhibitor, 2 delay lines (V spikes and traces), attention×V product, output neuron.
     """
@@ -121,26 +135,41 @@ def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_lo
     logit_shape = tuple(torch.broadcast_shapes(q[..., :1].shape, k[..., :1].transpose(-1, -2).shape))
     out_shape = logit_shape[:-1] + (v.shape[-1],)
     steps = 5 * T
+    fmt = fixed_format
+    out_units = {} if fmt is None else {
+        "current_exp": fmt.attention_output_exponent(_np(scale_out), logit_shape[-1])}
     p: dict[str, ty.Any] = {
-        "trace": TraceHolder(code=code),
-        "q": PhaseNeuron(shape=tuple(q.shape), scale=_np(scale_q), code=code),
-        "k": PhaseNeuron(shape=tuple(k.shape), scale=_np(scale_k), code=code),
-        "v": PhaseNeuron(shape=tuple(v.shape), scale=_np(scale_v), code=code),
+        "trace": TraceHolder(code=code, fixed_format=fmt),
+        "q": PhaseNeuron(shape=tuple(q.shape), scale=_np(scale_q), code=code, fixed_format=fmt),
+        "k": PhaseNeuron(shape=tuple(k.shape), scale=_np(scale_k), code=code, fixed_format=fmt),
+        "v": PhaseNeuron(shape=tuple(v.shape), scale=_np(scale_v), code=code, fixed_format=fmt),
+        "logits": PhaseNeuron(shape=logit_shape, scale=_np(scale_logits), code=code, start=T, fixed_format=fmt),
+        "out": PhaseNeuron(shape=out_shape, scale=_np(scale_out), code=code, start=3 * T,
+                           divisor_shape=out_shape[:-1] + (1,), fixed_format=fmt, **out_units),
+    }
+
+    def units(**exponents) -> dict[str, ty.Any]:
+        return {} if fmt is None else dict(fixed_format=fmt, **exponents)
+
+    woss_units = units(current_exp=p["logits"].payload_exp)
+    p.update({
         "qk": TraceMatMul(shape_a=tuple(q.shape), shape_b=tuple(k.shape), code=code, transpose_b=True,
                           factor=q.shape[-1] ** -0.5, bias=None if bias is None else _np(bias), bias_start=T,
-                          key_mask=key_mask),
-        "logits": PhaseNeuron(shape=logit_shape, scale=_np(scale_logits), code=code, start=T),
-        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start, key_mask=key_mask),
+                          key_mask=key_mask, **units(payload_exp_a=p["q"].payload_exp,
+                                                     payload_exp_b=p["k"].payload_exp,
+                                                     current_exp=p["logits"].current_exp)),
+        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start, key_mask=key_mask,
+                           **woss_units),
         "inhibitor": WossInhibitor(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start,
-                                   key_mask=key_mask),
+                                   key_mask=key_mask, **woss_units),
         "v_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
         "v_trace_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
-        "av": TraceMatMul(shape_a=logit_shape, shape_b=tuple(v.shape), code=code, transpose_b=False),
-        "out": PhaseNeuron(shape=out_shape, scale=_np(scale_out), code=code, start=3 * T,
-                           divisor_shape=out_shape[:-1] + (1,)),
-    }
+        "av": TraceMatMul(shape_a=logit_shape, shape_b=tuple(v.shape), code=code, transpose_b=False,
+                          **units(payload_exp_a=None if fmt is None else fmt.woss_payload_exp,
+                                  payload_exp_b=p["v"].payload_exp, current_exp=p["out"].current_exp)),
+    })
     for name in ("q", "k", "v"):
-        p[f"{name}_source"] = inject({"q": q, "k": k, "v": v}[name], code, steps)
+        p[f"{name}_source"] = inject({"q": q, "k": k, "v": v}[name], code, steps, neuron=p[name])
         connect(p[f"{name}_source"].s_out, p[name].a_in)
     connect_trace(p["trace"], p["q"], p["k"], p["v"], p["woss"])
     connect_product(p["qk"], p["q"], p["k"])
@@ -155,7 +184,7 @@ def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_lo
     connect_product(p["av"], p["woss"], _Stream(p["v_delay"].a_out, p["v_trace_delay"].a_out))
     connect(p["av"].a_out, p["out"].a_in)
     connect(p["inhibitor"].norm_out, p["out"].div_in)
-    core = AttentionCore(code=code, processes=p)
+    core = AttentionCore(code=code, processes=p, fixed=fmt is not None)
     core.sinks["out"] = probe(p["out"].s_out, steps)
     for name in probes:
         if name not in ("q", "k", "v", "logits", "woss", "out"):

@@ -37,9 +37,10 @@ from lava_spikedattn.reference.fixed import (
     FixedWossSim,
     fixed_trace,
     quantize_weights,
+    round_half_up,
 )
 from lava_spikedattn.reference.stepped import PhaseNeuronSim, WOSSSim
-from lava_spikedattn.wiring import connect_trace, probe
+from lava_spikedattn.wiring import attention_core, connect_trace, probe
 
 FMT = FixedFormat()
 F = FMT.trace_bits
@@ -553,13 +554,15 @@ def test_fixed_woss_fire_steps_match_float_within_derived_margin(convention, bas
 # ------------------------------------------------------------- the whole attention core, integer
 
 
-def fixed_core_units(code: PhaseCode, scales) -> dict:
-    """current_exp / payload_exp per population of the attention core (headroom for the
-    unnormalised attention×V membrane: S' up to M)."""
+def fixed_core_units(code: PhaseCode, scales, keys: int) -> dict:
+    """current_exp / payload_exp per population of the attention core, as
+    ``wiring.attention_core`` chooses them (headroom for the unnormalised attention×V membrane:
+    S up to M = ``keys``)."""
     names = ("q", "k", "v", "logits", "out")
     units = {n: {"scale": np.asarray(sc, dtype=np.float64)} for n, sc in zip(names, scales)}
     for n, u in units.items():
-        u["current_exp"] = FMT.current_exponent(u["scale"], headroom_bits=6 if n == "out" else 2)
+        u["current_exp"] = (FMT.attention_output_exponent(u["scale"], keys) if n == "out"
+                            else FMT.current_exponent(u["scale"]))
         u["payload_exp"] = FMT.payload_exponent(u["scale"])
     return units
 
@@ -581,7 +584,7 @@ def fixed_core_reference(code: PhaseCode, q, k, v, scales, bias, units) -> dict:
                              factor=q.shape[-1] ** -0.5, bias=bias, bias_start=T)
     av = FixedTraceMatMulSim(code, transpose_b=False, payload_exp_a=FMT.woss_payload_exp,
                              payload_exp_b=units["v"]["payload_exp"], current_exp=units["out"]["current_exp"])
-    inputs = {n: np.rint(code.unit_gain * x / 2.0 ** units[n]["current_exp"]).astype(np.int64)
+    inputs = {n: round_half_up(code.unit_gain * x / 2.0 ** units[n]["current_exp"])
               for n, x in (("q", q), ("k", k), ("v", v))}
     v_fifo = []
     for t in range(steps):
@@ -599,56 +602,6 @@ def fixed_core_reference(code: PhaseCode, q, k, v, scales, bias, units) -> dict:
             "clips": qk.clips + av.clips + woss.sum_clips + sum(int(x.clips.sum()) for x in sims.values())}
 
 
-def fixed_core_lava(code: PhaseCode, q, k, v, bias, units) -> dict:
-    """The same core as Lava fixed_pt Processes (the float wiring.attention_core, integer units)."""
-    T, steps = code.timesteps, 5 * code.timesteps
-    logit_shape = q.shape[:-1] + (k.shape[-2],)
-    out_shape = logit_shape[:-1] + (v.shape[-1],)
-    neuron = {n: dict(scale=units[n]["scale"], code=code, fixed_format=FMT, current_exp=units[n]["current_exp"])
-              for n in units}
-    p = {"trace": TraceHolder(code=code, fixed_format=FMT),
-         "q": PhaseNeuron(shape=q.shape, **neuron["q"]), "k": PhaseNeuron(shape=k.shape, **neuron["k"]),
-         "v": PhaseNeuron(shape=v.shape, **neuron["v"]),
-         "logits": PhaseNeuron(shape=logit_shape, start=T, **neuron["logits"]),
-         "out": PhaseNeuron(shape=out_shape, start=3 * T, divisor_shape=out_shape[:-1] + (1,), **neuron["out"])}
-    p["qk"] = TraceMatMul(shape_a=q.shape, shape_b=k.shape, code=code, transpose_b=True, factor=q.shape[-1] ** -0.5,
-                          bias=bias, bias_start=T, payload_exp_a=p["q"].payload_exp, payload_exp_b=p["k"].payload_exp,
-                          current_exp=p["logits"].current_exp)
-    p["woss"] = WossNeuron(shape=logit_shape, code=code, start=2 * T, current_exp=p["logits"].payload_exp)
-    p["inhibitor"] = WossInhibitor(shape=logit_shape, code=code, start=2 * T, current_exp=p["logits"].payload_exp)
-    p["v_delay"], p["v_trace_delay"] = DelayLine(shape=v.shape, delay=2 * T), DelayLine(shape=v.shape, delay=2 * T)
-    p["av"] = TraceMatMul(shape_a=logit_shape, shape_b=v.shape, code=code, transpose_b=False,
-                          payload_exp_a=FMT.woss_payload_exp, payload_exp_b=p["v"].payload_exp,
-                          current_exp=p["out"].current_exp)
-    for n, x in (("q", q), ("k", k), ("v", v)):
-        data = np.zeros((steps,) + x.shape)
-        data[0] = np.rint(code.unit_gain * x / 2.0 ** units[n]["current_exp"])
-        SpikeSource(data=data).s_out.connect(p[n].a_in)
-    connect_trace(p["trace"], p["q"], p["k"], p["v"], p["logits"], p["woss"], p["out"])
-    for name, a, b in (("qk", "q", "k"),):
-        p[a].s_out.connect(p[name].a_in)
-        p[a].trace_out.connect(p[name].a_trace_in)
-        p[b].s_out.connect(p[name].b_in)
-        p[b].trace_out.connect(p[name].b_trace_in)
-    p["qk"].a_out.connect(p["logits"].a_in)
-    p["logits"].s_out.connect(p["woss"].a_in)
-    p["logits"].s_out.connect(p["inhibitor"].a_in)
-    p["inhibitor"].shift_out.connect(p["woss"].shift_in)
-    p["inhibitor"].theta_out.connect(p["woss"].theta_in)
-    p["woss"].trace_out.connect(p["inhibitor"].trace_in)
-    p["v"].s_out.connect(p["v_delay"].s_in)
-    p["v"].trace_out.connect(p["v_trace_delay"].s_in)
-    p["woss"].s_out.connect(p["av"].a_in)
-    p["woss"].trace_out.connect(p["av"].a_trace_in)
-    p["v_delay"].a_out.connect(p["av"].b_in)
-    p["v_trace_delay"].a_out.connect(p["av"].b_trace_in)
-    p["av"].a_out.connect(p["out"].a_in)
-    p["inhibitor"].norm_out.connect(p["out"].div_in)
-    sinks = {"out": probe(p["out"].s_out, steps), "woss": probe(p["woss"].s_out, steps)}
-    records = run_processes(sinks, steps, select_tag="fixed_pt", timeout=120)
-    return {**records, "processes": p}
-
-
 @pytest.mark.parametrize("convention, seed", [("exact", 0), ("official", 1)])
 def test_fixed_attention_core_in_lava_equals_integer_chain_and_tracks_float(convention, seed):
     """q/k/v → QKᵀ → logits → WOSS → attention×V (V delayed 2T) → output neuron normalised by
@@ -664,13 +617,14 @@ def test_fixed_attention_core_in_lava_equals_integer_chain_and_tracks_float(conv
     logits = q @ k.transpose(-1, -2) * 4**-0.5 + bias
     reference = torch.softmax(logits, -1) @ v
     scales = [x.abs().amax(-1, keepdim=True).numpy() for x in (q, k, v, logits, reference)]
-    units = fixed_core_units(code, scales)
+    units = fixed_core_units(code, scales, k.shape[-2])
     qn, kn, vn, bn = (x.numpy() for x in (q, k, v, bias))
     chain = fixed_core_reference(code, qn, kn, vn, scales, bn, units)
-    lava = fixed_core_lava(code, qn, kn, vn, bn, units)
+    core = attention_core(qn, kn, vn, code, *scales, bias=bn, probes=("woss",), fixed_format=FMT)
+    decoded, lava = core.run()
     assert_equal(lava["woss"], chain["woss"], "WOSS spikes")
     assert_equal(lava["out"], chain["out"], "output spikes")
-    np.testing.assert_array_equal(lava["processes"]["out"].recorded_clips(), chain["sims"]["out"].clips)
+    np.testing.assert_array_equal(core.processes["out"].recorded_clips(), chain["sims"]["out"].clips)
     assert chain["clips"] == 0
     float_sim = AttentionCoreSim(q, k, v, code, *(torch.from_numpy(sc) for sc in scales), bias=bias)
     out_float = float_sim.run().numpy()
@@ -678,6 +632,9 @@ def test_fixed_attention_core_in_lava_equals_integer_chain_and_tracks_float(conv
     kf, kl = np.where(k_fix < 0, code.timesteps, k_fix), np.where(k_float < 0, code.timesteps, k_float)
     assert np.abs(kf - kl).max() <= 1 and (kf != kl).mean() < 0.1, (kf != kl).mean()
     out_fix = chain["sims"]["out"].decoded_value()
+    # AttentionCore.run decodes the integer payload spikes in float: within the payload and
+    # trace roundings (≤ Δ_p·(1/2 + 1/2 + P/2^(F+1)) < 2·Δ_p) of the integer decoded value
+    assert np.abs(decoded.numpy() - out_fix).max() <= 2 * 2.0 ** core.processes["out"].payload_exp
     assert np.abs(out_fix - out_float).max() <= (code.base - 1) * scales[4].max()  # at most one level apart
     rel_fix = np.linalg.norm(out_fix - reference.numpy()) / np.linalg.norm(reference.numpy())
     rel_float = np.linalg.norm(out_float - reference.numpy()) / np.linalg.norm(reference.numpy())

@@ -221,6 +221,12 @@ class FixedFormat:
         top = float(np.max(scale))
         return int(math.ceil(math.log2(top) - (self.state_bits - 1 - headroom_bits)))
 
+    def attention_output_exponent(self, scale, keys: int) -> int:
+        """Current unit of an attention×V neuron normalised without a divider: its membrane
+        holds Σ_j p_j·v_j before the normalisation, up to ``keys`` times the value (S ≤ keys),
+        so log2(keys) more bits of headroom than :meth:`current_exponent`."""
+        return self.current_exponent(scale, headroom_bits=2 + math.ceil(math.log2(max(int(keys), 1))))
+
     def payload_exponent(self, scale) -> int:
         """Payload unit exponent of a population: round(max scale/Δ_p) fits ``payload_bits``."""
         return unit_exponent(float(np.max(scale)), self.payload_bits)
