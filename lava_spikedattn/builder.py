@@ -11,9 +11,9 @@ with depth, not width. Layouts (window partition with the cyclic shift, head spl
 reverse, patch merging, pooling) are gathers inside the TokenLinear synapses.
 
 Fixed point (``fixed_format``, the Loihi 2 port, ``reference.fixed``): every Process gets its
-integer units: a neuron layer its current and payload exponents (``FixedFormat.current_exponent``
-/ ``payload_exponent`` of its scale, as ``loihi.quantize_for_loihi`` reports them), a synapse the
-payload unit of its source and the current unit of its target. What float wiring does with
+integer units: a neuron layer its payload and current exponents (``loihi.neuron_units``, from its whole
+calibrated scale, as ``loihi.quantize_for_loihi`` reports them), a synapse the payload unit of
+its source and the current unit of its target. What float wiring does with
 units for free becomes explicit: a residual is an identity TokenLinear (weight 1 = 64·2^-6,
 exact) that moves the source's payload unit to the target's current unit; the input bits are
 payloads ±1 and the first layer's weights absorb the full scale; the read-out current has a unit
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.lava import run_processes
+from lava_spikedattn.loihi import neuron_units
 from lava_spikedattn.models import swin
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
@@ -152,8 +153,11 @@ class _Graph:
     def neuron(self, name: str, shape: tuple[int, ...], **kwargs) -> PhaseNeuron:
         """The population of layer ``name`` (scale, sign, start from the converted model)."""
         spec = self.layers[name]
+        if self.fmt is not None:
+            units = neuron_units(spec, self.cm.weights[f"scale.{name}"], self.fmt)
+            kwargs.update(fixed_format=self.fmt, payload_exp=units[0], current_exp=units[1])
         population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name, shape), code=self.code, signed=spec.signed,
-                                          start=spec.index * self.T, fixed_format=self.fmt, name=name, **kwargs))
+                                          start=spec.index * self.T, name=name, **kwargs))
         self.link(self.trace.s_out, population.trace_in)
         self.populations[name] = population
         return population
@@ -362,9 +366,7 @@ def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndar
                                 (inhibitor.shift_out, woss.shift_in), (inhibitor.theta_out, woss.theta_in),
                                 (woss.trace_out, inhibitor.trace_in)):
         g.link(source, destination)
-    out_units = {} if g.fmt is None else {
-        "current_exp": g.fmt.attention_output_exponent(g.scale(f"{p}.stdp_av", head_shape), logit_shape[-1])}
-    out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,), **out_units)
+    out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
     av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
     v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
                 v_index, head_shape)

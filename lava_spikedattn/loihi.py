@@ -87,7 +87,7 @@ from typing import Any
 
 import torch
 
-from lava_spikedattn.convert import AnnEngine, ConvertedModel, Observer, tensor_sha256
+from lava_spikedattn.convert import AnnEngine, ConvertedModel, LayerSpec, Observer, tensor_sha256
 from lava_spikedattn.energy import Synapse
 
 __all__ = ["DEFAULT_STEP_TIME_US", "LOIHI2", "LayerResources", "LoihiLimits", "LoihiQuantization", "LoihiReport",
@@ -369,14 +369,31 @@ class LoihiQuantization:
         return {"weights": [asdict(w) for w in self.weights], "neurons": [asdict(n) for n in self.neurons]}
 
 
+def neuron_units(layer: LayerSpec, scale: Any, fmt: Any) -> tuple[int, int]:
+    """(payload_exp, current_exp) of a neuron layer in the fixed-point format ``fmt``.
+
+    From the layer's whole calibrated ``scale``, so a layer's units do not depend on the input
+    (a sequence's length): on the chip they are fixed when the network is compiled. An
+    attention×V layer gets the headroom of its unnormalised membrane, keys = its scale's
+    position axis (``FixedFormat.attention_output_exponent``). The Lava builder
+    (``fixed_format``) and :func:`quantize_for_loihi` both use these.
+    """
+    scale = torch.as_tensor(scale).double().cpu().numpy()
+    if layer.kind == "attention_out":
+        current_exp = fmt.attention_output_exponent(scale, layer.scale_shape[-2])
+    else:
+        current_exp = fmt.current_exponent(scale)
+    return fmt.payload_exponent(scale), current_exp
+
+
 def quantize_for_loihi(cm: ConvertedModel, fmt: Any = None) -> LoihiQuantization:
     """The integer parameters of ``cm`` in the fixed-point format ``fmt`` (default
     ``reference.fixed.FixedFormat()``: 24-bit state, 8-bit weight mantissas, 16-bit payloads).
 
     Every synaptic weight tensor (``*.weight``; the host-side embedding tables excepted) gets one
     exponent; every neuron layer with a scale gets its payload and current units
-    (``FixedFormat.payload_exponent`` / ``current_exponent``, which keep the top level 2 bits
-    below the state limit) and the width of its threshold table. ``quantized`` is ``cm`` with
+    (:func:`neuron_units`: the top level 2 bits below the state limit, more for attention×V) and
+    the width of its threshold table. ``quantized`` is ``cm`` with
     8-bit weights, to measure what weight quantisation alone costs on the reference engine.
     """
     from lava_spikedattn.reference.fixed import FixedFormat, quantize_weights
@@ -403,9 +420,9 @@ def quantize_for_loihi(cm: ConvertedModel, fmt: Any = None) -> LoihiQuantization
         if key not in cm.weights:
             continue
         scale = cm.weights[key].double().cpu().numpy()
-        current_exp = fmt.current_exponent(scale)
+        payload_exp, current_exp = neuron_units(layer, scale, fmt)
         theta = fmt.thresholds(cm.code, scale.max(), current_exp)
-        neurons.append(NeuronQuantization(layer.name, fmt.payload_exponent(scale), current_exp,
+        neurons.append(NeuronQuantization(layer.name, payload_exp, current_exp,
                                           int(theta.max()).bit_length() + 1, fmt.state_bits))
     quantized = ConvertedModel(dict(cm.config, weights_sha256=tensor_sha256(weights)), weights)
     return LoihiQuantization(tuple(rows), tuple(neurons), quantized)

@@ -16,6 +16,7 @@ from lava_spikedattn import builder
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
+from lava_spikedattn.loihi import quantize_for_loihi
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.reference.fixed import FixedFormat
@@ -87,14 +88,17 @@ def test_float_simulation_equals_lava_and_the_reference(swin_cm):
 
 
 def test_fixed_swin_processes_carry_integer_units(swin_cm):
-    """Every neuron and synapse of the integer graph has its units; a residual is an identity
+    """Every neuron and synapse of the integer graph has its units (those ``quantize_for_loihi``
+    reports); a residual is an identity
     synapse (weight 1 exactly representable) from the source's payload unit to the target's
     current unit."""
     net = build_lava_network(swin_cm, fixed_format=FMT)
     graph, _, _ = net.build(task(1, 0)[0])
     leaves = builder._leaves(graph.processes)
     neurons = [p for p in leaves if isinstance(p, PhaseNeuron)]
-    assert neurons and all(p.current_exp is not None and p.payload_exp is not None for p in neurons)
+    report = {row.name: (row.payload_exp, row.current_exp) for row in quantize_for_loihi(swin_cm, FMT).neurons}
+    assert len(neurons) == len(report)  # the units quantize_for_loihi reports are the ones built
+    assert all((p.payload_exp, p.current_exp) == report[p.name] for p in neurons)
     synapses = [p for p in leaves if isinstance(p, TokenLinear)]
     assert all(p.proc_params["current_exp"] is not None for p in synapses)
     residuals = [p for p in synapses if p.name.endswith(".residual")]
