@@ -83,6 +83,14 @@ and of P·latched/2^F) + 2^-(F+1)·scale (trace rounding). Synapse:
 bias). TraceMatMul: ≤ Δ_I/2 + |factor − m_f·2^e_f|·|product| (+ Δ_I/2 for a bias). WOSS: fire
 steps as the neuron, margin T/2 + 1/2 + 2^-(F+1)·Σ|x − shift| LSB of the ramp.
 
+Whole networks
+--------------
+``builder.build_lava_network(cm, fixed_format=FixedFormat())`` wires these populations into a
+converted Swin or BERT (units from ``loihi.neuron_units``, residuals as exact identity synapses,
+the bit-serial input as ±1 payloads into the convert neuron, whose input weights are
+``unit_gain·2^-(τ+1)``); ``LavaNetwork.simulate`` steps that integer graph in process with the
+fixed_pt models' own update functions, equal to the Lava run bit for bit (tests/test_fixed_network.py).
+
 Measured (``FixedFormat()``, scales U(0.5, 2), numpy; see tests/test_fixed_pt.py)
 --------------------------------------------------------------------------------
 * neuron, 20 000 random one-shot values vs ``PhaseCode.quantize``: fire step differs for

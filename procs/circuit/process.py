@@ -13,12 +13,15 @@ from lava_spikedattn.procs import params
 class Circuit(AbstractProcess):
     """A block (e.g. a Swin block) of leaf processes with one input stream and one output stream.
 
-    Two ProcessModels, both tagged ``floating_pt``:
+    Its ProcessModels:
 
-    - decomposed (``Loihi2SimCfg(select_sub_proc_model=True)``): a SubProcessModel that runs the
-      members as the Lava processes they are, one OS process each: the porting path;
-    - fused (default): one ProcessModel that steps every member inside a single OS process with
-      the same ``procs.dynamics`` updates as the leaf models, so both produce identical spikes.
+    - decomposed (``Loihi2SimCfg(select_sub_proc_model=True)``, tags ``floating_pt`` and
+      ``fixed_pt``): a SubProcessModel that runs the members as the Lava processes they are, one
+      OS process each, each with its model of the run's tag: the porting path;
+    - fused (default), one per tag: one ProcessModel that steps every member inside a single OS
+      process (``procs.fused``) with the same ``procs.dynamics`` (floating_pt) or
+      ``procs.dynamics_fixed`` (fixed_pt) updates as the leaf models, so both produce identical
+      spikes.
 
     Args (keyword-only):
         members: the block's leaf processes, connected among themselves but not to the outside.
