@@ -3,8 +3,8 @@
 The tiny Swin and BERT of tests/test_builder.py, built with ``fixed_format``: every Process runs
 its ``fixed_pt`` model. Lava (fused and decomposed) equals the in-process simulation bit for bit;
 the integer network predicts the float network's class on ≥ 90 % of the test inputs (the issue's
-bar; measured: 64/64 for the Swin, logits 5.4 % apart; 64/64 for the BERT in both
-conventions, 1.0 % / 1.5 % apart).
+bar; measured: the Swin 8/8 in Lava and 64/64 in process, logits 5.4 % apart; the BERT 64/64
+in both conventions, 1.0 % / 1.5 % apart).
 """
 
 import numpy as np
@@ -29,46 +29,53 @@ def swin_cm(model):  # noqa: F811
     return convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12))
 
 
+#: test images through Lava fixed_pt per mode (one graph each; decomposed costs ~7x more)
+LAVA_IMAGES = {"fused": 8, "decomposed": 2}
+
+
 @pytest.fixture(scope="module")
 def fixed_swin(swin_cm):
-    """64 test images through the float and the integer network in process; the first 2 also
-    through Lava fixed_pt in both modes, with every population's fire steps."""
+    """64 test images through the float and the integer network in process; the first
+    LAVA_IMAGES also through Lava fixed_pt in each mode, with every population's fire steps."""
     x, labels = task(64, 100)
     x = x.double()
     float_logits = build_lava_network(swin_cm).simulate(x)
     net = build_lava_network(swin_cm, fixed_format=FMT)
     fixed_logits = net.simulate(x)
-    alone = net.simulate(x[:2])
-    runs = {"simulate": (alone, net.fire_steps(), net.stats())}
-    for mode in builder.MODES:
+    runs = {}
+    for mode, n in LAVA_IMAGES.items():
+        alone = net.simulate(x[:n])
         lava = build_lava_network(swin_cm, mode=mode, fixed_format=FMT)
-        runs[mode] = (lava.run(x[:2]), lava.fire_steps(), lava.stats())
+        runs[mode] = {"lava": (lava.run(x[:n]), lava.fire_steps(), lava.stats()),
+                      "simulate": (alone, net.fire_steps(), net.stats())}
     return float_logits, fixed_logits, labels, runs
 
 
 def test_fixed_swin_in_lava_equals_in_process_simulation_bit_for_bit(fixed_swin):
     *_, runs = fixed_swin
-    logits, fire_steps, stats = runs["simulate"]
     for mode in builder.MODES:
-        lava_logits, lava_steps, lava_stats = runs[mode]
+        (lava_logits, lava_steps, lava_stats), (logits, fire_steps, stats) = runs[mode]["lava"], runs[mode]["simulate"]
         assert torch.equal(lava_logits, logits), mode
         assert lava_steps.keys() == fire_steps.keys()
         for name, steps in fire_steps.items():
             np.testing.assert_array_equal(lava_steps[name], steps, err_msg=f"{mode} {name}")
         assert lava_stats["layers"] == stats["layers"] and lava_stats["clips"] == stats["clips"]
-    assert runs["decomposed"][2]["processes"] > runs["fused"][2]["processes"]
+    assert runs["decomposed"]["lava"][2]["processes"] > runs["fused"]["lava"][2]["processes"]
 
 
 def test_fixed_swin_predicts_the_float_class(fixed_swin):
-    """The issue's bar: the same class as the float network on ≥ 90 % of the test inputs; the
-    integer logits stay close (8-bit weights dominate their difference)."""
+    """The issue's bar: the same class as the float network on ≥ 90 % of the test inputs, in
+    Lava (8 images) and in process (64); the integer logits stay close (8-bit weights dominate
+    their difference)."""
     float_logits, fixed_logits, labels, runs = fixed_swin
+    lava_logits = runs["fused"]["lava"][0]
+    lava_same = (lava_logits.argmax(-1) == float_logits[:len(lava_logits)].argmax(-1)).float().mean().item()
     same = (fixed_logits.argmax(-1) == float_logits.argmax(-1)).float().mean().item()
-    assert same >= 0.9, same
+    assert lava_same >= 0.9 and same >= 0.9, (lava_same, same)
     assert (fixed_logits.argmax(-1) == labels).float().mean() >= (float_logits.argmax(-1) == labels).float().mean() - 0.05
     relative = ((fixed_logits - float_logits).norm() / float_logits.norm()).item()
     assert 0 < relative < 0.15, relative
-    stats = runs["simulate"][2]
+    stats = runs["fused"]["lava"][2]
     assert stats["clips"] == {}  # the units leave headroom: nothing saturates the 24-bit state
     assert sum(layer.spikes for layer in stats["layers"].values()) > 0
 
