@@ -11,13 +11,13 @@ with depth, not width. Layouts (window partition with the cyclic shift, head spl
 reverse, patch merging, pooling) are gathers inside the TokenLinear synapses.
 
 Fixed point (``fixed_format``, the Loihi 2 port, ``reference.fixed``): every Process gets its
-integer units: a neuron layer its payload and current exponents (``loihi.neuron_units``, from its whole
-calibrated scale, as ``loihi.quantize_for_loihi`` reports them), a synapse the payload unit of
-its source and the current unit of its target. What float wiring does with
-units for free becomes explicit: a residual is an identity TokenLinear (weight 1 = 64·2^-6,
-exact) that moves the source's payload unit to the target's current unit; the input bits are
-payloads ±1 and the first layer's weights absorb the full scale; the read-out current has a unit
-that holds its largest possible value. Runs select the ``fixed_pt`` ProcessModels.
+integer units: a neuron layer its payload and current exponents (``loihi.neuron_units``, from
+its whole calibrated scale, as ``loihi.quantize_for_loihi`` reports them), a synapse the payload
+unit of its source and the current unit of its target. What float wiring does with units for
+free becomes explicit: a residual is an identity TokenLinear (weight 1 = 64·2^-6, exact) that
+moves the source's payload unit to the target's current unit; the input bits are payloads ±1
+and the first layer's weights absorb the full scale; the read-out current has a unit that holds
+its largest possible value. Runs select the ``fixed_pt`` ProcessModels.
 """
 
 from __future__ import annotations
