@@ -11,7 +11,9 @@ prepared ANN, then
    counting);
 3. sweeps the window T (B re-chosen by ``search_base`` for each T, the calibrated scales kept)
    on a subset for accuracy and energy vs T;
-4. writes ``summary.json`` and PNG figures to the output folder: a spike raster of one attention
+4. the Loihi 2 port: the same handful of images through the integer (fixed_pt) Lava network,
+   its classes against the float network's, and the resource estimate on Loihi 2;
+5. writes ``summary.json`` and PNG figures to the output folder: a spike raster of one attention
    block from the Lava run, ANN vs SNN attention maps, decoded SNN vs ANN activations per stage,
    accuracy and energy vs T.
 """
@@ -98,6 +100,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     report.save(out / "evaluation.json")
     summary["reference"] = _report_summary(report)
     summary["sweep"] = _sweep(cm, ann, batches, settings, say)
+    summary["loihi"] = _loihi_port(cm, images[:settings.lava_samples], say)
 
     say("\nfigures")
     sample = images[settings.lava_samples - 1:settings.lava_samples]
@@ -139,6 +142,29 @@ def _lava_run(cm: ConvertedModel, images: torch.Tensor, labels: torch.Tensor, pr
             "same_class_as_reference": int((lava_class == closed_class).sum()),
             "max_relative_logit_difference": difference, "steps_simulated": len(images) * net.steps_per_sample,
             "processes": stats["processes"], "seconds_per_image": seconds / len(images)}, net
+
+
+def _loihi_port(cm: ConvertedModel, images: torch.Tensor, say: Callable[[str], None]) -> dict[str, Any]:
+    """The images through the integer (fixed_pt) Lava network in one run, against the float
+    network; the Loihi 2 resource estimate."""
+    from lava_spikedattn.builder import build_lava_network
+    from lava_spikedattn.loihi import resource_estimate
+    from lava_spikedattn.reference.fixed import FixedFormat
+
+    net = build_lava_network(cm, fixed_format=FixedFormat())
+    say(f"\nLoihi 2 port: the {len(images)} images through the integer (fixed_pt) Lava network "
+        f"(24-bit state, 8-bit weights)")
+    logits = net.run(images.double())
+    same = int((logits.argmax(-1) == cm.to_reference("closed").double()(images.double()).argmax(-1)).sum())
+    clips = sum(net.stats()["clips"].values())
+    estimate = resource_estimate(cm)
+    result = {"samples": len(images), "same_class_as_float": same, "clipped_values": clips,
+              "neurons": estimate.total("neurons"), "cores": estimate.total("cores"), "chips": estimate.chips,
+              "latency_ms": estimate.latency_us / 1e3, "step_time_us": estimate.step_time_us}
+    say(f"  same class as the float network: {same}/{len(images)}; clipped integer values: {clips}")
+    say(f"  on Loihi 2 (estimate): {result['neurons']:,} neurons, {result['cores']} cores, {result['chips']} chip(s), "
+        f"{result['latency_ms']:.1f} ms per image at {estimate.step_time_us:g} µs per step")
+    return result
 
 
 def _report_summary(report: EvaluationReport) -> dict[str, Any]:
@@ -183,7 +209,7 @@ def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: De
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The demo's result table."""
-    ref, lava = summary["reference"], summary["lava"]
+    ref, lava, port = summary["reference"], summary["lava"], summary["loihi"]
     lines = [f"{'shipped Swin, Fashion-MNIST test':<40} {summary['code']}",
              f"{'ANN accuracy':<40} {ref['ann_accuracy']:.2%}",
              f"{'SNN accuracy (closed-form engine)':<40} {ref['snn_accuracy']:.2%}",
@@ -192,7 +218,10 @@ def summary_table(summary: dict[str, Any]) -> str:
              f"{'saturated values (whole test set)':<40} {ref['saturated']:,}",
              f"{'steps per inference':<40} {summary['steps_per_inference']} ({summary['layers']} layers)",
              f"{'Lava: steps simulated':<40} {lava['steps_simulated']} ({lava['samples']} images, "
-             f"{lava['same_class_as_reference']}/{lava['samples']} same class as the reference)"]
+             f"{lava['same_class_as_reference']}/{lava['samples']} same class as the reference)",
+             f"{'Loihi 2 port (integer Lava network)':<40} {port['same_class_as_float']}/{port['samples']} same class "
+             f"as float; {port['cores']} cores, {port['chips']} chip(s), {port['latency_ms']:.1f} ms per image "
+             f"(estimate)"]
     for counting, e in ref["energy"].items():
         lines.append(f"{'energy per inference (' + counting + ')':<40} ANN {e['ann_mj']:.4f} mJ, "
                      f"SNN {e['snn_mj']:.4f} mJ, SNN/ANN {e['ratio']:.2f}")

@@ -37,8 +37,12 @@ def test_demo_runs_lava_and_the_reference_and_reports_the_numbers(demo):
     assert reference["energy"]["complete"]["snn_mj"] > reference["energy"]["official"]["snn_mj"]
     assert [row["timesteps"] for row in summary["sweep"]] == [8, 16]
     assert all(1.0 < row["base"] <= 2.0 and row["samples"] == 16 for row in summary["sweep"])
+    port = summary["loihi"]  # the integer (fixed_pt) Lava network and the resource estimate
+    assert port["samples"] == port["same_class_as_float"] == 1 and port["clipped_values"] == 0
+    assert port["neurons"] > 60_000 and port["cores"] >= 1 and port["chips"] == 1
+    assert port["latency_ms"] == pytest.approx(summary["steps_per_inference"] * port["step_time_us"] / 1e3)
     for text in ("ANN accuracy", "SNN accuracy", "prediction agreement", "spikes per inference",
-                 "Lava: steps simulated", "energy per inference (official)", "SNN/ANN"):
+                 "Lava: steps simulated", "energy per inference (official)", "SNN/ANN", "Loihi 2 port"):
         assert text in printed
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert json.loads((out / "evaluation.json").read_text())["samples"] == 32
