@@ -55,6 +55,10 @@ from lava_spikedattn.wiring import connect, one_shot, probe
 #: take ~3 GB and ≥ 40 ms per step.
 MAX_PROCESSES = 400
 FAMILIES = ("swin", "bert")
+#: Widest integer state a Lava network accepts: fixed_pt ports are int32 and an InPort adds up
+#: to 3 currents (a residual, a synapse, a bias), which must not wrap.
+MAX_STATE_BITS = 30
+RESIDUAL = ".residual"  # name suffix of the fixed-point residuals' identity synapses
 MODES = ("fused", "decomposed")
 
 
@@ -219,7 +223,7 @@ class _Graph:
         """
         if self.fmt is not None:
             channels = source.shape[-1]
-            self.linear(f"{destination.name}.residual", source, destination, weight=np.eye(channels),
+            self.linear(f"{destination.name}{RESIDUAL}", source, destination, weight=np.eye(channels),
                         bias=np.zeros(channels))
             return
         self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), destination.a_in)
@@ -476,6 +480,9 @@ class LavaNetwork:
         if fixed_format is not None and not isinstance(fixed_format, FixedFormat):
             raise LavaBuildError(f"fixed_format must be a reference.fixed.FixedFormat or None, "
                                  f"got {type(fixed_format).__name__}")
+        if fixed_format is not None and fixed_format.state_bits > MAX_STATE_BITS:
+            raise LavaBuildError(f"fixed_format.state_bits must be <= {MAX_STATE_BITS} in a Lava network (its "
+                                 f"int32 ports add up to 3 currents), got {fixed_format.state_bits}")
         self.cm = cm
         self.mode = mode
         self.fixed_format = fixed_format
@@ -617,10 +624,12 @@ class LavaNetwork:
         return stats
 
     def graph_size(self, graph: _Graph) -> dict[str, int]:
-        """OS processes, neurons and token-wise weights of a graph from :meth:`build` (no run needed)."""
+        """OS processes, neurons and token-wise weights of a graph from :meth:`build` (no run
+        needed). The fixed-point residuals' identity matrices are one-to-one connections, not
+        weights: not counted."""
         neurons = sum(int(np.prod(p.s_out.shape)) for p in graph.populations.values())
         synapses = sum(int(np.prod(p.proc_params["weight_t"].shape)) for p in _leaves(graph.processes)
-                       if isinstance(p, TokenLinear))
+                       if isinstance(p, TokenLinear) and not p.name.endswith(RESIDUAL))
         return {"processes": self._os_processes(graph), "neurons": neurons, "synapses": synapses}
 
 

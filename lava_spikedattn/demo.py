@@ -146,7 +146,8 @@ def _lava_run(cm: ConvertedModel, images: torch.Tensor, labels: torch.Tensor, pr
 
 def _loihi_port(cm: ConvertedModel, images: torch.Tensor, say: Callable[[str], None]) -> dict[str, Any]:
     """The images through the integer (fixed_pt) Lava network in one run, against the float
-    network; the Loihi 2 resource estimate."""
+    network (the closed-form engine, which the float Lava network equals); the Loihi 2
+    resource estimate."""
     from lava_spikedattn.builder import build_lava_network
     from lava_spikedattn.loihi import resource_estimate
     from lava_spikedattn.reference.fixed import FixedFormat

@@ -121,7 +121,9 @@ def _bias_window(p) -> tuple[int, int] | None:
 
 
 def _delay(member: DelayLine, p) -> list[Stage]:
-    """Ring buffer of references (outputs are never mutated, so no copy); None = zeros."""
+    """Ring buffer of references, None = zeros. No copy: what a DelayLine carries (spikes,
+    decoded traces) is never mutated after it is sent; a membrane probe (v_out, a live array)
+    must not be routed into one."""
     slots: list[np.ndarray | None] = [None] * p["delay"]
 
     def send(t, read):
@@ -241,7 +243,7 @@ def _woss_fixed(member: WossNeuron, p) -> list[Stage]:
 
 def _inhibitor_fixed(member: WossInhibitor, p) -> list[Stage]:
     params, row_shape = dynamics_fixed.FixedWossParams.from_proc_params(p), p["shape"][:-1] + (1,)
-    open_rows, theta = np.ones(row_shape, bool), np.zeros(1, np.int64)
+    open_rows, theta = np.ones(row_shape, bool), np.array([int(p["theta0"])])  # as the int32 Var's init
     return _inhibitor(member, lambda t, x: dynamics_fixed.woss_shift_fixed(open_rows, params, t, x),
                       lambda t: dynamics_fixed.woss_threshold_fixed(theta, params, t),
                       lambda trace: dynamics_fixed.woss_spike_sum_fixed(trace, params, p["clip_record"]),

@@ -17,9 +17,15 @@ from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.loihi import quantize_for_loihi
+from lava_spikedattn.procs import fused
+from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
+from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
+from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
+from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 from lava_spikedattn.reference.fixed import FixedFormat
+from lava_spikedattn.wiring import attention_core
 
 FMT = FixedFormat()
 
@@ -95,26 +101,77 @@ def test_float_simulation_equals_lava_and_the_reference(swin_cm):
 
 
 def test_fixed_swin_processes_carry_integer_units(swin_cm):
-    """Every neuron and synapse of the integer graph has its units (those ``quantize_for_loihi``
-    reports); a residual is an identity
-    synapse (weight 1 exactly representable) from the source's payload unit to the target's
-    current unit."""
+    """Every neuron has the units ``quantize_for_loihi`` reports; every synapse reads its
+    source's payload unit (through delay lines and block boundaries) and writes its targets'
+    current unit; a residual is an identity synapse (weight 1 exactly representable)."""
     net = build_lava_network(swin_cm, fixed_format=FMT)
     graph, _, _ = net.build(task(1, 0)[0])
-    leaves = builder._leaves(graph.processes)
+    leaves, sources = fused.flatten(graph.processes)
     neurons = [p for p in leaves if isinstance(p, PhaseNeuron)]
     report = {row.name: (row.payload_exp, row.current_exp) for row in quantize_for_loihi(swin_cm, FMT).neurons}
     assert len(neurons) == len(report)  # the units quantize_for_loihi reports are the ones built
     assert all((p.payload_exp, p.current_exp) == report[p.name] for p in neurons)
-    synapses = [p for p in leaves if isinstance(p, TokenLinear)]
-    assert all(p.proc_params["current_exp"] is not None for p in synapses)
-    residuals = [p for p in synapses if p.name.endswith(".residual")]
+
+    owner = {id(port): leaf for leaf in leaves for port in leaf.out_ports}
+
+    def payload_exp(port) -> int:  # of what feeds ``port``, through delay lines
+        (key,) = sources[id(port)]
+        leaf = owner[key]
+        while isinstance(leaf, DelayLine):
+            (key,) = sources[id(leaf.s_in)]
+            leaf = owner[key]
+        return {PhaseNeuron: lambda: leaf.payload_exp, WossNeuron: lambda: FMT.woss_payload_exp,
+                SpikeSource: lambda: 0}[type(leaf)]()
+
+    checked = 0
+    for leaf in leaves:
+        p = leaf.proc_params
+        if isinstance(leaf, TokenLinear):
+            assert p["payload_exp"] == payload_exp(leaf.s_in), leaf.name
+        elif isinstance(leaf, TraceMatMul):
+            assert (p["payload_exp_a"], p["payload_exp_b"]) == (payload_exp(leaf.a_in), payload_exp(leaf.b_in))
+        else:
+            continue
+        targets = [n for n in neurons if id(leaf.a_out) in sources[id(n.a_in)]]
+        assert all(p["current_exp"] == n.current_exp for n in targets), leaf.name
+        checked += len(targets)
+    assert checked > 40
+    residuals = [p for p in leaves if isinstance(p, TokenLinear) and p.name.endswith(".residual")]
     assert len(residuals) == 2 * sum(TINY_DEPTHS)  # attn_if and final_if of every block
     for p in residuals:
         np.testing.assert_array_equal(p.proc_params["weight_t"], np.eye(p.proc_params["weight_t"].shape[0]))
+    assert net.graph_size(graph)["synapses"] == build_lava_network(swin_cm).graph_size(
+        build_lava_network(swin_cm).build(task(1, 0)[0])[0])["synapses"]  # identities are not weights
 
 
 TINY_DEPTHS = (2, 2)
+
+
+def test_clipping_attention_core_counts_the_same_in_lava_and_in_process():
+    """An integer attention core whose logits clip (scale far below the values, 200 keys):
+    Lava's fixed_pt models and the in-process stepper record the same spikes and membranes
+    and count the same clips, Process by Process."""
+    rng = np.random.default_rng(0)
+    q, k, v = rng.normal(size=(1, 2, 6, 4)), rng.normal(size=(1, 2, 200, 4)), rng.normal(size=(1, 2, 200, 3))
+    logits = q @ np.swapaxes(k, -1, -2) * 0.5
+    out = torch.softmax(torch.from_numpy(logits), -1).numpy() @ v
+    scales = [np.abs(x).max(-1, keepdims=True) for x in (q, k, v)]
+    scales += [0.02 * np.abs(logits).max(-1, keepdims=True), np.abs(out).max(-1, keepdims=True)]
+    cores = [attention_core(q, k, v, PhaseCode(1.25, 12), *scales, probes=("logits", "woss"), fixed_format=FMT)
+             for _ in range(2)]
+    _, lava = cores[0].run()
+    leaves, sources = fused.flatten(list(cores[1].processes.values()) + list(cores[1].sinks.values()))
+    stepper = fused.Stepper(leaves, sources, fixed=True)
+    for t in range(cores[1].num_steps):
+        stepper.step(t)
+    for name, sink in cores[1].sinks.items():
+        np.testing.assert_array_equal(lava[name], sink.proc_params["record"], err_msg=name)
+
+    def clips(core) -> dict[str, int]:
+        return {name: int(np.sum(p.proc_params["clip_record"])) for name, p in core.processes.items()
+                if p.proc_params.get("clip_record") is not None}
+    assert clips(cores[0]) == clips(cores[1])
+    assert clips(cores[0])["logits"] > 0  # the case clips
 
 
 @pytest.mark.parametrize("convention", ["exact", "official"])
@@ -138,3 +195,5 @@ def test_fixed_bert_in_lava_equals_simulation_and_predicts_the_float_class(tiny_
 def test_fixed_format_must_be_a_fixed_format(swin_cm):
     with pytest.raises(LavaBuildError, match="FixedFormat"):
         build_lava_network(swin_cm, fixed_format=16)
+    with pytest.raises(LavaBuildError, match="state_bits must be <= 30"):
+        build_lava_network(swin_cm, fixed_format=FixedFormat(state_bits=32))
