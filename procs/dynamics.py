@@ -119,8 +119,6 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
 
 def trace_product(a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray, official: bool) -> np.ndarray:
     """a @ B̂ + Â @ b − Â_new @ b (b, b̂ already in right-operand layout, (..., d, M))."""
-    if not (a.any() or b.any()):  # no spike this step: every term is 0
-        return np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:-1] + b.shape[-1:])
     a_new = np.where(a != 0, np.abs(a_hat) if official else a_hat, 0.0)
     return a @ b_hat + a_hat @ b - a_new @ b
 
@@ -129,7 +127,10 @@ def trace_matmul(p, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_h
     """TraceMatMul at step ``t`` from its proc_params ``p``: factor·product (+ bias), masked keys 0."""
     if p["transpose_b"]:
         b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
-    out = p["factor"] * trace_product(a, a_hat, b, b_hat, p["official"])
+    if a.any() or b.any():
+        out = p["factor"] * trace_product(a, a_hat, b, b_hat, p["official"])
+    else:  # no spike this step: every term is 0
+        out = np.zeros(p["shape_out"])
     out = np.broadcast_to(out + window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"]), p["shape_out"])
     return out if p["present"] is None else np.where(p["present"], out, 0.0)
 

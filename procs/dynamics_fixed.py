@@ -224,11 +224,11 @@ def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clip
     a, a_hat, b, b_hat = (v.astype(np.int64) for v in (a, a_hat, b, b_hat))
     if p["transpose_b"]:
         b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
-    a_new = np.where(a != 0, np.abs(a_hat) if p["official"] else a_hat, 0)
     if a.any() or b.any():
+        a_new = np.where(a != 0, np.abs(a_hat) if p["official"] else a_hat, 0)
         product = exact_matmul(a, b_hat) + exact_matmul(a_hat, b) - exact_matmul(a_new, b)
     else:  # no spike this step: every term is 0
-        product = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:-1] + b.shape[-1:], np.int64)
+        product = np.zeros(p["shape_out"], np.int64)
     y = rshift_round(product * q.factor_mantissa, q.shift)
     if q.bias is not None and 0 <= t - p["bias_start"] < p["timesteps"]:
         y = y + q.bias
