@@ -8,7 +8,9 @@ PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RT_SDIST := .cache/vaderSentiment-3.3.2.tar.gz
 
-.PHONY: demo demo-text test venv data clean
+LOCK := requirements.lock
+
+.PHONY: demo demo-text test venv data lock clean
 
 venv: $(VENV)/.installed
 
@@ -22,15 +24,29 @@ $(FASHION_MNIST):
 $(RT_SDIST): | venv
 	$(PY) -m lava_spikedattn.data
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the exact version in $(LOCK) (pip fails if the lock cannot be met);
+# pyproject.toml keeps the compatible ranges for users who `pip install` the library.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@if [ -z "$(PYTHON)" ]; then \
 		echo "error: python3.10 was not found on PATH (nor under ~/.pyenv/versions)."; \
 		echo "       lava-nc 0.10.0 supports only Python 3.10; install it, or run: make PYTHON=/path/to/python3.10"; \
 		exit 1; fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(LOCK) --upgrade pip setuptools
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[test]'
 	@touch $@
+
+# Re-resolve the newest versions pyproject.toml allows into $(LOCK), in a scratch venv.
+# Run `make test` with the new lock before committing it.
+lock:
+	@if [ -z "$(PYTHON)" ]; then echo "error: python3.10 was not found (see make venv)"; exit 1; fi
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.cache/lock-venv/bin/python -m pip install --quiet '.[test]'
+	{ echo "# Exact versions of every package make test and make demo install (Python 3.10, Linux x86_64)."; \
+	  echo "# Made by \`make lock\` on $$(date +%Y-%m-%d); refresh it with \`make lock\` and commit it with the test run that passed."; \
+	  .cache/lock-venv/bin/python -m pip freeze --all --exclude lava-spikedattn; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .cache/lock-venv
 
 demo: data
 	$(VENV)/bin/spikedattn demo
