@@ -10,7 +10,7 @@ RT_SDIST := .cache/vaderSentiment-3.3.2.tar.gz
 
 LOCK := requirements.lock
 
-.PHONY: demo demo-text test venv data lock clean
+.PHONY: demo demo-text results test venv data lock clean
 
 venv: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ demo: data
 # evaluated; its outputs are cached in .cache/demo-text/ (git-ignored), so a second run is fast.
 demo-text: data
 	$(PY) -m lava_spikedattn.text_demo
+
+# Every measured number of the README, re-made into docs/results.json (about an hour on 2 cores).
+results: data
+	$(PY) benchmarks/make_results.py
 
 test: data
 	$(PY) -m pytest -q

@@ -1,0 +1,356 @@
+"""Re-make every measured number of the README: run the commands, keep their results in
+``docs/results.json`` (committed), and rewrite the README's result blocks from that file.
+
+Each step runs the command a user would run (the demo, the text demo, a benchmark script) in a
+subprocess, then reads what it wrote. ``docs/results.json`` records per step the command, the
+engine, dtype and data behind its numbers, its run time, and the numbers; its ``environment``
+records the machine and the locked versions they were measured with. The README holds each
+block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; ``tests/test_results.py``
+checks that every block equals what :func:`render` makes of the JSON, and that the JSON was made
+with the versions in requirements.lock.
+
+Usage: python benchmarks/make_results.py [--only demo,text,...] [--render-only]
+       (``make results`` runs every step: about an hour on a 2-core machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_JSON = ROOT / "docs" / "results.json"
+README = ROOT / "README.md"
+WORK = ROOT / ".cache" / "results"
+BENCH_RESULTS = ROOT / "benchmarks" / "results"
+#: The locked packages whose versions the numbers are recorded with.
+VERSIONED = ("torch", "timm", "transformers", "numpy", "lava-nc", "tokenizers", "safetensors")
+SPIKEDATTN = [sys.executable, "-m", "lava_spikedattn.cli"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command and where its numbers come from."""
+
+    command: str  # as a user types it (shown in the README)
+    argv: list[str] | None  # what runs here; None: ``collect`` computes the numbers itself
+    engine: str
+    dtype: str
+    data: str
+    collect: Callable[[], dict[str, Any]]
+
+
+# --- collecting what the commands wrote ------------------------------------------------------------------
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _bench(name: str) -> Callable[[], dict[str, Any]]:
+    def collect() -> dict[str, Any]:
+        result = _read(BENCH_RESULTS / f"{name}.json")
+        return {"rows": result["rows"], "meta": {k: v for k, v in result["meta"].items()
+                                                 if k not in ("profiles", "worker_cpu")}}
+    return collect
+
+
+def _collect_demo() -> dict[str, Any]:
+    summary = _read(WORK / "demo" / "summary.json")
+    return {key: summary[key] for key in ("base", "timesteps", "layers", "steps_per_inference", "lava",
+                                          "reference", "sweep", "loihi")}
+
+
+def _collect_text() -> dict[str, Any]:
+    from lava_spikedattn.evaluate import EvaluationReport
+
+    summary = _read(ROOT / ".cache" / "demo-text" / "summary.json")
+    report = EvaluationReport.from_json(summary["report"])
+    energy = {counting: report.energy(counting) for counting in ("official", "complete")}
+    settings = summary["settings"]
+    return {"base": settings["base"], "timesteps": settings["timesteps"], "train_sentences": summary["train_sentences"],
+            "epochs": settings["epochs"], "samples": summary["test_sentences"],
+            "ann_accuracy": summary["ann_accuracy"], "snn_accuracy": summary["snn_accuracy"],
+            "agreement": summary["agreement"], "spikes_per_inference": summary["spikes_per_sentence"],
+            "seconds": summary["seconds"],
+            "energy": {c: {"ann_mj": e.ann_total_pj / 1e9, "snn_mj": e.snn_total_pj / 1e9, "ratio": e.ratio}
+                       for c, e in energy.items()}}
+
+
+def _collect_estimate() -> dict[str, Any]:
+    rows = {}
+    for name in ("shipped Swin", "Swin-T"):
+        report = _read(WORK / f"loihi_{name.replace(' ', '_')}.json")
+        rows[name] = {"timesteps": report["timesteps"], "steps": report["steps_per_inference"],
+                      "step_time_us": report["step_time_us"], "chips": report["chips"],
+                      "latency_us": report["latency_us"], "throughput_per_s": report["throughput_per_s"],
+                      **{key: report["totals"][key] for key in ("neurons", "weights", "cores")}}
+    return rows
+
+
+def _collect_structure() -> dict[str, Any]:
+    """Neuron layers and steps per inference of full-size models, both conventions (no data)."""
+    import timm
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lava_spikedattn.ann import prepare_bert, prepare_swin
+    from lava_spikedattn.convert import layer_count, steps_per_inference
+    from lava_spikedattn.data import load_minilm_classifier
+    from lava_spikedattn.models import family_of
+
+    models = {"Swin-T": (prepare_swin(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)), 40),
+              "all-MiniLM-L6-v2": (prepare_bert(load_minilm_classifier(num_labels=2)[0]), 16),
+              "BERT-base": (prepare_bert(BertForSequenceClassification(BertConfig())), 16)}
+    rows = []
+    for name, (model, timesteps) in models.items():
+        family = family_of(model)
+        architecture = family.architecture(model)
+        for convention in ("exact", "official"):
+            layers = family.layer_graph(architecture, convention)
+            rows.append({"model": name, "convention": convention, "timesteps": timesteps,
+                         "layers": layer_count(layers), "steps": steps_per_inference(layers, timesteps)})
+    return {"rows": rows}
+
+
+STEPS: dict[str, Step] = {
+    "demo": Step("spikedattn demo", [*SPIKEDATTN, "demo", "--out", str(WORK / "demo"), "--no-progress"],
+                 "closed-form reference engine (whole test set, T sweep); Lava fused and decomposed (first images); "
+                 "Lava fixed_pt (the port's images)", "float32 (closed form), float64 (Lava)",
+                 "Fashion-MNIST test split, 10 000 images (sweep: first 1 000)", _collect_demo),
+    "text": Step("make demo-text", [sys.executable, "-m", "lava_spikedattn.text_demo", "--fresh", "--no-progress"],
+                 "closed-form reference engine", "float32",
+                 "Rotten-Tomatoes polarity (SST-2 proxy), 2 062 held-out sentences", _collect_text),
+    "port": Step("python benchmarks/bench_loihi_port.py", [sys.executable, "benchmarks/bench_loihi_port.py"],
+                 "closed-form engine (float rows); integer network stepped in process by LavaNetwork.simulate; "
+                 "Lava fixed_pt (first 4 images)", "float64 / integer", "Fashion-MNIST test split, 10 000 images",
+                 _bench("bench_loihi_port")),
+    "estimate": Step("spikedattn loihi-report FOLDER --json PATH",
+                     ["sh", "-c", " ".join([
+                         *SPIKEDATTN, "loihi-report", "weights/swin_fashion_mnist", "--json",
+                         str(WORK / "loihi_shipped_Swin.json"), "&&", *SPIKEDATTN, "convert", "--model",
+                         "swin_tiny_patch4_window7_224", "--data", "random", "--calib-batches", "1", "--batch-size",
+                         "1", "--base", "1.15", "--timesteps", "40", "--no-progress", "--out",
+                         str(WORK / "swin_t"), "&&", *SPIKEDATTN, "loihi-report", str(WORK / "swin_t"), "--json",
+                         str(WORK / "loihi_Swin-T.json")])],
+                     "resource model (lava_spikedattn.loihi), no run", "-",
+                     "shipped Swin; Swin-T (random init, converted on 1 random image)", _collect_estimate),
+    "structure": Step("python benchmarks/make_results.py --only structure", None,
+                      "layer graph (no run)", "-", "none (random init; the bundled MiniLM)", _collect_structure),
+    "convert": Step("python benchmarks/bench_convert.py", [sys.executable, "benchmarks/bench_convert.py"],
+                    "ANN, closed-form and stepped engines", "float32 (stepped: float64 inside)",
+                    "random inputs, random-init models", _bench("bench_convert")),
+    "engines": Step("python benchmarks/bench_engines.py", [sys.executable, "benchmarks/bench_engines.py"],
+                    "float attention, closed form, stepped", "float64", "Gaussian q, k, v", _bench("bench_engines")),
+    "lava_attention": Step("python benchmarks/bench_lava_attention.py",
+                           [sys.executable, "benchmarks/bench_lava_attention.py"], "Lava floating_pt vs closed form",
+                           "float64", "Gaussian q, k, v", _bench("bench_lava_attention")),
+    "lava_network": Step("python benchmarks/bench_lava_network.py --no-profile",
+                         [sys.executable, "benchmarks/bench_lava_network.py", "--no-profile"],
+                         "Lava floating_pt (fused, decomposed) vs stepped reference", "float64",
+                         "synthetic inputs, tiny models trained 30 steps", _bench("bench_lava_network")),
+}
+
+
+# --- rendering the README blocks ------------------------------------------------------------------------
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f} %"
+
+
+def _int(value: float) -> str:
+    return f"{round(value):,}".replace(",", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def _caption(results: dict[str, Any], *names: str) -> str:
+    parts = []
+    for name in names:
+        step = results["steps"][name]
+        parts.append(f"`{step['command']}` ({step['engine']}; {step['dtype']}; {step['data']})")
+    return "Made by " + "; ".join(parts) + f" on {results['environment']['date']}; re-made by `make results`."
+
+
+def _render_demo(results: dict[str, Any]) -> list[str]:
+    demo, text = results["steps"]["demo"]["result"], results["steps"]["text"]["result"]
+    ref = demo["reference"]
+    rows = [["shipped Swin (`weights/`)", f"Fashion-MNIST ({_int(ref['samples'])})",
+             f"{demo['base']:g}, {demo['timesteps']}", _pct(ref["ann_accuracy"]), _pct(ref["snn_accuracy"]),
+             _pct(ref["agreement"]), _int(ref["spikes_per_inference"]),
+             f"{ref['energy']['official']['ratio']:.2f} / {ref['energy']['complete']['ratio']:.2f}"],
+            ["all-MiniLM-L6-v2, fine-tuned", f"Rotten-Tomatoes polarity, SST-2 proxy ({_int(text['samples'])})",
+             f"{text['base']:g}, {text['timesteps']}", _pct(text["ann_accuracy"]), _pct(text["snn_accuracy"]),
+             _pct(text["agreement"]), _int(text["spikes_per_inference"]),
+             f"{text['energy']['official']['ratio']:.2f} / {text['energy']['complete']['ratio']:.2f}"]]
+    lines = _table(["model", "data (test)", "B, T", "ANN acc.", "SNN acc.", "agreement", "spikes",
+                    "SNN/ANN energy official / complete"], rows)
+    return [*lines, "", f"{_int(ref['saturated'])} values of the whole Fashion-MNIST test set exceed their "
+                        f"calibrated scale and are clipped (counted in `evaluation.json`).",
+            "", _caption(results, "demo", "text")]
+
+
+def _render_demo_lava(results: dict[str, Any]) -> list[str]:
+    lava = results["steps"]["demo"]["result"]["lava"]
+    rows = []
+    for mode, run in (("fused", lava), ("decomposed", lava["decomposed"])):
+        rows.append([mode, run["processes"], run["samples"], f"{run['same_class_as_reference']}/{run['samples']}",
+                     f"{run['max_relative_logit_difference']:.1e}", f"{run['seconds_per_image']:.1f} s"])
+    return [*_table(["Lava network", "processes", "images", "same class as the closed-form engine",
+                     "max logit difference (relative)", "wall per image"], rows), "",
+            _caption(results, "demo")]
+
+
+def _render_sweep(results: dict[str, Any]) -> list[str]:
+    sweep = results["steps"]["demo"]["result"]["sweep"]
+    header = ["T", *(str(row["timesteps"]) for row in sweep)]
+    rows = [["B", *(f"{row['base']:.2f}" for row in sweep)],
+            [f"SNN accuracy (ANN {_pct(sweep[0]['ann_accuracy'])})", *(_pct(row["snn_accuracy"]) for row in sweep)],
+            ["SNN/ANN energy (complete)", *(f"{row['energy']['complete']['ratio']:.2f}" for row in sweep)],
+            ["steps per inference", *(str(row["steps_per_inference"]) for row in sweep)]]
+    return [*_table(header, rows), "", f"On the first {_int(sweep[0]['samples'])} test images, B chosen by "
+            "`search_base` for each T. " + _caption(results, "demo")]
+
+
+def _render_port(results: dict[str, Any]) -> list[str]:
+    port = results["steps"]["port"]["result"]
+    rows = [[row["network"], f"{row['accuracy_%']:.2f} %", f"{row['agreement_with_ANN_%']:.2f} %",
+             f"{row['same_class_as_float_SNN_%']:.2f} %", f"{row['logit_diff_vs_float_SNN']:.3f}"]
+            for row in port["rows"]]
+    meta = port["meta"]
+    clips = sum(meta["integer_port_clipped_values"].values()) if meta["integer_port_clipped_values"] else 0
+    return [*_table(["network", "accuracy", "agreement with the ANN", "same class as the float SNN",
+                     "‖logits − float SNN‖ / ‖float SNN‖"], rows), "",
+            f"Integer port: {meta['integer_port_seconds_per_image']:.2f} s per image in process, {_int(clips)} "
+            f"clipped values; Lava fixed_pt vs in process on the same images: same class "
+            f"{meta['lava_same_class_as_integer_port']}, max |logit difference| "
+            f"{meta['lava_max_abs_logit_difference_vs_integer_port']:g}. " + _caption(results, "port")]
+
+
+def _render_estimate(results: dict[str, Any]) -> list[str]:
+    rows = [[name, f"{row['timesteps']}", _int(row["neurons"]), _int(row["weights"]), row["cores"], row["chips"],
+             _int(row["steps"]), f"{row['latency_us'] / 1e3:.1f} ms at {row['step_time_us']:g} µs/step",
+             f"{_int(row['throughput_per_s'])} /s"]
+            for name, row in results["steps"]["estimate"]["result"].items()]
+    return [*_table(["model", "T", "neurons", "stored weights (8-bit)", "cores", "chips", "steps", "latency",
+                     "pipelined"], rows), "", _caption(results, "estimate")]
+
+
+def _render_structure(results: dict[str, Any]) -> list[str]:
+    rows = [[row["model"], row["convention"], row["timesteps"], row["layers"], _int(row["steps"])]
+            for row in results["steps"]["structure"]["result"]["rows"]]
+    return [*_table(["model", "convention", "T", "neuron layers", "steps per inference"], rows), "",
+            _caption(results, "structure")]
+
+
+def _render_convert(results: dict[str, Any]) -> list[str]:
+    rows = [[row["model"], row["engine"], row["batch"], f"{row['s/image']:.3g}", f"{row['x ANN']:.1f}",
+             f"{row['cos vs ANN']:.4f}"] for row in results["steps"]["convert"]["result"]["rows"]]
+    return [*_table(["model", "engine", "batch", "s per input", "× ANN time", "logit cosine vs ANN"], rows), "",
+            _caption(results, "convert")]
+
+
+def _render_engines(results: dict[str, Any]) -> list[str]:
+    rows = [[row["engine"], f"{row['ms']:.1f}", f"{row['x float']:.2f}", f"{row['rel. error vs float']:.3f}"]
+            for row in results["steps"]["engines"]["result"]["rows"]]
+    return [*_table(["engine", "ms", "× float", "rel. error vs float attention"], rows), "",
+            _caption(results, "engines")]
+
+
+def _render_lava_attention(results: dict[str, Any]) -> list[str]:
+    rows = [[row["tokens x heads x dim"], row["processes"], f"{row['total_s']:.2f}", f"{row['steps/s']:.0f}",
+             f"{row['max |lava-closed|']:.1e}"] for row in results["steps"]["lava_attention"]["result"]["rows"]]
+    return [*_table(["tokens × heads × dim", "processes", "total s", "steps/s", "max abs(Lava − closed)"], rows),
+            "", _caption(results, "lava_attention")]
+
+
+def _render_lava_network(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for row in results["steps"]["lava_network"]["result"]["rows"]:
+        timed = isinstance(row.get("run_s"), float)
+        rows.append([row["model"], row["mode"], row["batch"], row["processes"], row["steps/sample"],
+                     f"{row['wall/sample_s']:.2f} s" if timed else "–",
+                     f"{row['steps/s']:.0f}" if timed else "–",
+                     f"{row['max rel diff']:.1e}" if timed else "–"])
+    return [*_table(["model", "mode", "batch", "Lava processes", "steps per sample", "wall per sample",
+                     "steps/s", "max rel. logit diff vs stepped"], rows), "", _caption(results, "lava_network")]
+
+
+BLOCKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "demo": _render_demo, "demo_lava": _render_demo_lava, "sweep": _render_sweep, "port": _render_port,
+    "estimate": _render_estimate, "structure": _render_structure, "convert": _render_convert,
+    "engines": _render_engines, "lava_attention": _render_lava_attention, "lava_network": _render_lava_network,
+}
+BLOCK_RE = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def render(results: dict[str, Any]) -> dict[str, str]:
+    """{block name: the README text between its markers}."""
+    return {name: "\n".join(make(results)) + "\n" for name, make in BLOCKS.items()}
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """{block name: text between its markers} of a README."""
+    return {match.group(2): match.group(3) for match in BLOCK_RE.finditer(text)}
+
+
+def rewrite_readme(results: dict[str, Any]) -> None:
+    blocks = render(results)
+    text = README.read_text()
+    missing = set(blocks) - set(readme_blocks(text))
+    if missing:
+        raise SystemExit(f"README.md lacks the result block(s) {sorted(missing)}: add "
+                         f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where each belongs")
+    README.write_text(BLOCK_RE.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), text))
+
+
+# --- running ---------------------------------------------------------------------------------------------
+def environment() -> dict[str, Any]:
+    from importlib import metadata
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "versions": {name: metadata.version(name) for name in VERSIONED}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help=f"comma-separated steps, of {','.join(STEPS)} (default: all)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the README from docs/results.json")
+    args = parser.parse_args()
+    names = list(STEPS) if args.only is None else args.only.split(",")
+    unknown = [name for name in names if name not in STEPS]
+    if unknown:
+        parser.error(f"unknown step(s) {unknown}; the steps are {', '.join(STEPS)}")
+    results = _read(RESULTS_JSON) if RESULTS_JSON.is_file() else {"steps": {}}
+    if not args.render_only:
+        env = environment()
+        if results["steps"] and results.get("environment", {}).get("versions") != env["versions"] and \
+                set(names) != set(STEPS):
+            parser.error("docs/results.json was made with other package versions: re-make every step "
+                         "(no --only)")
+        WORK.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            step = STEPS[name]
+            print(f"== {name}: {step.command}", flush=True)
+            start = time.perf_counter()
+            if step.argv is not None:
+                subprocess.run(step.argv, cwd=ROOT, check=True)
+            results["steps"][name] = {"command": step.command, "engine": step.engine, "dtype": step.dtype,
+                                      "data": step.data, "seconds": round(time.perf_counter() - start, 1),
+                                      "result": step.collect()}
+            results["environment"] = env
+            RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    rewrite_readme(results)
+    print(f"written {RESULTS_JSON.relative_to(ROOT)} and the README's result blocks")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The README's measured numbers are the ones in docs/results.json, made on the locked install."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from test_install import locked_versions
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("make_results", ROOT / "benchmarks" / "make_results.py")
+make_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_results)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads(make_results.RESULTS_JSON.read_text())
+
+
+def test_every_step_was_run_with_the_command_the_script_names(results):
+    assert set(results["steps"]) == set(make_results.STEPS)
+    for name, step in make_results.STEPS.items():
+        recorded = results["steps"][name]
+        assert (recorded["command"], recorded["engine"], recorded["dtype"], recorded["data"]) == \
+            (step.command, step.engine, step.dtype, step.data), f"{name}: re-run `make results`"
+
+
+def test_results_were_made_with_the_locked_versions(results):
+    """A new lock changes what pip installs, so the numbers must be re-made with it."""
+    locked = locked_versions()
+    recorded = results["environment"]["versions"]
+    assert set(recorded) == set(make_results.VERSIONED)
+    assert {name: locked[name] for name in recorded} == recorded, "re-run `make results` on the new lock"
+
+
+@pytest.mark.parametrize("block", sorted(make_results.BLOCKS))
+def test_readme_block_is_rendered_from_the_results(results, block):
+    readme = make_results.readme_blocks(make_results.README.read_text())
+    assert readme.get(block) == make_results.render(results)[block], \
+        f"README block {block!r} differs from docs/results.json: run `python benchmarks/make_results.py --render-only`"
+
+
+def test_rendered_blocks_name_their_command_and_date(results):
+    for block, text in make_results.render(results).items():
+        assert "Made by `" in text and results["environment"]["date"] in text, block
