@@ -28,8 +28,10 @@ vocabulary; ``random`` is seeded Gaussian images or random token ids with random
 ``convert`` calibrates on the train split, ``evaluate`` uses the test split by default.
 
 Exit status: 0 success; 2 a usage error (an invalid or inconsistent option, reported by
-argparse with the usage line); 1 any other failure (a missing or corrupt file, a missing data
-set, a model the converter cannot handle), with the reason on stderr.
+argparse with the usage line; output paths -- ``--json``, ``--out``, ``--save-ann`` -- that cannot
+be written are refused this way before any work); 1 any other failure (a missing or corrupt file,
+a missing data set, a model the converter cannot handle, an ``--ann`` of another family or
+architecture than the converted model), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.lava_samples > (args.limit or args.lava_samples):
         raise UsageError(f"--lava-samples {args.lava_samples} is more than --limit {args.limit}")
+    _check_output("--out", args.out, folder=True)
     run_demo(DemoSettings(model=args.model, ann=args.ann, out=args.out, lava_samples=args.lava_samples,
                           limit=args.limit, sweep=args.sweep, sweep_limit=args.sweep_limit,
                           threads=args.threads, progress=not args.no_progress))
@@ -420,6 +423,43 @@ def _resolve_device(text: str) -> torch.device:
     return device
 
 
+def _check_output(option: str, path: Path | None, *, folder: bool = False, example: str = "out.json") -> None:
+    """Refuse an output path that cannot be written, before any work is done.
+
+    ``folder``: ``path`` names a folder to create or fill (``--out``), else a file to create or
+    overwrite. The path itself need not exist; its nearest existing ancestor must be a writable
+    folder (missing folders in between are created when the output is written). Raises
+    :class:`UsageError` naming the option, the path and the fix. Nothing is created here.
+    """
+    if path is None:
+        return
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UsageError(f"{option} {path} is an existing file, not a folder; name a new folder or an "
+                             f"existing one (or remove the file)")
+        if not folder and path.is_dir():
+            raise UsageError(f"{option} {path} is a folder; name a file, e.g. {path / example}")
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            raise UsageError(f"{option} {path} is not writable (no permission); choose a path you can write "
+                             f"to or change its permissions")
+        return
+    ancestor = path.parent
+    while not (ancestor.exists() or ancestor.is_symlink()) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path} cannot be created: {ancestor} is a file, not a folder; choose a "
+                         f"path inside a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path} cannot be created: the folder {ancestor} is not writable; choose a "
+                         f"path in a folder you can write to")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write an output file checked by :func:`_check_output` (its missing folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def _say(text: str) -> None:
     """Print on rank 0 only."""
     from lava_spikedattn import distributed
@@ -476,6 +516,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     numeric_base = args.base if isinstance(args.base, float) else None
     phase_code(2.0 if numeric_base is None else numeric_base, 1)  # bad values are usage errors: before any work
+    _check_convert_outputs(args)
     device = distributed.init_from_env(_resolve_device(args.device))
     model, family, name, kwargs = _build_ann(args)
     _check_dataset(family, args.data)
@@ -514,6 +555,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_convert_outputs(args: argparse.Namespace) -> None:
+    """``--out`` (a folder) and ``--save-ann`` (a file) can be written and do not collide."""
+    from lava_spikedattn.convert import CONFIG_FILE, WEIGHTS_FILE
+
+    _check_output("--out", args.out, folder=True)
+    _check_output("--save-ann", args.save_ann, example="ann.safetensors")
+    if args.save_ann is not None:
+        save_ann, out = args.save_ann.absolute(), args.out.absolute()
+        if save_ann == out or save_ann in (out / CONFIG_FILE, out / WEIGHTS_FILE):
+            raise UsageError(f"--save-ann {args.save_ann} would overwrite the converted model in --out {args.out}; "
+                             f"name another file, e.g. {args.out.parent / (args.out.name + '_ann.safetensors')}")
+
+
 class _OnDevice:
     """``batches`` (with their length) moved to ``device`` one at a time, as they are iterated."""
 
@@ -540,9 +594,7 @@ def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, nn.Module | Non
     ann = None
     if getattr(args, "ann", None) is not None:
         ann, metadata = load_ann_checkpoint(args.ann)
-        if metadata["family"] != cm.config["family"]:
-            raise ValueError(f"--ann {args.ann} holds a {metadata['family']} model but {args.folder} is a "
-                             f"converted {cm.config['family']} model")
+        _check_ann_architecture(args.ann, ann, metadata["family"], args.folder, cm.config)
         if tensor_sha256(ann.state_dict()) != cm.config["source_sha256"]:
             print(f"spikedattn {args.command}: warning: {args.ann} is not the model {args.folder} was converted "
                   f"from (its weights' sha256 differs from source_sha256 in config.json)", file=sys.stderr)
@@ -553,10 +605,37 @@ def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, nn.Module | Non
     return cm, ann, batches
 
 
+def _check_ann_architecture(path: Path, ann: nn.Module, family: str, folder: Path,
+                            config: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming every differing key if the ``--ann`` checkpoint at ``path`` (a
+    ``family`` model) is not of the architecture the converted model in ``folder`` was made from.
+
+    Weights may differ (a re-fine-tuned checkpoint: the caller warns); the family and every
+    architecture key (classes, input size, depths, ...) must not.
+    """
+    from lava_spikedattn.models import get_family
+
+    fix = (f"pass the checkpoint {folder} was converted from (its `convert --save-ann` file), or convert "
+           f"this one with `spikedattn convert --checkpoint {path} ...`")
+    if family != config["family"]:
+        raise ValueError(f"--ann {path} is a {family} model (family={family}) but {folder} was converted from a "
+                         f"{config['family']} model (family={config['family']}); {fix}")
+    expected = config["architecture"]
+    found = json.loads(json.dumps(get_family(family).architecture(ann)))  # as config.json holds it
+    differing = [key for key in dict.fromkeys([*expected, *found]) if found.get(key) != expected.get(key)]
+    if differing:
+        def describe(architecture: Mapping[str, Any]) -> str:
+            return ", ".join(f"{key}={json.dumps(architecture.get(key))}" for key in differing)
+
+        raise ValueError(f"--ann {path} is a {family} with {describe(found)} but {folder} was converted from "
+                         f"{describe(expected)}; {fix}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lava_spikedattn import distributed
     from lava_spikedattn.evaluate import evaluate
 
+    _check_output("--json", args.json, example="report.json")
     device = distributed.init_from_env(_resolve_device(args.device))
     cm, ann, batches = _load_for_evaluation(args)
     report = evaluate(ann, cm.to_reference(args.engine), distributed.shard(batches), device=device,
@@ -565,6 +644,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if distributed.world()[0] == 0:
         print(report.table())
         if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
             print(f"\nwritten {report.save(args.json)}")
     return 0
 
@@ -574,6 +654,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from lava_spikedattn import distributed
     from lava_spikedattn.evaluate import evaluate
 
+    _check_output("--json", args.json, example="energy.json")
     device = distributed.init_from_env(_resolve_device(args.device))
     cm, ann, batches = _load_for_evaluation(args)
     report = evaluate(ann, cm.to_reference("closed"), distributed.shard(batches), device=device,
@@ -591,9 +672,9 @@ def cmd_energy(args: argparse.Namespace) -> int:
                 print(f"  ANN {energy.ann_total_pj / 1e9:.6f} mJ, SNN {energy.snn_total_pj / 1e9:.6f} mJ per "
                       f"inference ({energy.counting} counting)")
         if args.json is not None:
-            args.json.write_text(json.dumps({"folder": str(args.folder), "data": args.data, "split": args.split,
-                                             "samples": report.samples,
-                                             **{c: e.to_json() for c, e in energies.items()}}, indent=1) + "\n")
+            _write_text(args.json, json.dumps({"folder": str(args.folder), "data": args.data, "split": args.split,
+                                               "samples": report.samples,
+                                               **{c: e.to_json() for c, e in energies.items()}}, indent=1) + "\n")
             print(f"\nwritten {args.json}")
     return 0
 
@@ -611,6 +692,7 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
 
     from lava_spikedattn.reference.fixed import FixedFormat
 
+    _check_output("--json", args.json, example="lava.json")
     cm, _, batches = _load_for_evaluation(args)
     fmt = FixedFormat() if args.fixed else None
     net = build_lava_network(cm, mode=args.mode, fixed_format=fmt)
@@ -654,7 +736,7 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
                   "processes": stats["processes"], "neurons": stats["neurons"], "synapses": stats["synapses"]}
         if args.fixed:
             result.update(fixed_point=True, equal_to_simulation=samples - unequal, clips=clips)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        _write_text(args.json, json.dumps(result, indent=1) + "\n")
         print(f"\nwritten {args.json}")
     if args.fixed:
         if unequal:
@@ -684,6 +766,7 @@ def cmd_loihi_report(args: argparse.Namespace) -> int:
     from lava_spikedattn.convert import ConvertedModel
     from lava_spikedattn.loihi import quantize_for_loihi, resource_estimate
 
+    _check_output("--json", args.json, example="loihi.json")
     cm = ConvertedModel.load(args.folder)
     inputs = None
     if cm.config["family"] == "bert":
@@ -704,8 +787,8 @@ def cmd_loihi_report(args: argparse.Namespace) -> int:
     if args.quantization:
         print("\n" + quantization.table())
     if args.json is not None:
-        args.json.write_text(json.dumps({**report.to_json(), "quantization": quantization.to_json()}, indent=1)
-                             + "\n")
+        _write_text(args.json, json.dumps({**report.to_json(), "quantization": quantization.to_json()}, indent=1)
+                    + "\n")
         print(f"\nwritten {args.json}")
     return 0
 
@@ -915,7 +998,8 @@ def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = 
     if ann:
         parser.add_argument("--ann", type=Path, metavar="CHECKPOINT",
                             help="the prepared ANN checkpoint the model was converted from (ANN accuracy and "
-                                 "agreement against the real model; a warning if its sha256 differs)")
+                                 "agreement against the real model; an error if its family or architecture "
+                                 "differs, a warning if only its weights' sha256 does)")
 
 
 def main(argv: list[str] | None = None) -> int:
