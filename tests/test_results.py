@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from test_install import locked_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("make_results", ROOT / "benchmarks" / "make_results.py")
-make_results = importlib.util.module_from_spec(_spec)
+make_results = sys.modules["make_results"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
 _spec.loader.exec_module(make_results)
 
 
@@ -45,3 +46,29 @@ def test_readme_block_is_rendered_from_the_results(results, block):
 def test_rendered_blocks_name_their_command_and_date(results):
     for block, text in make_results.render(results).items():
         assert "Made by `" in text and results["environment"]["date"] in text, block
+
+
+@pytest.mark.slow
+def test_the_demo_reproduces_the_readme_numbers_of_the_shipped_swin(results):
+    """`make demo`'s whole-test-set evaluation on this install gives exactly the recorded numbers
+    (closed-form engine, float32, one torch thread as the demo runs it)."""
+    import torch
+
+    from lava_spikedattn.cli import load_ann_checkpoint
+    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.data import fit_images, load_image_dataset
+    from lava_spikedattn.demo import DATASET, DEFAULT_ANN, DEFAULT_MODEL, DemoSettings, _report_summary
+    from lava_spikedattn.evaluate import evaluate
+
+    settings, threads = DemoSettings(), torch.get_num_threads()
+    cm, (ann, _) = ConvertedModel.load(DEFAULT_MODEL), load_ann_checkpoint(DEFAULT_ANN)
+    images, labels = load_image_dataset(DATASET, "test")
+    images = fit_images(images, cm.config["architecture"]["img_size"], cm.config["architecture"]["in_chans"])
+    torch.set_num_threads(settings.threads)
+    try:
+        report = evaluate(ann, cm.to_reference("closed"), list(zip(images.split(settings.batch_size),
+                                                                   labels.split(settings.batch_size))),
+                          progress=False, compare_layers=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert _report_summary(report) == results["steps"]["demo"]["result"]["reference"]
