@@ -1002,6 +1002,10 @@ def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = 
                                  "differs, a warning if only its weights' sha256 does)")
 
 
+#: Commands that run Lava processes: SIGTERM/SIGHUP stop them like ^C (lava.handle_termination_signals).
+RUNS_LAVA = ("run-lava", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
@@ -1009,11 +1013,22 @@ def main(argv: list[str] | None = None) -> int:
     from lava_spikedattn.convert import ConvertedModelError
 
     try:
+        if args.command in RUNS_LAVA:  # SIGTERM/SIGHUP also between two Lava runs: the same clean exit
+            from lava_spikedattn.lava import handle_termination_signals
+
+            with handle_termination_signals():
+                return args.func(args)
         return args.func(args)
     except UsageError as error:
         args.parser.error(str(error))  # exits with 2
     except BrokenPipeError:  # stdout closed early (`spikedattn evaluate ... | head`): nothing left to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit; keep it quiet)
+        return 1
+    except SystemExit as error:  # LavaTerminated: SIGTERM/SIGHUP during a Lava run, its workers already stopped
+        lava = sys.modules.get("lava_spikedattn.lava")
+        if lava is None or not isinstance(error, lava.LavaTerminated) or args.traceback:
+            raise
+        print(f"spikedattn {args.command}: error: {error}", file=sys.stderr)
         return 1
     except (ConvertedModelError, UnsupportedModuleError, FileNotFoundError, OSError, ValueError, TypeError,
             RuntimeError, KeyError) as error:

@@ -8,8 +8,8 @@ Tolerances (float64):
 * spikes (fire steps, signs, payloads) must be identical: both engines perform the same IEEE
   operations in the same order, so a threshold decision cannot differ;
 * membranes to ``SAME`` = 1e-9 ("same dynamics"; in practice they are bitwise equal);
-* traces, products and biases to ``TIGHT`` = 1e-12: the TraceHolder decays by repeated
-  division while the reference uses B^-k, and numpy/torch may sum a matmul in another order.
+* traces, products and biases to ``TIGHT`` = 1e-12: the TraceHolder's expected values decay by
+  repeated division while the models use B^-k, and numpy/torch may sum a matmul in another order.
 
 Each Lava run costs ~70 ms per Process to start on 2 cores, so each fixture puts several
 independent populations (their own seeds and configurations) into ONE graph and runs it once;
@@ -128,9 +128,34 @@ def run_neuron_sim(sim: PhaseNeuronSim, inputs: np.ndarray) -> dict[str, np.ndar
             "decoded": np.stack(decoded)}
 
 
-def holder_expected(code: PhaseCode, phase: int, steps: int) -> np.ndarray:
-    t = np.arange(steps)
-    return (code.trace_start * code.base ** -((t - phase) % code.timesteps)).reshape(steps, 1)
+#: Value of the global trace at the first step of a window (spec §2 and §6: 1/B in the released
+#: code's convention, 1 in the clean one), written out rather than taken from PhaseCode.
+TRACE_START = {"exact": lambda base: 1.0, "official": lambda base: 1.0 / base}
+
+
+def holder_expected(convention: str, base: float, timesteps: int, phase: int, steps: int) -> np.ndarray:
+    """The global trace step by step, as spec §2 defines it: it starts a window at the trace
+    start, decays by 1/B per step (repeated division, not the closed form B^-k the model uses)
+    and starts again every T steps. The windows start at phase, phase ± T, ...; the loop starts
+    in the window that contains step 0, at its first step (≤ 0)."""
+    value = None
+    out = []
+    for t in range(phase - timesteps * -(-phase // timesteps), steps):
+        if (t - phase) % timesteps == 0:
+            value = TRACE_START[convention](base)
+        else:
+            value = value / base
+        if t >= 0:
+            out.append(value)
+    return np.array(out).reshape(steps, 1)
+
+
+def test_holder_expected_by_hand():
+    """The step loop above on hand-written numbers: B = 2, T = 3."""
+    np.testing.assert_array_equal(holder_expected("exact", 2.0, 3, 0, 7)[:, 0], [1, .5, .25, 1, .5, .25, 1])
+    np.testing.assert_array_equal(holder_expected("exact", 2.0, 3, 1, 5)[:, 0], [.25, 1, .5, .25, 1])
+    np.testing.assert_array_equal(holder_expected("official", 2.0, 3, 5, 7)[:, 0],
+                                  [.25, .125, .5, .25, .125, .5, .25])
 
 
 def assert_spikes_equal(lava: np.ndarray, ref: np.ndarray, what: str) -> None:
@@ -206,7 +231,7 @@ def neuron_run(request):
             sinks[f"{case.name}.{port}"] = probe(getattr(neuron, port), steps)
         if case.extra_wait:  # record this holder too: a phase > T
             sinks[f"{case.name}.holder"] = probe(holder.s_out, steps)
-            expected[f"{case.name}.holder"] = holder_expected(code, neuron.fire_start, steps)
+            expected[f"{case.name}.holder"] = holder_expected(convention, base, T, neuron.fire_start, steps)
         expected[case.name] = run_neuron_sim(sim, x)
         expected[f"{case.name}.fire_step"] = sim.fire_step.numpy()
         fire_starts[case.name] = neuron.fire_start
@@ -231,7 +256,7 @@ def neuron_run(request):
         holder = TraceHolder(code=code, phase=phase)
         sinks[f"holder{phase}"] = probe(holder.s_out, steps)
         ties.append(sinks[f"holder{phase}"].a_in)
-        expected[f"holder{phase}"] = holder_expected(code, phase, steps)
+        expected[f"holder{phase}"] = holder_expected(convention, base, T, phase, steps)
     tie(*ties)
     records = run_processes(sinks, steps, timeout=120)
     return code, records, expected, fire_starts
@@ -293,7 +318,8 @@ def test_phase_neuron_membrane_on_the_threshold_fires_at_that_step(neuron_run):
 
 @pytest.mark.parametrize("name", [f"holder{p}" for p in HOLDER_PHASES] + [f"{NEURON_CASES[1].name}.holder"])
 def test_trace_holder_decays_and_restarts_with_its_phase(neuron_run, name):
-    """s_out[t] = trace_start·B^-((t − phase) mod T) over 3T+1 steps, to 1e-12."""
+    """s_out[t] equals the step-by-step global trace of spec §2 (``holder_expected``) over 3T+1
+    steps, to 1e-12 (repeated division against the model's closed form)."""
     _, records, expected, _ = neuron_run
     assert_close(records[name], expected[name], TIGHT, name)
 
