@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.coding import PhaseCode, check_finite
 from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.lava import run_processes
 from lava_spikedattn.loihi import neuron_units
-from lava_spikedattn.models import swin
+from lava_spikedattn.models import bert, swin
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
@@ -495,7 +495,8 @@ class LavaNetwork:
         return self.cm.steps_per_inference
 
     def _check_input(self, x: ty.Any) -> tuple[ty.Any, int]:
-        """The input in the builder's format and its batch size; LavaBuildError if it is wrong."""
+        """The input in the builder's format and its batch size; LavaBuildError if it is malformed,
+        :class:`NonFiniteInputError` (as every engine raises) if it holds NaN or inf."""
         if self.family == "bert":
             if not isinstance(x, ty.Mapping) or "input_ids" not in x:
                 raise LavaBuildError(f"input must be a dict with 'input_ids' (batch, N) as HF tokenizers return, "
@@ -503,6 +504,7 @@ class LavaNetwork:
             ids = torch.as_tensor(x["input_ids"])
             if ids.dim() != 2:
                 raise LavaBuildError(f"input_ids must be (batch, N), got shape {tuple(ids.shape)}")
+            check_finite("input", {key: x.get(key) for key in bert.INPUT_KEYS})
             return x, ids.shape[0]  # the builder's embedding validates the rest
         cfg = swin.SwinConfig.from_json(self.cm.config["architecture"])
         expected = (cfg.in_chans, *cfg.img_size)
@@ -513,8 +515,7 @@ class LavaNetwork:
             x = x[None]
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise LavaBuildError(f"input must be images (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise LavaBuildError("input contains NaN/inf")
+        check_finite("input", x)
         x = x.detach().cpu().double()
         return x, x.shape[0]
 
@@ -571,7 +572,8 @@ class LavaNetwork:
 
     def run_batch(self, xs: ty.Any, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
         """Logits of many inputs (an image tensor, or a tokenizer dict of tensors), ``batch_size``
-        per Lava run, with a progress bar."""
+        per Lava run, with a progress bar. Non-finite inputs are refused before the first run."""
+        check_finite("input", {key: xs.get(key) for key in bert.INPUT_KEYS} if isinstance(xs, ty.Mapping) else xs)
         if isinstance(xs, ty.Mapping):
             keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if xs.get(key) is not None]
             parts = [torch.split(torch.as_tensor(xs[key]), batch_size) for key in keys]

@@ -557,9 +557,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _check_convert_outputs(args: argparse.Namespace) -> None:
     """``--out`` (a folder) and ``--save-ann`` (a file) can be written and do not collide."""
-    from lava_spikedattn.convert import CONFIG_FILE, WEIGHTS_FILE
+    from lava_spikedattn.convert import CONFIG_FILE, WEIGHTS_FILE, check_save_folder
 
     _check_output("--out", args.out, folder=True)
+    try:
+        check_save_folder(args.out)  # save() replaces the folder: never one with other files in it
+    except FileExistsError as error:
+        raise UsageError(f"--out: {error}") from None
     _check_output("--save-ann", args.save_ann, example="ann.safetensors")
     if args.save_ann is not None:
         save_ann, out = args.save_ann.absolute(), args.out.absolute()

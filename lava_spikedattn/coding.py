@@ -17,19 +17,37 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import Any, Mapping
 
 import torch
 
 CONVENTIONS = ("exact", "official")
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf (never let a NaN through silently)."""
+class NonFiniteInputError(ValueError):
+    """An input holds NaN or inf: every engine refuses it rather than return confident logits."""
+
+
+def check_finite(name: str, x: Any) -> None:
+    """Raise :class:`NonFiniteInputError` if ``x`` holds NaN or inf (never let a NaN through silently).
+
+    ``x``: a tensor (or array-like), or a dict of them such as a tokenizer's output, checked per
+    key (``None`` entries are skipped). Integer tensors (token ids) cannot hold NaN and pass.
+    """
+    if isinstance(x, Mapping):
+        for key, value in x.items():
+            if value is not None:
+                check_finite(f"{name}[{key!r}]", value)
+        return
+    x = torch.as_tensor(x)
     if not torch.is_floating_point(x):
         return
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s); inputs must be finite")
+    count = int((~torch.isfinite(x)).sum())
+    if count:
+        nan = int(x.isnan().sum())
+        raise NonFiniteInputError(
+            f"{name} contains {count} NaN/inf value(s) ({nan} NaN, {count - nan} inf) among its {x.numel()}; "
+            f"inputs must be finite: fix the preprocessing that produced them or replace them (torch.nan_to_num)")
 
 
 def check_scale(name: str, scale: torch.Tensor) -> None:

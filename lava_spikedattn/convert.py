@@ -37,6 +37,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import uuid
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spikedattn import ann
-from lava_spikedattn.coding import CONVENTIONS, PhaseCode
+from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, family_of, get_family
 from lava_spikedattn.reference import closed, functional
@@ -64,6 +67,8 @@ __all__ = [
     "LayerSpec",
     "LayerStats",
     "SpikingNetwork",
+    "calibration_input",
+    "check_save_folder",
     "convert",
     "fit_scale",
     "log_error",
@@ -497,7 +502,10 @@ class SpikingNetwork(nn.Module):
         return out
 
     def run(self, x: Any, engine: Engine) -> torch.Tensor:
-        """The family's forward pass with every spike point delegated to ``engine``."""
+        """The family's forward pass with every spike point delegated to ``engine``.
+
+        Family code refuses an input that holds NaN or inf (``coding.check_finite``) before any
+        layer runs, on every engine."""
         raise NotImplementedError(f"{type(self).__name__} must implement run(x, engine)")
 
     def synapses(self, x: Any) -> list[Synapse]:
@@ -554,7 +562,9 @@ class Calibrator(Observer):
     small sets). A zero scale (a neuron that saw only zeros) is replaced by the layer's largest
     scale, or 1.0 if the whole layer saw only zeros: on the calibration data the neuron is
     silent whatever its scale, and the layer's range is the best guess for other inputs. Such
-    neurons are counted as ``zero_count`` in the summary.
+    neurons are counted as ``zero_count`` in the summary; layers whose every scale was zero are
+    listed in ``zero_layers`` (name → zero_count) with a warning, as their 1.0 is a guess with
+    nothing behind it. A calibration whose network input was zero everywhere is refused.
 
     Masked values (padding, ``observe(mask=...)``) are not samples. A neuron that never got a
     sample (a position that was padding, or beyond the longest sequence, in every calibration
@@ -620,8 +630,12 @@ class Calibrator(Observer):
         missing = [name for name in self.specs if name not in observed]
         if missing:
             raise RuntimeError(f"calibration never reached {len(missing)} layer(s): {', '.join(missing[:5])}")
+        if self.input_max == 0:
+            raise ValueError("every calibration input is zero: the scales would say nothing about real inputs "
+                             "(every layer would get the placeholder scale 1.0); calibrate on real data")
         weights: dict[str, torch.Tensor] = {}
         layers: dict[str, dict[str, Any]] = {}
+        zero_layers: dict[str, int] = {}
         for name, spec in self.specs.items():
             raw, seen = self._raw(name)
             if spec.seq_axis is not None and not bool(seen.all()):
@@ -633,14 +647,22 @@ class Calibrator(Observer):
             weights[f"scale.{name}"] = scale
             layers[name] = {"min": float(scale.min()), "max": float(scale.max()),
                             "zero_count": int((zero & seen).sum()), "unseen_count": int((~seen).sum())}
+            if bool(zero.all()):
+                zero_layers[name] = layers[name]["zero_count"]
+        if zero_layers:
+            names = ", ".join(list(zero_layers)[:8]) + (", ..." if len(zero_layers) > 8 else "")
+            warnings.warn(f"calibration: {len(zero_layers)} layer(s) saw only zeros ({names}; all in the config's "
+                          f"calibration.zero_layers), so their scales are a placeholder 1.0: calibrate on inputs "
+                          f"that reach them", stacklevel=3)
         if self.input_max is not None:
-            weights["input_max"] = torch.tensor(self.input_max if self.input_max > 0 else 1.0, dtype=dtype)
+            weights["input_max"] = torch.tensor(self.input_max, dtype=dtype)
         summary = {
             "method": self.method,
             "percentile": self.percentile if self.method == "percentile" else None,
             "input_max": float(weights["input_max"]) if "input_max" in weights else None,
             "zero_floor": "layer's largest scale (1.0 if the whole layer was zero)",
             "zero_count": sum(layer["zero_count"] for layer in layers.values()),
+            "zero_layers": zero_layers,
             "unseen_floor": "largest scale of the same neuron at any position, else the layer's largest",
             "unseen_count": sum(layer["unseen_count"] for layer in layers.values()),
             "layers": layers,
@@ -655,6 +677,20 @@ def batch_size(x: Any) -> int:
     if isinstance(x, Mapping):
         return next(batch_size(v) for v in x.values() if isinstance(v, torch.Tensor))
     raise TypeError(f"a calibration batch must be a tensor or a dict of tensors, got {type(x).__name__}")
+
+
+def calibration_input(family: ModelFamily, batch: Any, index: int) -> Any:
+    """The model input of calibration batch number ``index``, checked before it runs.
+
+    Raises ``ValueError`` for a batch of 0 samples and :class:`coding.NonFiniteInputError` for
+    one that holds NaN or inf, naming the batch: either would otherwise end deep inside
+    calibration (a reduction over nothing, NaN scales) with an error that names neither.
+    """
+    x = family.model_input(batch)
+    if batch_size(x) == 0:
+        raise ValueError(f"calibration batch {index} holds 0 samples: drop empty batches from the calibration set")
+    check_finite(f"calibration batch {index}", x)
+    return x
 
 
 # --- the converted model and its file ---------------------------------------------------------------------
@@ -727,22 +763,31 @@ class ConvertedModel:
                                    self.code, engine)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``weights.safetensors`` into ``folder`` (created if needed).
+        """Write ``config.json`` and ``weights.safetensors`` as the folder ``folder``, atomically.
 
-        ``config["weights_sha256"]`` is recomputed from the weights being written; each file is
-        written to a temporary name first and renamed, so a crash never leaves half a file.
+        ``config["weights_sha256"]`` is recomputed from the weights being written. Both files are
+        written into a temporary sibling folder (``.<name>.*.partial``), which one rename then
+        makes ``folder``, so ``folder`` never holds new weights with an old config or half a file.
+        An error (or ^C) while writing removes the temporary folder and leaves ``folder`` as it
+        was. An existing ``folder`` must be a converted-model folder (:func:`check_save_folder`,
+        ``FileExistsError`` otherwise); it is replaced as :func:`_move_into_place` describes.
         """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        check_save_folder(folder)
         tensors = {key: value.detach().cpu().contiguous() for key, value in self.weights.items()}
         self.config["weights_sha256"] = tensor_sha256(tensors)
         text = json.dumps(self.config, indent=1, allow_nan=False)
-        for name, write in ((WEIGHTS_FILE, lambda p: safetensors.torch.save_file(
-                tensors, str(p), metadata={"format_version": str(FORMAT_VERSION), "family": self.config["family"]})),
-                (CONFIG_FILE, lambda p: p.write_text(text + "\n"))):
-            partial = folder / f".{name}.partial"
-            write(partial)
-            os.replace(partial, folder / name)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = _sibling(folder, "partial")
+        staging.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become the saved folder's
+        try:
+            safetensors.torch.save_file(tensors, str(staging / WEIGHTS_FILE),
+                                        metadata={"format_version": str(FORMAT_VERSION), "family": self.config["family"]})
+            (staging / CONFIG_FILE).write_text(text + "\n")
+            _move_into_place(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return folder
 
     @classmethod
@@ -768,6 +813,51 @@ class ConvertedModel:
         return (f"{self.config['family']} {self.code.describe()}; {self.n_layers} neuron layers, "
                 f"{self.steps_per_inference} steps per inference; calibrated ({cal['method']}) on "
                 f"{cal['samples']} samples, {cal['zero_count']} zero scale(s)")
+
+
+def check_save_folder(folder: str | os.PathLike) -> None:
+    """Raise ``FileExistsError`` unless :meth:`ConvertedModel.save` may write ``folder``: it does not
+    exist, or it is a folder holding nothing but ``config.json`` / ``weights.safetensors``.
+
+    save() replaces the whole folder, so it refuses one with anything else in it rather than
+    delete the user's files. Call it before long work (calibration) to fail early.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"cannot save a converted model as {folder}: it is a file; choose a folder path")
+    others = sorted(path.name for path in folder.iterdir() if path.name not in (CONFIG_FILE, WEIGHTS_FILE))
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise FileExistsError(f"cannot save a converted model as {folder}: saving replaces the whole folder and it "
+                              f"holds {len(others)} other file(s) ({listed}); choose a new or empty folder, or move "
+                              f"them away")
+
+
+def _sibling(folder: Path, kind: str) -> Path:
+    """A fresh hidden name beside ``folder``: ``.<name>.<random hex>.<kind>``."""
+    return folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.{kind}")
+
+
+def _move_into_place(staging: Path, folder: Path) -> None:
+    """Rename the complete folder ``staging`` to ``folder``.
+
+    An existing ``folder`` is first renamed aside (``.<name>.<hex>.old`` beside it), then deleted.
+    Crash window: between those two renames ``folder`` does not exist and the previous model
+    sits, complete, in the ``.old`` folder (rename it back); a failed second rename restores it.
+    """
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    old = _sibling(folder, "old")
+    os.rename(folder, old)
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        os.rename(old, folder)
+        raise
+    shutil.rmtree(old)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -848,6 +938,12 @@ def _check_weights(weights: Mapping[str, torch.Tensor], expected: Mapping[str, t
         if not torch.is_floating_point(tensor):
             raise ConvertedModelError(f"{WEIGHTS_FILE}: tensor {key!r} has dtype {tensor.dtype}, "
                                       f"expected floating point")
+    non_finite = {key: int((~torch.isfinite(tensor)).sum()) for key, tensor in weights.items()}
+    non_finite = {key: count for key, count in non_finite.items() if count}
+    if non_finite:
+        listed = ", ".join(f"{key!r} ({count})" for key, count in list(non_finite.items())[:8])
+        raise ConvertedModelError(f"{WEIGHTS_FILE} holds NaN/inf values in {len(non_finite)} tensor(s): {listed}; "
+                                  f"the file is corrupt or was written from a diverged model: convert again")
 
 
 # --- conversion ----------------------------------------------------------------------------------------------
@@ -880,8 +976,8 @@ def convert(model: nn.Module, calibration_batches: Iterable[Any], code: PhaseCod
     n_batches = n_samples = 0
     first = None
     with torch.no_grad():
-        for batch in calibration_batches:
-            x = family.model_input(batch)
+        for index, batch in enumerate(calibration_batches):
+            x = calibration_input(family, batch, index)
             network.run(x, engine)
             first = x if first is None else first
             n_batches += 1
@@ -921,7 +1017,7 @@ def _folding_error(family: ModelFamily, model: nn.Module, network: SpikingNetwor
     finally:
         model.train(was_training)
     error = float((folded - reference).norm() / reference.norm().clamp(min=1e-30))
-    if error > FOLDING_TOLERANCE:
+    if not error <= FOLDING_TOLERANCE:  # NaN too
         raise ValueError(f"the folded network does not reproduce the prepared model: relative error {error:.3g} "
                          f"> {FOLDING_TOLERANCE:g} (are the norms' running statistics finite and the model a "
                          f"variant this converter supports?)")

@@ -38,7 +38,8 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import AnnEngine, Calibrator, ConvertedModel, batch_size, convert, tensor_sha256
+from lava_spikedattn.convert import (AnnEngine, Calibrator, ConvertedModel, batch_size, calibration_input, convert,
+                                     tensor_sha256)
 
 __all__ = [
     "ShardedBatchSampler",
@@ -256,8 +257,8 @@ def convert_distributed(model: torch.nn.Module, calibration_batches: Iterable[An
     bar = tqdm(itertools.chain([first], iterator), total=total, desc="calibrate", unit="batch",
                disable=not progress or rank != 0)
     with torch.no_grad():
-        for batch in bar:
-            x = family.model_input(batch)
+        for index, batch in enumerate(bar):
+            x = calibration_input(family, batch, index)
             network.run(x, engine)
             batches += 1
             samples += batch_size(x)

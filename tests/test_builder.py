@@ -8,7 +8,7 @@ from timm.models.swin_transformer import SwinTransformer
 from lava_spikedattn import builder
 from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
-from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.lava import live_workers
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
@@ -180,7 +180,7 @@ def test_errors_come_before_any_worker_starts(model, inputs, monkeypatch):
         net.run(torch.zeros(2, 3, 16, 16))
     with pytest.raises(LavaBuildError, match="float tensor"):
         net.run(torch.zeros(2, 1, 16, 16, dtype=torch.long))
-    with pytest.raises(LavaBuildError, match="NaN/inf"):
+    with pytest.raises(NonFiniteInputError, match="NaN/inf"):  # the same error as every engine
         net.run(torch.full((1, 1, 16, 16), float("nan")))
     monkeypatch.setattr(builder, "MAX_PROCESSES", 20)
     with pytest.raises(LavaBuildError, match="in decomposed mode, more than the simulator limit of 20"):

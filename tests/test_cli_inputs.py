@@ -220,3 +220,14 @@ def test_missing_output_folders_are_created(converted, tmp_path, capsys):
     status, _, err = run(capsys, "loihi-report", folder, "--json", target)
     assert status == 0, err
     assert json.loads(target.read_text())["steps_per_inference"] == 32 * 40
+
+
+def test_convert_refuses_an_out_folder_with_other_files(tmp_path, capsys):
+    """save() replaces the whole folder, so a folder with the user's files is refused up front."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    status, stdout, err = run(capsys, "convert", "--model", "swin_tiny_patch4_window7_224", "--data", "random",
+                              "--out", out)
+    assert status == 2 and "--out" in err and "notes.txt" in err and not stdout
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"

@@ -522,7 +522,9 @@ def test_killed_run_lava_command_leaves_nothing_behind(tmp_path, signum):
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         process = subprocess.Popen([sys.executable, "-m", "lava_spikedattn.cli", "run-lava", "weights/swin_fashion_mnist",
                                     "--data", "fashion-mnist", "--limit", "8", "--no-progress"],
-                                   cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, stdout=out, stderr=err)
+                                   cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, stdout=out, stderr=err,
+                                   # as from a terminal: under nohup (or a CI runner) SIGHUP would be ignored
+                                   preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     parent = psutil.Process(process.pid)
     try:
         def running() -> list[psutil.Process]:

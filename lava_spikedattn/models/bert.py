@@ -79,7 +79,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
-from lava_spikedattn.coding import CONVENTIONS, PhaseCode
+from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, register_family
@@ -324,6 +324,7 @@ class SpikingBert(SpikingNetwork):
         if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
             raise ValueError("SpikingBert expects a dict with 'input_ids' (batch, N) and optionally "
                              f"'attention_mask' and 'token_type_ids', got {type(inputs).__name__}")
+        check_finite("input", {key: inputs.get(key) for key in INPUT_KEYS})
         cfg = self.config
         ids = torch.as_tensor(inputs["input_ids"], device=self.device)
         if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:

@@ -32,7 +32,7 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from lava_spikedattn.ann import UnsupportedModuleError
-from lava_spikedattn.coding import CONVENTIONS, PhaseCode
+from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, register_family
@@ -435,6 +435,7 @@ class SpikingSwin(SpikingNetwork):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"SpikingSwin expects images (batch, {', '.join(map(str, expected))}), "
                              f"got {tuple(x.shape)}")
+        check_finite("input", x)
         x = x.to(device=self.device, dtype=self.dtype)
         weight = self.weight("patch_embed.weight").flatten(1)
         x = engine.input_layer("patch_embed_if", x, lambda v: F.linear(patchify(v, cfg.patch_size), weight),
