@@ -29,7 +29,7 @@ import torch
 
 from common import report
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.lava import run_processes
+from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.reference import closed
 from lava_spikedattn.wiring import attention_core
 

@@ -59,7 +59,7 @@ from lava.magma.runtime.runtime_services.runtime_service import PyRuntimeService
 from timm.models.swin_transformer import SwinTransformer
 
 from lava_spikedattn import builder as lava_builder
-from lava_spikedattn import lava as lava_runner
+from lava_spikedattn import runtime as lava_runner
 from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import PhaseCode
@@ -322,7 +322,7 @@ def profiled_run(cm, x: torch.Tensor, mode: str) -> dict:
     parent_stats = pstats.Stats(parent)
     profile.update(timings=timings, processes=stats["processes"], steps=stats["steps_per_sample"], psutil=cpu,
                    init=parent_init_split(parent_stats),
-                   parent_wait_s=_cumulative(parent_stats, "lava_spikedattn/lava.py", "_wait_until_done"))
+                   parent_wait_s=_cumulative(parent_stats, "lava_spikedattn/runtime.py", "_wait_until_done"))
     return profile
 
 

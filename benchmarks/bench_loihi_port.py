@@ -39,7 +39,7 @@ from lava_spikedattn.convert import ConvertedModel
 from lava_spikedattn.data import fit_images, load_image_dataset
 from lava_spikedattn.demo import DATASET, DEFAULT_ANN, DEFAULT_MODEL
 from lava_spikedattn.loihi import quantize_for_loihi
-from lava_spikedattn.reference.fixed import FixedFormat
+from lava_spikedattn.fixed_point import FixedFormat
 
 
 def in_batches(fn, x: torch.Tensor, batch: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode, check_finite
 from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats, fit_scale
-from lava_spikedattn.lava import run_processes
+from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.loihi import neuron_units
 from lava_spikedattn.models import bert, swin
 from lava_spikedattn.procs import fused
@@ -46,7 +46,7 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
-from lava_spikedattn.reference.fixed import FixedFormat
+from lava_spikedattn.fixed_point import FixedFormat
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
 from lava_spikedattn.wiring import connect, one_shot, probe
 

@@ -694,7 +694,7 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
     from lava_spikedattn.builder import build_lava_network
     from lava_spikedattn.evaluate import split_batch
 
-    from lava_spikedattn.reference.fixed import FixedFormat
+    from lava_spikedattn.fixed_point import FixedFormat
 
     _check_output("--json", args.json, example="lava.json")
     cm, _, batches = _load_for_evaluation(args)
@@ -1006,7 +1006,7 @@ def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = 
                                  "differs, a warning if only its weights' sha256 does)")
 
 
-#: Commands that run Lava processes: SIGTERM/SIGHUP stop them like ^C (lava.handle_termination_signals).
+#: Commands that run Lava processes: SIGTERM/SIGHUP stop them like ^C (runtime.handle_termination_signals).
 RUNS_LAVA = ("run-lava", "demo")
 
 
@@ -1018,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command in RUNS_LAVA:  # SIGTERM/SIGHUP also between two Lava runs: the same clean exit
-            from lava_spikedattn.lava import handle_termination_signals
+            from lava_spikedattn.runtime import handle_termination_signals
 
             with handle_termination_signals():
                 return args.func(args)
@@ -1029,7 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit; keep it quiet)
         return 1
     except SystemExit as error:  # LavaTerminated: SIGTERM/SIGHUP during a Lava run, its workers already stopped
-        lava = sys.modules.get("lava_spikedattn.lava")
+        lava = sys.modules.get("lava_spikedattn.runtime")
         if lava is None or not isinstance(error, lava.LavaTerminated) or args.traceback:
             raise
         print(f"spikedattn {args.command}: error: {error}", file=sys.stderr)

@@ -159,7 +159,7 @@ def _loihi_port(cm: ConvertedModel, images: torch.Tensor, say: Callable[[str], N
     resource estimate."""
     from lava_spikedattn.builder import build_lava_network
     from lava_spikedattn.loihi import resource_estimate
-    from lava_spikedattn.reference.fixed import FixedFormat
+    from lava_spikedattn.fixed_point import FixedFormat
 
     net = build_lava_network(cm, fixed_format=FixedFormat())
     say(f"\nLoihi 2 port: the {len(images)} images through the integer (fixed_pt) Lava network "

@@ -396,7 +396,7 @@ def quantize_for_loihi(cm: ConvertedModel, fmt: Any = None) -> LoihiQuantization
     the width of its threshold table. ``quantized`` is ``cm`` with
     8-bit weights, to measure what weight quantisation alone costs on the reference engine.
     """
-    from lava_spikedattn.reference.fixed import FixedFormat, quantize_weights
+    from lava_spikedattn.fixed_point import FixedFormat, quantize_weights
 
     fmt = FixedFormat() if fmt is None else fmt
     if not isinstance(cm, ConvertedModel):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lava_spikedattn.reference.fixed import FixedFormat, quantize_weights, round_half_up
+from lava_spikedattn.fixed_point import FixedFormat, quantize_weights, round_half_up
 
 
 def rshift_round(x: np.ndarray, shift: int) -> np.ndarray:

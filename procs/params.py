@@ -82,7 +82,7 @@ def fixed_point(owner: str, fixed_format: ty.Any, **exponents: ty.Any) -> dict[s
     """fixed_pt parameters of a process: its payload/current exponents (ints, all required once
     fixed point is asked for by any of them or by ``fixed_format``), the FixedFormat (default
     ``FixedFormat()``) and a shared clip counter; every one None for a float-only process."""
-    from lava_spikedattn.reference.fixed import FixedFormat
+    from lava_spikedattn.fixed_point import FixedFormat
 
     if fixed_format is None and all(value is None for value in exponents.values()):
         return dict(fixed_format=None, clip_record=None, **exponents)

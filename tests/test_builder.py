@@ -10,7 +10,7 @@ from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.convert import convert
-from lava_spikedattn.lava import live_workers
+from lava_spikedattn.runtime import live_workers
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 
 # Two stages (patch merging between them), a shifted block in each stage's second block.

@@ -24,7 +24,7 @@ from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
-from lava_spikedattn.reference.fixed import FixedFormat
+from lava_spikedattn.fixed_point import FixedFormat
 from lava_spikedattn.wiring import attention_core
 
 FMT = FixedFormat()

@@ -1,4 +1,4 @@
-"""SpikeSource/SpikeSink and the Lava runner (lava_spikedattn.lava).
+"""SpikeSource/SpikeSink and the Lava runner (lava_spikedattn.runtime).
 
 Each Lava run costs ~0.3-3 s of start-up, so graphs are tiny.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from lava_faulty.process import Faulty  # noqa: E402
 
-from lava_spikedattn.lava import (_GUARD, LavaRunError, LavaTerminated,  # noqa: E402
+from lava_spikedattn.runtime import (_GUARD, LavaRunError, LavaTerminated,  # noqa: E402
                                   handle_termination_signals, live_workers, run_processes)
 from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402
 from lava_spikedattn.procs.spike_source.process import \
@@ -201,7 +201,7 @@ _HANGING_RUN = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     from lava_faulty.process import Faulty
-    from lava_spikedattn.lava import LavaTerminated, run_processes
+    from lava_spikedattn.runtime import LavaTerminated, run_processes
     from lava_spikedattn.procs.spike_sink.process import SpikeSink
     from lava_spikedattn.procs.spike_source.process import SpikeSource
 
@@ -507,7 +507,7 @@ def test_lava_imports_after_the_start_method_was_fixed():
     import subprocess
 
     code = ("import multiprocessing as mp; mp.get_start_method(); "
-            "from lava_spikedattn.procs import PhaseNeuron; import lava_spikedattn.lava; "
+            "from lava_spikedattn.procs import PhaseNeuron; import lava_spikedattn.runtime; "
             "print(mp.get_start_method())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "fork", done.stderr

@@ -37,7 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from lava_faulty.process import Faulty  # noqa: E402
 
 from lava_spikedattn.coding import PhaseCode  # noqa: E402
-from lava_spikedattn.lava import LavaRunError, run_processes  # noqa: E402
+from lava_spikedattn.runtime import LavaRunError, run_processes  # noqa: E402
 from lava_spikedattn.procs.delay_line.process import DelayLine  # noqa: E402
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron  # noqa: E402
 from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402

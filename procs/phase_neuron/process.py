@@ -11,7 +11,7 @@ from lava.magma.core.process.variable import Var
 
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.procs import params
-from lava_spikedattn.reference.fixed import FixedFormat
+from lava_spikedattn.fixed_point import FixedFormat
 
 
 class PhaseNeuron(AbstractProcess):
