@@ -101,7 +101,7 @@ def _collect_structure() -> dict[str, Any]:
     from transformers import BertConfig, BertForSequenceClassification
 
     from lava_spikedattn.ann import prepare_bert, prepare_swin
-    from lava_spikedattn.convert import layer_count, steps_per_inference
+    from lava_spikedattn.layers import layer_count, steps_per_inference
     from lava_spikedattn.data import load_minilm_classifier
     from lava_spikedattn.models import family_of
 

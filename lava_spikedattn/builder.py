@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode, check_finite
-from lava_spikedattn.convert import ConvertedModel, LayerSpec, LayerStats, fit_scale
+from lava_spikedattn.converted_model import ConvertedModel
+from lava_spikedattn.layers import LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.loihi import neuron_units
 from lava_spikedattn.models import bert, swin

@@ -506,7 +506,7 @@ def _build_ann(args: argparse.Namespace) -> tuple[nn.Module, FamilyCLI, str, dic
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from lava_spikedattn import distributed
-    from lava_spikedattn.convert import search_base
+    from lava_spikedattn.base_search import search_base
 
     def phase_code(base: float, timesteps: int) -> PhaseCode:
         try:
@@ -557,7 +557,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _check_convert_outputs(args: argparse.Namespace) -> None:
     """``--out`` (a folder) and ``--save-ann`` (a file) can be written and do not collide."""
-    from lava_spikedattn.convert import CONFIG_FILE, WEIGHTS_FILE, check_save_folder
+    from lava_spikedattn.converted_model import CONFIG_FILE, WEIGHTS_FILE, check_save_folder
 
     _check_output("--out", args.out, folder=True)
     try:
@@ -590,7 +590,7 @@ class _OnDevice:
 # --- evaluate ------------------------------------------------------------------------------------------------
 def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, nn.Module | None, Batches]:
     """(converted model, ANN checkpoint or None, batches of --data) from the shared options."""
-    from lava_spikedattn.convert import ConvertedModel, tensor_sha256
+    from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 
     cm = ConvertedModel.load(args.folder)
     family = _family_cli(cm.config["family"])
@@ -767,7 +767,7 @@ def _step_time(text: str) -> float:
 
 
 def cmd_loihi_report(args: argparse.Namespace) -> int:
-    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.converted_model import ConvertedModel
     from lava_spikedattn.loihi import quantize_for_loihi, resource_estimate
 
     _check_output("--json", args.json, example="loihi.json")
@@ -1014,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
     from lava_spikedattn.ann import UnsupportedModuleError  # after parsing: --help and usage errors stay fast
-    from lava_spikedattn.convert import ConvertedModelError
+    from lava_spikedattn.converted_model import ConvertedModelError
 
     try:
         if args.command in RUNS_LAVA:  # SIGTERM/SIGHUP also between two Lava runs: the same clean exit

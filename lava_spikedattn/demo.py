@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 if TYPE_CHECKING:
-    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.converted_model import ConvertedModel
     from lava_spikedattn.evaluate import EvaluationReport
 
 # The converter and the engines are imported where they are used, so that importing this module
@@ -71,7 +71,7 @@ class DemoSettings:
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the summary also written as JSON."""
     from lava_spikedattn.cli import load_ann_checkpoint
-    from lava_spikedattn.convert import ConvertedModel, tensor_sha256
+    from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.evaluate import evaluate
 
@@ -189,7 +189,7 @@ def _report_summary(report: EvaluationReport) -> dict[str, Any]:
 def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: DemoSettings,
            say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Accuracy and energy vs T on the first ``sweep_limit`` test images (B from search_base)."""
-    from lava_spikedattn.convert import search_base
+    from lava_spikedattn.base_search import search_base
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.evaluate import evaluate
 
@@ -279,7 +279,7 @@ def _plot_raster(cm: ConvertedModel, fire_steps: dict[str, Any], path: Path) -> 
 
 
 def _attention_maps(cm: ConvertedModel, x: torch.Tensor, engine: str) -> dict[str, torch.Tensor]:
-    from lava_spikedattn.convert import AnnEngine
+    from lava_spikedattn.engines import AnnEngine
 
     net = cm.to_reference(engine).double()
     runner = AnnEngine() if engine == "ann" else net.make_engine()
@@ -323,7 +323,7 @@ def _stage_of(name: str, stages: int) -> int:
 
 def _plot_scatter(cm: ConvertedModel, x: torch.Tensor, path: Path) -> Path:
     """Decoded SNN activation vs the folded ANN's, every neuron layer, one panel per stage."""
-    from lava_spikedattn.convert import AnnEngine
+    from lava_spikedattn.engines import AnnEngine
     from lava_spikedattn.evaluate import RecordingEngine
 
     plt = _figure()

@@ -38,8 +38,10 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import (AnnEngine, Calibrator, ConvertedModel, batch_size, calibration_input, convert,
-                                     tensor_sha256)
+from lava_spikedattn.calibrate import Calibrator, batch_size, calibration_input
+from lava_spikedattn.convert import convert
+from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
+from lava_spikedattn.engines import AnnEngine
 
 __all__ = [
     "ShardedBatchSampler",

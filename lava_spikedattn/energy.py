@@ -7,7 +7,7 @@ per-layer and total energies, the SNN/ANN ratio and the saving.
 Measured activity: a converted network lists its synaptic operations as :class:`Synapse` rows
 (``SpikingNetwork.synapses(inputs)``: dense MACs per sample, fan-in, the neuron layers whose
 spikes drive it, the layers it feeds). :func:`synapse_sums` combines one run's spike statistics
-(:class:`~lava_spikedattn.convert.LayerStats`: spikes and active neuron-steps per layer, from
+(:class:`~lava_spikedattn.layers.LayerStats`: spikes and active neuron-steps per layer, from
 the fire steps of the closed-form engine, the stepped engine or a Lava run) and the ANN's
 activation density on the same input into sums that add up exactly over batches;
 :func:`layer_activity` turns the totals into a :class:`LayerActivity`.
@@ -37,7 +37,7 @@ from numbers import Real
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lava_spikedattn.convert import LayerStats
+    from lava_spikedattn.layers import LayerStats
 
 # 32-bit, 45 nm, pJ per operation (Horowitz, ISSCC 2014, as used by the release; spec §7.1).
 E_ADD_PJ = 0.9

@@ -9,17 +9,17 @@
 
 For every batch the SNN's own network code (:meth:`SpikingNetwork.run`) runs twice:
 
-1. on the ``"ann"`` engine (:class:`~lava_spikedattn.convert.AnnEngine`): the folded ANN, the
+1. on the ``"ann"`` engine (:class:`~lava_spikedattn.engines.AnnEngine`): the folded ANN, the
    reference activation at every spike point;
 2. on the SNN's engine (``"closed"`` or ``"stepped"``, :meth:`SpikingNetwork.make_engine`): the
-   decoded activations and the spike statistics (:class:`~lava_spikedattn.convert.LayerStats`).
+   decoded activations and the spike statistics (:class:`~lava_spikedattn.layers.LayerStats`).
 
 Both runs go through a :class:`RecordingEngine`, which delegates to the real engine and hands
 the decoded output of every spike point to a callback; the spiking run's outputs are compared
 with the folded ANN's as they come, so one batch's ANN activations are held at a time.
 ``ann`` (the prepared model) gives the ANN accuracy and the prediction agreement; with
 ``ann=None`` the folded ANN of run 1 stands in for it (it equals the prepared model to
-``convert.FOLDING_TOLERANCE``).
+``lava_spikedattn.convert.FOLDING_TOLERANCE``).
 
 Per-layer fidelity: the spiking run's decoded output of a layer against the folded ANN's output
 of the same layer (the neuron's input, ReLU'd for unsigned neurons). The spiking layer's input
@@ -59,7 +59,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lava_spikedattn import distributed
-from lava_spikedattn.convert import ATTENTION_LAYERS, AnnEngine, ConvertedModel, Engine, Observer, SpikingNetwork
+from lava_spikedattn.converted_model import ConvertedModel
+from lava_spikedattn.engines import AnnEngine, Engine, Observer, SpikingNetwork
+from lava_spikedattn.layers import ATTENTION_LAYERS
 from lava_spikedattn.energy import ACTIVITY_SUMS, EnergyReport, LayerActivity, Synapse, energy_report, layer_activity, \
     synapse_sums
 from lava_spikedattn.models import family_of

@@ -87,7 +87,9 @@ from typing import Any
 
 import torch
 
-from lava_spikedattn.convert import AnnEngine, ConvertedModel, LayerSpec, Observer, tensor_sha256
+from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
+from lava_spikedattn.engines import AnnEngine, Observer
+from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.energy import Synapse
 
 __all__ = ["DEFAULT_STEP_TIME_US", "LOIHI2", "LayerResources", "LoihiLimits", "LoihiQuantization", "LoihiReport",

@@ -13,7 +13,7 @@ output loads and has the recorded SHA-256:
    :func:`~lava_spikedattn.data.split_rt_polarity` -> ``ann.safetensors`` (an ANN checkpoint,
    :func:`~lava_spikedattn.cli.load_ann_checkpoint` reloads it) + ``ann.json``;
 2. convert: :func:`~lava_spikedattn.convert.convert` with B=1.4, T=16 (exact convention),
-   calibrated on train sentences -> ``snn/`` (:class:`~lava_spikedattn.convert.ConvertedModel`)
+   calibrated on train sentences -> ``snn/`` (:class:`~lava_spikedattn.converted_model.ConvertedModel`)
    + ``snn.json``;
 3. evaluate: ANN vs the SNN on the closed-form engine over the held-out split ->
    ``summary.json`` (accuracies, agreement, spikes per sentence, stage times, full report).
@@ -133,7 +133,8 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
         lr: float = 2e-4, calib_batches: int = 8, eval_batch_size: int = 64, seed: int = 0,
         progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) the three stages; returns the summary with ``stages`` = {stage: "ran"/"cached"}."""
-    from lava_spikedattn.convert import ConvertedModel, convert, tensor_sha256
+    from lava_spikedattn.convert import convert
+    from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
     from lava_spikedattn.data import fetch_rt_polarity, split_rt_polarity
     from lava_spikedattn.evaluate import evaluate
 

@@ -41,7 +41,7 @@ def converted(tmp_path_factory):
 
 
 def test_convert_writes_a_loadable_folder_and_checkpoint(converted):
-    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.converted_model import ConvertedModel
 
     folder, checkpoint = converted
     cm = ConvertedModel.load(folder)
@@ -51,7 +51,7 @@ def test_convert_writes_a_loadable_folder_and_checkpoint(converted):
     model, metadata = load_ann_checkpoint(checkpoint)
     assert metadata["family"] == "swin" and metadata["model"] == "swin_tiny_patch4_window7_224"
     assert metadata["model_kwargs"]["img_size"] == 16 and metadata["model_kwargs"]["num_classes"] == 10
-    from lava_spikedattn.convert import tensor_sha256
+    from lava_spikedattn.converted_model import tensor_sha256
 
     assert tensor_sha256(model.state_dict()) == cm.config["source_sha256"]  # the model that was converted
 
@@ -66,7 +66,7 @@ def test_convert_prints_a_summary(tmp_path, capsys):
 
 
 def test_convert_can_search_the_base(tmp_path, capsys):
-    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.converted_model import ConvertedModel
 
     status, out, err = run(capsys, "convert", *SWIN, "--data", "random", "--calib-batches", "1", "--batch-size", "4",
                            "--base", "auto", "--timesteps", "8", "--out", tmp_path / "auto", "--no-progress")
@@ -95,7 +95,7 @@ def _expected_counts(folder: Path, checkpoint: Path, limit: int, batch_size: int
     images resized as the CLI documents (bilinear to 16x16, grey repeated over 3 channels)."""
     import torch.nn.functional as F
 
-    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.converted_model import ConvertedModel
     from lava_spikedattn.data import load_digits_images
 
     ann, _ = load_ann_checkpoint(checkpoint)

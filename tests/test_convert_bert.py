@@ -13,12 +13,9 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from lava_spikedattn.ann import UnsupportedModuleError, finetune, prepare_bert
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import (
-    ConvertedModel,
-    ConvertedModelError,
-    convert,
-    search_base,
-)
+from lava_spikedattn.base_search import search_base
+from lava_spikedattn.convert import convert
+from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError
 from lava_spikedattn.models import family_of, get_family
 from lava_spikedattn.models.bert import quantize_embedding
 

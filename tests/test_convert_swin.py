@@ -18,14 +18,10 @@ from torch import nn
 from synthetic import synthetic_task
 from lava_spikedattn.ann import UnsupportedModuleError, prepare_swin
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import (
-    ConvertedModel,
-    ConvertedModelError,
-    LayerStats,
-    convert,
-    log_error,
-    search_base,
-)
+from lava_spikedattn.base_search import log_error, search_base
+from lava_spikedattn.convert import convert
+from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError
+from lava_spikedattn.layers import LayerStats
 from lava_spikedattn.models import get_family
 
 TINY = dict(img_size=32, patch_size=2, in_chans=3, window_size=4, embed_dim=32, depths=(2, 2),

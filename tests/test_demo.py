@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lava_spikedattn.cli import load_ann_checkpoint, main
-from lava_spikedattn.convert import ConvertedModel
+from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.data import fit_images, load_image_dataset
 from lava_spikedattn.demo import DEFAULT_ANN, DEFAULT_MODEL, DemoSettings, run_demo
 

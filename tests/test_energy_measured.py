@@ -11,7 +11,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from synthetic import synthetic_task
 from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import LayerStats, convert
+from lava_spikedattn.convert import convert
+from lava_spikedattn.layers import LayerStats
 from lava_spikedattn.energy import Synapse, energy_report, layer_activity, synapse_sums
 from lava_spikedattn.evaluate import EvaluationReport, evaluate
 

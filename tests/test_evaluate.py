@@ -16,7 +16,8 @@ from synthetic import synthetic_task
 from lava_spikedattn import distributed
 from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import AnnEngine, convert
+from lava_spikedattn.convert import convert
+from lava_spikedattn.engines import AnnEngine
 from lava_spikedattn.distributed import ShardedBatchSampler, convert_distributed, shard
 from lava_spikedattn.evaluate import (
     EvaluationReport,

@@ -17,7 +17,9 @@ from transformers import BertConfig, BertForSequenceClassification
 from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.builder import build_lava_network
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
-from lava_spikedattn.convert import AnnEngine, ConvertedModel, ConvertedModelError, convert, tensor_sha256
+from lava_spikedattn.convert import convert
+from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError, tensor_sha256
+from lava_spikedattn.engines import AnnEngine
 from lava_spikedattn.runtime import live_workers
 
 SWIN = dict(img_size=16, patch_size=2, in_chans=1, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2),

@@ -163,7 +163,7 @@ def test_json_round_trip_and_table():
 
 
 def test_quantize_for_loihi_gives_8_bit_weights_and_units_that_fit(swin, bert, tmp_path):
-    from lava_spikedattn.convert import ConvertedModel
+    from lava_spikedattn.converted_model import ConvertedModel
     from lava_spikedattn.loihi import quantize_for_loihi
 
     for cm in (swin, bert):

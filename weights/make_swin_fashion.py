@@ -34,7 +34,9 @@ from torch import nn
 from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.cli import load_ann_checkpoint, save_ann_checkpoint
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.convert import ConvertedModel, convert, search_base, tensor_sha256
+from lava_spikedattn.base_search import search_base
+from lava_spikedattn.convert import convert
+from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 from lava_spikedattn.data import fit_images, load_fashion_mnist
 from lava_spikedattn.evaluate import EvaluationReport, evaluate
 

@@ -2,7 +2,7 @@
 
 A family knows one kind of prepared ANN (timm Swin, Hugging Face BERT): its architecture
 hyper-parameters, its neuron-layer graph in each convention, how to fold its weights, and the
-engine-agnostic network code that runs it (see :class:`lava_spikedattn.convert.SpikingNetwork`).
+engine-agnostic network code that runs it (see :class:`lava_spikedattn.engines.SpikingNetwork`).
 The generic converter (:mod:`lava_spikedattn.convert`) dispatches on it and never looks inside
 a model itself.
 
@@ -21,7 +21,8 @@ from torch import nn
 
 if TYPE_CHECKING:
     from lava_spikedattn.coding import PhaseCode
-    from lava_spikedattn.convert import LayerSpec, SpikingNetwork
+    from lava_spikedattn.engines import SpikingNetwork
+    from lava_spikedattn.layers import LayerSpec
 
 __all__ = ["ModelFamily", "family_names", "family_of", "get_family", "register_family"]
 

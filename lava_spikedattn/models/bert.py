@@ -80,7 +80,8 @@ from transformers.models.bert.modeling_bert import (
 
 from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
-from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
+from lava_spikedattn.engines import Engine, SpikingNetwork
+from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, register_family
 from lava_spikedattn.models.swin import _fold_linear

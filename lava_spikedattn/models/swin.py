@@ -33,7 +33,8 @@ from torch import nn
 
 from lava_spikedattn.ann import UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
-from lava_spikedattn.convert import Engine, LayerSpec, SpikingNetwork
+from lava_spikedattn.engines import Engine, SpikingNetwork
+from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models import ModelFamily, register_family
 
