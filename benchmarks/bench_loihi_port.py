@@ -34,7 +34,7 @@ import torch
 from common import report
 
 from lava_spikedattn.builder import build_lava_network
-from lava_spikedattn.cli import load_ann_checkpoint
+from lava_spikedattn.checkpoint import load_ann_checkpoint
 from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.data import fit_images, load_image_dataset
 from lava_spikedattn.demo import DATASET, DEFAULT_ANN, DEFAULT_MODEL

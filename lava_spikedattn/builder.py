@@ -1,4 +1,9 @@
-"""Lava network builder: a converted Swin or BERT → SpikedAttention Lava processes → logits.
+"""Lava network builder: a converted model → SpikedAttention Lava processes → logits.
+
+The shared part lives here: :class:`Graph` (populations, synapses, delays, blocks as Circuits,
+fixed-point units), the attention core every family wires, and :class:`LavaNetwork` (build, run,
+simulate, statistics). Each family names its own :class:`FamilyBuilder` (``ModelFamily.lava_builder``,
+e.g. ``models/swin/lava_builder.py``): the block diagram of its ``SpikingNetwork.run``.
 
 The network is pipelined in time exactly as the spec describes (§1.5, W = T): the layer with
 pipeline index n integrates in ``[n·T, (n+1)·T)`` and fires in ``[(n+1)·T, (n+2)·T)``; Lava
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import time
 import typing as ty
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,27 +41,23 @@ from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.layers import LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.loihi import neuron_units
-from lava_spikedattn.models import bert, swin
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
-from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 from lava_spikedattn.fixed_point import FixedFormat
-from lava_spikedattn.reference.stepped import BitSerialEncoderSim
-from lava_spikedattn.wiring import connect, one_shot, probe
+from lava_spikedattn.wiring import connect, probe
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
 #: weights) synchronised on every step (~0.1–0.3 ms per process per step on 2 cores): 400 processes
 #: take ~3 GB and ≥ 40 ms per step.
 MAX_PROCESSES = 400
-FAMILIES = ("swin", "bert")
 #: Widest integer state a Lava network accepts: fixed_pt ports are int32 and an InPort adds up
 #: to 3 currents (a residual, a synapse, a bias), which must not wrap.
 MAX_STATE_BITS = 30
@@ -80,7 +82,7 @@ class _Boundary:
 
 
 @dataclass
-class _Stream:
+class Stream:
     """A population's output as the next layers see it: spikes, decoded traces, its pipeline
     index, and in fixed point the unit exponent of its payloads."""
 
@@ -92,7 +94,7 @@ class _Stream:
 
 
 @dataclass
-class _Graph:
+class Graph:
     """Processes of one run, created and connected in block-diagram order."""
 
     cm: ConvertedModel
@@ -101,6 +103,8 @@ class _Graph:
     processes: list = field(default_factory=list)
     populations: dict[str, ty.Any] = field(default_factory=dict)
     trace: ty.Any = None
+    head: TokenLinear | None = None  # the classifier read-out synapse, once built
+    input_stats: LayerStats | None = None  # spikes of the input code (None: the input enters as values)
 
     def __post_init__(self) -> None:
         self.code: PhaseCode = self.cm.code
@@ -117,21 +121,21 @@ class _Graph:
         self.processes.append(process)
         return process
 
-    def block(self) -> "_Graph":
+    def block(self) -> "Graph":
         """A graph for one block's members: same model and populations, the trace a boundary."""
-        return _Graph(self.cm, self.batch, self.fmt, populations=self.populations, trace=_Boundary((1,)))
+        return Graph(self.cm, self.batch, self.fmt, populations=self.populations, trace=_Boundary((1,)))
 
-    def circuit(self, x: _Stream, name: str,
-                build: ty.Callable[["_Graph", _Stream], PhaseNeuron]) -> _Stream:
+    def circuit(self, x: Stream, name: str,
+                build: ty.Callable[["Graph", Stream], PhaseNeuron]) -> Stream:
         """A block built by ``build(graph, input stream) → output neuron`` as one :class:`Circuit`."""
         g, boundary = self.block(), _Boundary(x.shape)
-        final = build(g, _Stream(boundary, None, x.index, x.shape, x.payload_exp))
+        final = build(g, Stream(boundary, None, x.index, x.shape, x.payload_exp))
         shape = tuple(final.s_out.shape)
         circuit = self.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=shape, feeds=boundary.feeds,
                                    trace_feeds=g.trace.feeds, output=final.s_out, name=name))
         self.link(x.s_out, circuit.s_in)
         self.link(self.trace.s_out, circuit.trace_in)
-        return _Stream(circuit.s_out, None, self.layers[final.name].index, shape, final.payload_exp)
+        return Stream(circuit.s_out, None, self.layers[final.name].index, shape, final.payload_exp)
 
     def link(self, source, destination) -> None:
         """Connect, or record a block-boundary feed."""
@@ -167,9 +171,9 @@ class _Graph:
         self.populations[name] = population
         return population
 
-    def stream(self, population, name: str | None = None) -> _Stream:
+    def stream(self, population, name: str | None = None) -> Stream:
         index = self.layers[name or population.name].index
-        return _Stream(population.s_out, population.trace_out, index, tuple(population.s_out.shape),
+        return Stream(population.s_out, population.trace_out, index, tuple(population.s_out.shape),
                        population.payload_exp)
 
     def arrive(self, port, source_index: int, destination_index: int):
@@ -184,7 +188,7 @@ class _Graph:
         self.link(port, line.s_in)
         return line.a_out
 
-    def linear(self, key: str, source: _Stream, destination, *, in_index=None, out_index=None,
+    def linear(self, key: str, source: Stream, destination, *, in_index=None, out_index=None,
                bias_divisor: float | None = None, weight: np.ndarray | None = None,
                bias: np.ndarray | None = None) -> None:
         """TokenLinear ``key`` from ``source`` spikes into ``destination``'s input (bias injected
@@ -200,7 +204,7 @@ class _Graph:
         self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), synapse.s_in)
         self.link(synapse.a_out, destination.a_in)
 
-    def readout(self, key: str, source: _Stream) -> tuple[TokenLinear, int]:
+    def readout(self, key: str, source: Stream) -> tuple[TokenLinear, int]:
         """The classifier synapse ``key`` whose current the host integrates (no neuron, spec §6),
         and its pipeline index. Fixed point: its current unit holds the largest current
         possible, Σ_i |w_oi|·scale_i + |b_o|/bias_divisor."""
@@ -217,7 +221,7 @@ class _Graph:
         connect(self.arrive(source.s_out, source.index, index), head.s_in)
         return head, index
 
-    def residual(self, source: _Stream, destination) -> None:
+    def residual(self, source: Stream, destination) -> None:
         """Identity synapse: raw spikes (±scale) integrate to the decoded value (spec §3.4).
 
         Fixed point: an identity TokenLinear, which moves the payload unit to the current unit.
@@ -230,118 +234,32 @@ class _Graph:
         self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), destination.a_in)
 
 
-def _index(shape: ty.Sequence[int]) -> torch.Tensor:
+def index_positions(shape: ty.Sequence[int]) -> torch.Tensor:
     """Flat positions of a tensor of ``shape``: push it through a layout to get a gather index."""
     return torch.arange(int(np.prod(shape))).reshape(*shape)
 
 
-class _SwinBuilder:
-    """Block diagram of a converted Swin (mirrors ``models.swin.SpikingSwin.run``)."""
+class FamilyBuilder(ABC):
+    """Builds one family's converted model into a :class:`Graph`: the block diagram of its
+    ``SpikingNetwork.run``, one method per layer type (as lava-dl's netx has one ``create_*``)."""
 
-    def __init__(self, graph: _Graph) -> None:
+    def __init__(self, graph: Graph) -> None:
         self.g = graph
-        self.config = swin.SwinConfig.from_json(graph.cm.config["architecture"])
-        self.official = graph.code.official
 
-    def build(self, images: torch.Tensor) -> tuple[TokenLinear, int]:
-        """All processes for ``images``; returns the classifier synapse and its pipeline index."""
-        x = self._patch_embed(images)
-        for stage in self.config.stages():
-            if stage.merge:
-                x = self._patch_merging(x, stage.index)
-            for block in stage.blocks:
-                x = self._block(x, block)
-        return self._head(x)
+    @classmethod
+    @abstractmethod
+    def check_input(cls, cm: ConvertedModel, x: ty.Any) -> tuple[ty.Any, int]:
+        """The input in the builder's format and its batch size; :class:`LavaBuildError` if it is
+        malformed, :class:`~lava_spikedattn.coding.NonFiniteInputError` if it holds NaN or inf.
+        Runs before anything is built."""
 
-    def _patch_embed(self, images: torch.Tensor) -> _Stream:
-        g, cfg, b = self.g, self.config, self.g.batch
-        full_scale = float(g.cm.weights["input_max"])
-        encoder = BitSerialEncoderSim(images.double(), g.T, full_scale)
-        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])  # (T, batch, C, H, W): ±full scale
-        self.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
-        weight = g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1)
-        if g.fmt is not None:  # integer payloads ±1; the weights absorb the full scale
-            bits, weight = bits / full_scale, weight * full_scale
-        source = g.add(SpikeSource(data=bits))
-        rows, cols = cfg.img_size[0] // cfg.patch_size[0], cfg.img_size[1] // cfg.patch_size[1]
-        neuron = g.neuron("patch_embed_if", (b, rows, cols, cfg.embed_dim), bit_serial_input=True)
-        in_index = swin.patchify(_index(images.shape), cfg.patch_size).numpy()
-        # The first bias is added undivided on every input step (spec §1.4).
-        g.linear("patch_embed", _Stream(source.s_out, None, -1, tuple(images.shape), 0), neuron, in_index=in_index,
-                 weight=weight, bias_divisor=1.0)
-        return g.stream(neuron)
-
-    def _patch_merging(self, x: _Stream, stage: int) -> _Stream:
-        g, (b, height, width, _) = self.g, x.shape
-        name = f"layers.{stage}.patch_merging_if"
-        out_dim = g.weight(f"layers.{stage}.downsample.weight").shape[0]
-        neuron = g.neuron(name, (b, height // 2, width // 2, out_dim))
-        g.linear(f"layers.{stage}.downsample", x, neuron, in_index=swin.merge_patches(_index(x.shape)).numpy())
-        return g.stream(neuron)
-
-    def _norm_neuron(self, g: _Graph, norm: str, name: str, x: _Stream) -> _Stream:
-        """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
-        neuron = g.neuron(name, x.shape)
-        g.linear(norm, x, neuron, weight=np.diag(g.weight(f"{norm}.weight")))
-        return g.stream(neuron)
-
-    def _block(self, x: _Stream, geometry: swin.BlockGeometry) -> _Stream:
-        """One Swin block as a :class:`Circuit` (fused or decomposed at run time)."""
-        return self.g.circuit(x, geometry.prefix, lambda g, x_in: self._block_members(g, x_in, geometry))
-
-    def _block_members(self, g: _Graph, x: _Stream, geometry: swin.BlockGeometry) -> PhaseNeuron:
-        p = geometry.prefix
-        h = self._norm_neuron(g, f"{p}.norm1", f"{p}.norm1_if", x) if self.official else x
-        attn_if = g.neuron(f"{p}.attn_if", x.shape)
-        g.residual(x, attn_if)
-        self._window_attention(g, h, geometry, attn_if)
-        x = g.stream(attn_if)
-        h = self._norm_neuron(g, f"{p}.norm2", f"{p}.norm2_if", x) if self.official else x
-        act = g.neuron(f"{p}.mlp_act", x.shape[:-1] + (geometry.hidden,))
-        g.linear(f"{p}.fc1", h, act)
-        h = g.stream(act)
-        if self.official:
-            h = self._norm_neuron(g, f"{p}.mlp_norm", f"{p}.mlp_if", h)
-        final = g.neuron(f"{p}.final_if", x.shape)
-        g.residual(x, final)
-        g.linear(f"{p}.fc2", h, final)
-        return final
-
-    def _window_attention(self, g: _Graph, x: _Stream, geo: swin.BlockGeometry, destination: PhaseNeuron) -> None:
-        """q/k/v → QKᵀ (+ relative-position bias, shift mask) → WOSS → attention×V → proj."""
-        p, b = geo.prefix, g.batch
-        inner = geo.heads * geo.head_dim
-        head_shape = (b, geo.windows, geo.heads, geo.tokens, geo.head_dim)
-        logit_shape = head_shape[:-1] + (geo.tokens,)
-        windows = swin.partition_windows(_index(x.shape), geo).numpy()
-        heads = swin.split_heads(_index((b, geo.windows, geo.tokens, inner)), geo).numpy()
-        qkv_weight, qkv_bias = g.weight(f"{p}.qkv.weight"), g.weight(f"{p}.qkv.bias")
-        qkv = {}
-        for part, name in enumerate(("q_if", "k_if", "v_if")):
-            qkv[name] = g.neuron(f"{p}.{name}", head_shape)
-            rows = slice(part * inner, (part + 1) * inner)
-            g.linear(f"{p}.qkv", x, qkv[name], in_index=windows, out_index=heads, weight=qkv_weight[rows],
-                     bias=qkv_bias[rows])
-        bias = g.weight(f"{p}.rel_pos_bias")
-        if geo.shifted:
-            bias = bias + g.weight(f"{p}.attn_mask")[:, None]
-        out = attention_core(g, p, qkv, np.broadcast_to(bias, logit_shape))
-        merged = swin.merge_heads(_index(head_shape)).numpy()
-        reverse = swin.merge_windows(_index((b, geo.windows, geo.tokens, geo.dim)), geo).numpy()
-        g.linear(f"{p}.proj", g.stream(out), destination, in_index=merged, out_index=reverse)
-
-    def _head(self, x: _Stream) -> tuple[TokenLinear, int]:
-        g, (b, height, width, channels) = self.g, x.shape
-        if self.official:
-            x = self._norm_neuron(g, "norm", "last_norm_if", x)
-        pool = g.neuron("pool_if", (b, channels))
-        tokens = _index(x.shape).reshape(b, height * width, channels).transpose(1, 2).numpy()
-        g.linear("pool", x, pool, in_index=tokens, out_index=_index((b, channels)).numpy(),
-                 weight=np.full((1, height * width), 1.0 / (height * width)), bias=np.zeros(1))
-        return g.readout("head", g.stream(pool))
+    @abstractmethod
+    def build(self, x: ty.Any) -> tuple[TokenLinear, int]:
+        """Every process for the input ``x`` (from :meth:`check_input`); returns the classifier
+        synapse and its pipeline index. Sets ``graph.input_stats`` if the input is spike-coded."""
 
 
-def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarray | None = None,
+def attention_core(g: Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarray | None = None,
                    key_mask: np.ndarray | None = None) -> PhaseNeuron:
     """q/k/v neurons of block ``p`` → QKᵀ (×d^-1/2, + bias) → logits → WOSS → attention×V → output.
 
@@ -373,7 +291,7 @@ def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndar
         g.link(source, destination)
     out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
     av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
-    v = _Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
+    v = Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
                 v_index, head_shape)
     av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False, name=f"{p}.av",
                            **g.fixed(payload_exp_a=None if g.fmt is None else g.fmt.woss_payload_exp,
@@ -382,79 +300,6 @@ def attention_core(g: _Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndar
     g.link(av.a_out, out.a_in)
     g.link(inhibitor.norm_out, out.div_in)
     return out
-
-
-class _BertBuilder:
-    """Block diagram of a converted BERT classifier (mirrors ``models.bert.SpikingBert.run``)."""
-
-    def __init__(self, graph: _Graph) -> None:
-        self.g = graph
-        self.network = graph.cm.to_reference("ann").double()  # the host embedding in float64, as the network
-        self.config = self.network.config
-        self.official = graph.code.official
-
-    def build(self, inputs) -> tuple[TokenLinear, int]:
-        g = self.g
-        try:
-            x, present = self.network.embed(inputs, g.code)  # validates the tokenizer tensors
-        except ValueError as error:
-            raise LavaBuildError(str(error)) from None
-        x = x.detach().double()
-        self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
-        embeddings = g.neuron("embeddings_if", tuple(x.shape))
-        source = g.add(SpikeSource(data=one_shot(x, g.code, g.cm.steps_per_inference, neuron=embeddings)))
-        g.link(source.s_out, embeddings.a_in)
-        self.input_stats = None  # the embeddings enter as values: no input spike code
-        s = g.stream(embeddings)
-        for i in range(self.config.num_hidden_layers):
-            s = g.circuit(s, f"layers.{i}", lambda sub, x_in, i=i: self._layer(sub, x_in, f"layers.{i}"))
-        b, n, hidden = s.shape
-        pooler = g.neuron("pooler_if", (b, hidden))
-        first_token = _index(s.shape)[:, 0].numpy()
-        g.linear("pooler", s, pooler, in_index=first_token)
-        return g.readout("classifier", g.stream(pooler))
-
-    def _diagonal(self, g: _Graph, key: str, source: _Stream, destination: PhaseNeuron, bias: bool = True) -> None:
-        """A per-channel affine synapse (folded residual, or official's norm)."""
-        weight = g.weight(f"{key}.weight")
-        g.linear(key, source, destination, weight=np.diag(weight),
-                 bias=g.weight(f"{key}.bias") if bias else np.zeros_like(weight))
-
-    def _layer(self, g: _Graph, s: _Stream, p: str) -> PhaseNeuron:
-        b, n, hidden = s.shape
-        heads, d = self.config.num_attention_heads, self.config.head_dim
-        split = _index((b, n, hidden)).reshape(b, n, heads, d).transpose(1, 2).numpy()
-        qkv = {}
-        for name, key in (("q_if", "query"), ("k_if", "key"), ("v_if", "value")):
-            qkv[name] = g.neuron(f"{p}.{name}", (b, heads, n, d))
-            g.linear(f"{p}.attention.{key}", s, qkv[name], out_index=split)
-        ctx = g.stream(attention_core(g, p, qkv, key_mask=self.key_mask))
-        merged = _index((b, heads, n, d)).transpose(1, 2).reshape(b, n, hidden).numpy()
-        if self.official:
-            n1 = g.neuron(f"{p}.attention.neuron_1_if", s.shape)
-            g.linear(f"{p}.attention.output", ctx, n1, in_index=merged)
-            h = g.neuron(f"{p}.attention.neuron_2_if", s.shape)
-            self._diagonal(g, f"{p}.attention.norm", g.stream(n1), h)
-            self._diagonal(g, f"{p}.attention.norm", s, h, bias=False)
-            h = g.stream(h)
-            m = g.neuron(f"{p}.intermediate_if", (b, n, self.config.intermediate_size))
-            g.linear(f"{p}.intermediate", h, m)
-            o1 = g.neuron(f"{p}.output.neuron_1_if", s.shape)
-            g.linear(f"{p}.output", g.stream(m), o1)
-            out = g.neuron(f"{p}.output.neuron_2_if", s.shape)
-            self._diagonal(g, f"{p}.output.norm", g.stream(o1), out)
-            self._diagonal(g, f"{p}.output.norm", h, out, bias=False)
-            return out
-        h = g.neuron(f"{p}.attn_out_if", s.shape)
-        g.linear(f"{p}.attention.output", ctx, h, in_index=merged)
-        self._diagonal(g, f"{p}.attention.residual", s, h)
-        h = g.stream(h)
-        m = g.neuron(f"{p}.intermediate_if", (b, n, self.config.intermediate_size))
-        g.linear(f"{p}.intermediate", h, m)
-        out = g.neuron(f"{p}.out_if", s.shape)
-        g.linear(f"{p}.output", g.stream(m), out)
-        self._diagonal(g, f"{p}.output.residual", h, out)
-        return out
 
 
 class LavaNetwork:
@@ -474,8 +319,6 @@ class LavaNetwork:
     """
 
     def __init__(self, cm: ConvertedModel, mode: str = "fused", fixed_format: FixedFormat | None = None) -> None:
-        if cm.family.name not in FAMILIES:
-            raise LavaBuildError(f"no Lava builder for family {cm.family.name!r}; available: {FAMILIES}")
         if mode not in MODES:
             raise LavaBuildError(f"mode must be one of {MODES}, got {mode!r}")
         if fixed_format is not None and not isinstance(fixed_format, FixedFormat):
@@ -488,51 +331,26 @@ class LavaNetwork:
         self.mode = mode
         self.fixed_format = fixed_format
         self.code = cm.code
-        self.family = cm.family.name
-        self._last: dict[str, ty.Any] = {}
+        self.family = cm.family
+        self.builder_class: type[FamilyBuilder] = cm.family.lava_builder()
+        self.last_graph: Graph | None = None  # the graph of the last build (run, simulate), for inspection
 
     @property
     def steps_per_sample(self) -> int:
         return self.cm.steps_per_inference
 
-    def _check_input(self, x: ty.Any) -> tuple[ty.Any, int]:
-        """The input in the builder's format and its batch size; LavaBuildError if it is malformed,
-        :class:`NonFiniteInputError` (as every engine raises) if it holds NaN or inf."""
-        if self.family == "bert":
-            if not isinstance(x, ty.Mapping) or "input_ids" not in x:
-                raise LavaBuildError(f"input must be a dict with 'input_ids' (batch, N) as HF tokenizers return, "
-                                     f"got {type(x).__name__}")
-            ids = torch.as_tensor(x["input_ids"])
-            if ids.dim() != 2:
-                raise LavaBuildError(f"input_ids must be (batch, N), got shape {tuple(ids.shape)}")
-            check_finite("input", {key: x.get(key) for key in bert.INPUT_KEYS})
-            return x, ids.shape[0]  # the builder's embedding validates the rest
-        cfg = swin.SwinConfig.from_json(self.cm.config["architecture"])
-        expected = (cfg.in_chans, *cfg.img_size)
-        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
-            raise LavaBuildError(f"input must be a float tensor of images (batch, {', '.join(map(str, expected))}), "
-                                 f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
-        if x.dim() == 3:
-            x = x[None]
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise LavaBuildError(f"input must be images (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        check_finite("input", x)
-        x = x.detach().cpu().double()
-        return x, x.shape[0]
-
-    def build(self, x: ty.Any) -> tuple[_Graph, SpikeSink, int]:
+    def build(self, x: ty.Any) -> tuple[Graph, SpikeSink, int]:
         """Processes for one batch; raises :class:`LavaBuildError` before any worker starts."""
-        x, batch = self._check_input(x)
-        graph = _Graph(self.cm, batch=batch, fmt=self.fixed_format)
-        builder = (_BertBuilder if self.family == "bert" else _SwinBuilder)(graph)
-        head, readout_index = builder.build(x)
-        sink = probe(head.a_out, self.steps_per_sample)
+        x, batch = self.builder_class.check_input(self.cm, x)
+        graph = Graph(self.cm, batch=batch, fmt=self.fixed_format)
+        graph.head, readout_index = self.builder_class(graph).build(x)
+        sink = probe(graph.head.a_out, self.steps_per_sample)
         graph.processes.append(sink)
         count = self._os_processes(graph)
         if count > MAX_PROCESSES:
             raise LavaBuildError(f"the graph has {count} Lava processes in {self.mode} mode, more than the simulator "
                                  f"limit of {MAX_PROCESSES} (each is a forked OS process synchronised every step)")
-        self._last = {"graph": graph, "builder": builder, "head": head}
+        self.last_graph = graph
         return graph, sink, readout_index
 
     def run(self, x: ty.Any, timings: dict | None = None) -> torch.Tensor:
@@ -561,12 +379,12 @@ class LavaNetwork:
             stepper.step(t)
         return self._logits(sink.proc_params["record"], graph, readout_index)
 
-    def _logits(self, current: np.ndarray, graph: _Graph, readout_index: int) -> torch.Tensor:
+    def _logits(self, current: np.ndarray, graph: Graph, readout_index: int) -> torch.Tensor:
         """Decode the read-out: the integrated membrane u = Σ_τ B^-τ x_τ of the head's current
         over its window, in ANN units (÷ unit_gain; fixed point: × its current unit)."""
         window = current[readout_index * graph.T:(readout_index + 1) * graph.T]
         if self.fixed_format is not None:
-            window = window * 2.0 ** self._last["head"].proc_params["current_exp"]
+            window = window * 2.0 ** graph.head.proc_params["current_exp"]
         weights = self.code.base ** -np.arange(graph.T, dtype=np.float64)
         membrane = np.tensordot(weights, window, axes=1)
         return torch.from_numpy(membrane / self.code.unit_gain)
@@ -574,9 +392,13 @@ class LavaNetwork:
     def run_batch(self, xs: ty.Any, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
         """Logits of many inputs (an image tensor, or a tokenizer dict of tensors), ``batch_size``
         per Lava run, with a progress bar. Non-finite inputs are refused before the first run."""
-        check_finite("input", {key: xs.get(key) for key in bert.INPUT_KEYS} if isinstance(xs, ty.Mapping) else xs)
+        try:
+            xs = self.family.model_input(xs)  # a tensor, or the family's input keys of a dict
+        except ValueError as error:
+            raise LavaBuildError(str(error)) from None
+        check_finite("input", xs)
         if isinstance(xs, ty.Mapping):
-            keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if xs.get(key) is not None]
+            keys = list(xs)
             parts = [torch.split(torch.as_tensor(xs[key]), batch_size) for key in keys]
             chunks = [dict(zip(keys, values)) for values in zip(*parts)]
         else:
@@ -589,10 +411,10 @@ class LavaNetwork:
         Steps count from the layer's own fire window; the window of layer n opens at step
         (n + 1)·T of the run (its input window is [n·T, (n+1)·T), spec §1.5).
         """
-        if not self._last:
+        if self.last_graph is None:
             raise RuntimeError("run the network first")
         return {name: population.recorded_fire_steps()
-                for name, population in self._last["graph"].populations.items()}
+                for name, population in self.last_graph.populations.items()}
 
     def stats(self) -> dict[str, ty.Any]:
         """Graph size and activity of the last run.
@@ -603,17 +425,17 @@ class LavaNetwork:
         also ``clips``: per Process name, how many integer values were clipped to the state range
         (saturated, never wrapped), only Processes that clipped.
         """
-        if not self._last:
+        if self.last_graph is None:
             raise RuntimeError("run the network first")
-        graph = self._last["graph"]
+        graph = self.last_graph
         layers, histograms = {}, {}
         for name, fire_steps in self.fire_steps().items():
             population = graph.populations[name]
             saturated = population.recorded_saturation().sum() if isinstance(population, PhaseNeuron) else 0
             layers[name] = LayerStats.from_fire_steps(torch.from_numpy(fire_steps), graph.T, int(saturated))
             histograms[name] = np.bincount(fire_steps[fire_steps >= 0], minlength=graph.T)
-        if self._last["builder"].input_stats is not None:
-            layers["input"] = self._last["builder"].input_stats
+        if graph.input_stats is not None:
+            layers["input"] = graph.input_stats
         stats = {**self.graph_size(graph), "steps_per_sample": self.steps_per_sample, "layers": layers,
                  "fire_histograms": histograms}
         if self.fixed_format is not None:
@@ -626,7 +448,7 @@ class LavaNetwork:
             stats["clips"] = clips
         return stats
 
-    def graph_size(self, graph: _Graph) -> dict[str, int]:
+    def graph_size(self, graph: Graph) -> dict[str, int]:
         """OS processes, neurons and token-wise weights of a graph from :meth:`build` (no run
         needed). The fixed-point residuals' identity matrices are one-to-one connections, not
         weights: not counted."""
@@ -636,7 +458,7 @@ class LavaNetwork:
         return {"processes": self._os_processes(graph), "neurons": neurons, "synapses": synapses}
 
 
-    def _os_processes(self, graph: _Graph) -> int:
+    def _os_processes(self, graph: Graph) -> int:
         """OS processes of the run: a fused Circuit is one, a decomposed one is its members."""
         if self.mode == "fused":
             return len(graph.processes)

@@ -13,13 +13,9 @@ Under ``torchrun`` both commands shard the batches over the processes and combin
 exactly (calibration maxima all-reduced, metrics summed; see ``lava_spikedattn.distributed``);
 rank 0 writes the files and prints.
 
-ANN checkpoint (``--checkpoint``, ``--ann``, written by ``convert --save-ann`` or
-:func:`save_ann_checkpoint`): one safetensors file holding the *prepared* model's state dict,
-with string metadata ``format`` = ``lava-spikedattn-ann``, ``version`` = ``1``, ``family``
-(``swin``/``bert``), ``model`` (the builder name: a timm model name for Swin, ``bert`` for BERT)
-and ``model_kwargs`` (JSON: the builder's keyword arguments, e.g. ``num_classes``, ``img_size``;
-for BERT the ``BertConfig`` fields). Loading builds the model with ``pretrained=False``, applies
-``prepare_swin``/``prepare_bert`` and loads the state dict strictly. No pickle.
+ANN checkpoints (``--checkpoint``, ``--ann``, written by ``convert --save-ann``): see
+:mod:`lava_spikedattn.checkpoint`. Model names, data sets and defaults come from the family
+registry (:mod:`lava_spikedattn.models`); this module only parses arguments and calls the library.
 
 Data (``--data``): images (fashion-mnist, mnist-5k, digits; grey, in [0, 1]) are resized
 bilinearly to the model's image size and repeated over its input channels, no normalisation;
@@ -40,30 +36,21 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from lava_spikedattn.checkpoint import check_checkpoint_architecture, load_ann_checkpoint, save_ann_checkpoint
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode
+from lava_spikedattn.data import RANDOM_SAMPLES, Batches
+from lava_spikedattn.models import ModelFamily, family_for_model_name, family_names, get_family
 
-__all__ = [
-    "ANN_CHECKPOINT_FORMAT",
-    "Batches",
-    "FamilyCLI",
-    "build_parser",
-    "load_ann_checkpoint",
-    "main",
-    "register_family_cli",
-    "save_ann_checkpoint",
-]
+__all__ = ["build_parser", "main"]
 
-ANN_CHECKPOINT_FORMAT = "lava-spikedattn-ann"
-ANN_CHECKPOINT_VERSION = "1"
-RANDOM_SAMPLES = 256  # size of the "random" data set when --limit is not given
-BERT_MODELS = ("bert", "bert-base", "minilm")
+#: Every family's data sets, for ``--data``.
+ALL_DATASETS = tuple(dict.fromkeys(d for name in family_names() for d in get_family(name).datasets))
 
 
 class UsageError(Exception):
@@ -92,282 +79,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           limit=args.limit, sweep=args.sweep, sweep_limit=args.sweep_limit,
                           threads=args.threads, progress=not args.no_progress))
     return 0
-
-
-# --- data ---------------------------------------------------------------------------------------------
-class Batches(Sequence):
-    """``n`` samples in batches of ``batch_size``, each built on access by ``make(start, stop)``.
-
-    Indexable with a length, so ``distributed.shard`` builds only this rank's batches.
-    """
-
-    def __init__(self, n: int, batch_size: int, make: Callable[[int, int], Any]) -> None:
-        self.n, self.batch_size, self.make = n, batch_size, make
-
-    def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
-
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"batch {index} of {len(self)}")
-        start = (index % len(self)) * self.batch_size
-        return self.make(start, min(start + self.batch_size, self.n))
-
-
-def _batch_generator(seed: int, split: str, start: int) -> torch.Generator:
-    """A generator per (seed, split, batch start): the same batch whatever the sharding."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + (split == "test") * 7_919 + start) % 2**63)
-
-
-@dataclass(frozen=True)
-class FamilyCLI:
-    """What the command line needs to know about one model family (see :data:`FAMILY_CLI`).
-
-    ``owns(name)``: whether a ``--model`` name belongs to the family. ``build(name, kwargs)``:
-    an unprepared ANN with ``pretrained=False``/random init (``kwargs`` as stored in a
-    checkpoint; returns the model and the kwargs to store). ``code``: the default (B, T).
-    ``prepare``: the ``ann.prepare_*``
-    function. ``model_info(model)`` / ``architecture_info(architecture)``: what ``batches`` needs
-    (image size, channels, classes / vocabulary, labels), from an ANN or from a converted
-    model's ``config.json`` architecture. ``batches(data, split, limit, batch_size, info,
-    args)``: a :class:`Batches` of ``(x, y)`` tuples or dicts with ``"labels"``.
-    """
-
-    name: str
-    datasets: tuple[str, ...]
-    code: tuple[float, int]  # default (B, T): the paper's setting for the family
-    owns: Callable[[str], bool]
-    build: Callable[[str, dict[str, Any]], tuple[nn.Module, dict[str, Any]]]
-    prepare: Callable[[nn.Module], nn.Module]
-    model_info: Callable[[nn.Module], dict[str, Any]]
-    architecture_info: Callable[[Mapping[str, Any]], dict[str, Any]]
-    batches: Callable[[str, str, int | None, int, Mapping[str, Any], argparse.Namespace], Batches]
-
-
-FAMILY_CLI: dict[str, FamilyCLI] = {}
-
-
-def register_family_cli(family: FamilyCLI) -> FamilyCLI:
-    """Make ``family`` (named as its converter family) available to ``convert``/``evaluate``."""
-    FAMILY_CLI[family.name] = family
-    return family
-
-
-def _family_cli(name: str) -> FamilyCLI:
-    if name not in FAMILY_CLI:
-        raise ValueError(f"the command line does not support the model family {name!r} (supported: "
-                         f"{', '.join(sorted(FAMILY_CLI))}); use the Python API (lava_spikedattn.evaluate)")
-    return FAMILY_CLI[name]
-
-
-def _family_for_model_name(name: str) -> FamilyCLI:
-    for family in FAMILY_CLI.values():
-        if family.owns(name):
-            return family
-    raise ValueError(f"no family builds the model {name!r}")
-
-
-def _check_dataset(family: FamilyCLI, data: str) -> None:
-    if data not in family.datasets:
-        raise UsageError(f"--data {data} does not fit a {family.name} model; choose one of "
-                         f"{', '.join(family.datasets)}")
-
-
-# Swin (timm) ----------------------------------------------------------------------------------------
-def _swin_build(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    import timm
-
-    return timm.create_model(name, pretrained=False, **kwargs), kwargs
-
-
-def _swin_prepare(model: nn.Module) -> nn.Module:
-    from lava_spikedattn.ann import prepare_swin
-
-    return prepare_swin(model)
-
-
-def _swin_model_info(model: nn.Module) -> dict[str, Any]:
-    return {"img_size": list(model.patch_embed.img_size), "in_chans": model.patch_embed.proj.in_channels,
-            "num_classes": model.num_classes}
-
-
-def _swin_architecture_info(architecture: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: architecture[key] for key in ("img_size", "in_chans", "num_classes")}
-
-
-def _swin_batches(data: str, split: str, limit: int | None, batch_size: int, info: Mapping[str, Any],
-                  args: argparse.Namespace) -> Batches:
-    height, width = info["img_size"]
-    channels = info["in_chans"]
-    if data == "random":
-        def make_random(start: int, stop: int):
-            g = _batch_generator(args.seed, split, start)
-            x = torch.randn(stop - start, channels, height, width, generator=g)
-            return x, torch.randint(0, info["num_classes"], (stop - start,), generator=g)
-
-        return Batches(RANDOM_SAMPLES if limit is None else limit, batch_size, make_random)
-    from lava_spikedattn.data import fit_images, load_image_dataset
-
-    images, labels = load_image_dataset(data, split, limit)
-
-    def make(start: int, stop: int):
-        return fit_images(images[start:stop], (height, width), channels), labels[start:stop]
-
-    return Batches(len(images), batch_size, make)
-
-
-register_family_cli(FamilyCLI(
-    name="swin",
-    datasets=("fashion-mnist", "mnist-5k", "digits", "random"),
-    code=(1.15, 40),
-    owns=lambda name: name not in BERT_MODELS,
-    build=_swin_build, prepare=_swin_prepare, model_info=_swin_model_info,
-    architecture_info=_swin_architecture_info, batches=_swin_batches,
-))
-
-
-# BERT (Hugging Face) ------------------------------------------------------------------------------------
-def _bert_build(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """``minilm``: the bundled pre-trained MiniLM (kwargs: ``num_labels``); ``bert``/``bert-base``:
-    a random-init ``BertForSequenceClassification`` of ``BertConfig(**kwargs)`` (BERT-base sizes
-    by default). The stored kwargs are always the full config (builder ``bert``)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    kwargs = dict(kwargs)
-    if "num_classes" in kwargs:
-        kwargs["num_labels"] = kwargs.pop("num_classes")
-    if name == "minilm":
-        from lava_spikedattn.data import load_minilm_classifier
-
-        unknown = set(kwargs) - {"num_labels"}
-        if unknown:
-            raise ValueError(f"the minilm model takes no options but --num-classes; got {', '.join(sorted(unknown))}")
-        model, _ = load_minilm_classifier(kwargs.get("num_labels", 2))
-    else:
-        model = BertForSequenceClassification(BertConfig(**kwargs))
-    config = model.config.to_dict()
-    for key in ("transformers_version", "_name_or_path", "architectures", "_attn_implementation_autoset"):
-        config.pop(key, None)
-    return model, config
-
-
-def _bert_prepare(model: nn.Module) -> nn.Module:
-    from lava_spikedattn.ann import prepare_bert
-
-    return prepare_bert(model)
-
-
-def _bert_model_info(model: nn.Module) -> dict[str, Any]:
-    config = model.config
-    return {"vocab_size": config.vocab_size, "num_labels": config.num_labels,
-            "max_position": config.max_position_embeddings}
-
-
-def _bert_architecture_info(architecture: Mapping[str, Any]) -> dict[str, Any]:
-    # Key names of the BERT family's architecture (lava_spikedattn.models.bert); defaults: BERT-base.
-    return {"vocab_size": architecture.get("vocab_size", 30522),
-            "num_labels": architecture.get("num_labels", architecture.get("num_classes", 2)),
-            "max_position": architecture.get("max_position_embeddings", 512)}
-
-
-def _bert_batches(data: str, split: str, limit: int | None, batch_size: int, info: Mapping[str, Any],
-                  args: argparse.Namespace) -> Batches:
-    seq_len = min(args.seq_len, info["max_position"])
-    if data == "random":
-        def make_random(start: int, stop: int):
-            g = _batch_generator(args.seed, split, start)
-            ids = torch.randint(1000, info["vocab_size"], (stop - start, seq_len), generator=g)
-            ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP] of the bert-base-uncased vocabulary
-            return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                    "token_type_ids": torch.zeros_like(ids),
-                    "labels": torch.randint(0, info["num_labels"], (stop - start,), generator=g)}
-
-        return Batches(RANDOM_SAMPLES if limit is None else limit, batch_size, make_random)
-    from transformers import AutoTokenizer
-
-    from lava_spikedattn.data import minilm_path, split_rt_polarity
-
-    texts, labels = split_rt_polarity()[0 if split == "train" else 1]
-    texts, labels = texts[:limit], labels[:limit]
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
-
-    def make(start: int, stop: int):
-        batch = tokenizer(texts[start:stop], padding="longest", truncation=True, max_length=seq_len,
-                          return_tensors="pt")
-        return {**batch, "labels": torch.tensor(labels[start:stop])}
-
-    return Batches(len(texts), batch_size, make)
-
-
-register_family_cli(FamilyCLI(
-    name="bert",
-    datasets=("rt-polarity", "random"),
-    code=(1.4, 16),
-    owns=lambda name: name in BERT_MODELS,
-    build=_bert_build, prepare=_bert_prepare, model_info=_bert_model_info,
-    architecture_info=_bert_architecture_info, batches=_bert_batches,
-))
-
-ALL_DATASETS = tuple(dict.fromkeys(d for family in FAMILY_CLI.values() for d in family.datasets))
-
-
-# --- ANN checkpoints ----------------------------------------------------------------------------------------
-def save_ann_checkpoint(model: nn.Module, path: str | os.PathLike, *, family: str, model_name: str,
-                        model_kwargs: Mapping[str, Any]) -> Path:
-    """Write a prepared ANN as an ANN checkpoint (format in the module docstring)."""
-    import safetensors.torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
-    metadata = {"format": ANN_CHECKPOINT_FORMAT, "version": ANN_CHECKPOINT_VERSION, "family": family,
-                "model": model_name, "model_kwargs": json.dumps(dict(model_kwargs)), "prepared": "true"}
-    partial = path.with_name(f".{path.name}.partial")
-    safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
-    return path
-
-
-def load_ann_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """(prepared model in eval mode, metadata with ``model_kwargs`` decoded) of an ANN checkpoint.
-
-    Raises ``FileNotFoundError`` or ``ValueError`` naming what is wrong with the file.
-    """
-    import safetensors
-    import safetensors.torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ANN checkpoint {path} does not exist")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        state = safetensors.torch.load_file(str(path))
-    except Exception as error:  # safetensors raises its own types for malformed files
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
-    if metadata.get("format") != ANN_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a lava-spikedattn ANN checkpoint (metadata format="
-                         f"{metadata.get('format')!r}); write one with `spikedattn convert ... --save-ann PATH` "
-                         f"or lava_spikedattn.cli.save_ann_checkpoint()")
-    if metadata.get("version") != ANN_CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: ANN checkpoint version {metadata.get('version')!r} is not supported "
-                         f"(this version reads {ANN_CHECKPOINT_VERSION})")
-    for key in ("family", "model", "model_kwargs"):
-        if key not in metadata:
-            raise ValueError(f"{path}: the checkpoint metadata is missing {key!r}")
-    try:
-        kwargs = json.loads(metadata["model_kwargs"])
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: model_kwargs is not valid JSON: {error}") from None
-    family = _family_cli(metadata["family"])
-    model, _ = family.build(metadata["model"], kwargs)
-    if metadata.get("prepared", "true") == "true":
-        model = family.prepare(model)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not fit {metadata['model']} with {kwargs}: {error}") from None
-    return model.eval(), {**metadata, "model_kwargs": kwargs}
 
 
 # --- shared option handling ------------------------------------------------------------------------------------
@@ -483,24 +194,35 @@ def _add_common(parser: argparse.ArgumentParser, batch_size: int = 16, device: b
 
 
 # --- convert ------------------------------------------------------------------------------------------------
-def _build_ann(args: argparse.Namespace) -> tuple[nn.Module, FamilyCLI, str, dict[str, Any]]:
+def _check_dataset(family: ModelFamily, data: str) -> None:
+    if data not in family.datasets:
+        raise UsageError(f"--data {data} does not fit a {family.name} model; choose one of "
+                         f"{', '.join(family.datasets)}")
+
+
+def _batches(family: ModelFamily, info: dict[str, Any], args: argparse.Namespace, split: str,
+             limit: int | None) -> Batches:
+    return family.batches(args.data, split, limit=limit, batch_size=args.batch_size, info=info, seed=args.seed,
+                          seq_len=args.seq_len)
+
+
+def _build_ann(args: argparse.Namespace) -> tuple[nn.Module, ModelFamily, str, dict[str, Any]]:
     """(prepared ANN in eval mode, its family, builder name, builder kwargs) from the options."""
     if args.checkpoint is not None:
         if args.num_classes or args.img_size or args.in_chans or args.model_kwargs:
             raise UsageError("--num-classes, --img-size, --in-chans and --model-kwargs describe a --model; a "
                              "--checkpoint carries its own")
         model, metadata = load_ann_checkpoint(args.checkpoint)
-        return model, _family_cli(metadata["family"]), metadata["model"], metadata["model_kwargs"]
-    family = _family_for_model_name(args.model)
+        return model, get_family(metadata["family"]), metadata["model"], metadata["model_kwargs"]
+    family = family_for_model_name(args.model)
     kwargs = dict(args.model_kwargs or {})
     for option, key in ((args.num_classes, "num_classes"), (args.img_size, "img_size"), (args.in_chans, "in_chans")):
         if option is not None:
-            if family.name == "bert" and key != "num_classes":
+            if key not in family.model_options:
                 raise UsageError(f"--{key.replace('_', '-')} applies to image models, not {args.model}")
             kwargs[key] = option
     torch.manual_seed(args.seed)
-    model, stored = family.build(args.model, kwargs)
-    name = "bert" if family.name == "bert" else args.model
+    model, name, stored = family.build_ann(args.model, kwargs)
     return family.prepare(model).eval(), family, name, stored
 
 
@@ -522,11 +244,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     _check_dataset(family, args.data)
     # "auto": a placeholder B until search_base has run (the scales do not depend on B).
     if numeric_base is None:
-        numeric_base = 2.0 if args.base == "auto" else family.code[0]
-    code = phase_code(numeric_base, family.code[1] if args.timesteps is None else args.timesteps)
+        numeric_base = 2.0 if args.base == "auto" else family.default_code[0]
+    code = phase_code(numeric_base, family.default_code[1] if args.timesteps is None else args.timesteps)
     model.to(device)
     info = family.model_info(model)
-    batches = family.batches(args.data, "train", args.calib_batches * args.batch_size, args.batch_size, info, args)
+    batches = _batches(family, info, args, "train", args.calib_batches * args.batch_size)
     if len(batches) == 0:
         raise ValueError(f"data set {args.data!r} has no training samples")
     cm = distributed.convert_distributed(model, _OnDevice(distributed.shard(batches), device), code,
@@ -593,46 +315,20 @@ def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, nn.Module | Non
     from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 
     cm = ConvertedModel.load(args.folder)
-    family = _family_cli(cm.config["family"])
+    family = cm.family
     _check_dataset(family, args.data)
     ann = None
     if getattr(args, "ann", None) is not None:
         ann, metadata = load_ann_checkpoint(args.ann)
-        _check_ann_architecture(args.ann, ann, metadata["family"], args.folder, cm.config)
+        check_checkpoint_architecture(args.ann, ann, metadata["family"], args.folder, cm.config)
         if tensor_sha256(ann.state_dict()) != cm.config["source_sha256"]:
             print(f"spikedattn {args.command}: warning: {args.ann} is not the model {args.folder} was converted "
                   f"from (its weights' sha256 differs from source_sha256 in config.json)", file=sys.stderr)
     info = family.architecture_info(cm.config["architecture"])
-    batches = family.batches(args.data, args.split, args.limit, args.batch_size, info, args)
+    batches = _batches(family, info, args, args.split, args.limit)
     if len(batches) == 0:
         raise ValueError(f"data set {args.data!r} ({args.split} split) has no samples")
     return cm, ann, batches
-
-
-def _check_ann_architecture(path: Path, ann: nn.Module, family: str, folder: Path,
-                            config: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming every differing key if the ``--ann`` checkpoint at ``path`` (a
-    ``family`` model) is not of the architecture the converted model in ``folder`` was made from.
-
-    Weights may differ (a re-fine-tuned checkpoint: the caller warns); the family and every
-    architecture key (classes, input size, depths, ...) must not.
-    """
-    from lava_spikedattn.models import get_family
-
-    fix = (f"pass the checkpoint {folder} was converted from (its `convert --save-ann` file), or convert "
-           f"this one with `spikedattn convert --checkpoint {path} ...`")
-    if family != config["family"]:
-        raise ValueError(f"--ann {path} is a {family} model (family={family}) but {folder} was converted from a "
-                         f"{config['family']} model (family={config['family']}); {fix}")
-    expected = config["architecture"]
-    found = json.loads(json.dumps(get_family(family).architecture(ann)))  # as config.json holds it
-    differing = [key for key in dict.fromkeys([*expected, *found]) if found.get(key) != expected.get(key)]
-    if differing:
-        def describe(architecture: Mapping[str, Any]) -> str:
-            return ", ".join(f"{key}={json.dumps(architecture.get(key))}" for key in differing)
-
-        raise ValueError(f"--ann {path} is a {family} with {describe(found)} but {folder} was converted from "
-                         f"{describe(expected)}; {fix}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -689,63 +385,31 @@ def _fraction(value: float | None) -> str:
 
 # --- run-lava --------------------------------------------------------------------------------------------
 def cmd_run_lava(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from lava_spikedattn.builder import build_lava_network
-    from lava_spikedattn.evaluate import split_batch
-
-    from lava_spikedattn.fixed_point import FixedFormat
+    from lava_spikedattn.lava_evaluation import evaluate_lava
 
     _check_output("--json", args.json, example="lava.json")
     cm, _, batches = _load_for_evaluation(args)
-    fmt = FixedFormat() if args.fixed else None
-    net = build_lava_network(cm, mode=args.mode, fixed_format=fmt)
-    simulator = build_lava_network(cm, fixed_format=fmt) if args.fixed else None  # the port's own oracle
-    reference = cm.to_reference("closed").double()
     precision = "integer (fixed_pt)" if args.fixed else "float"
     print(f"{args.folder}: {cm.code.describe()}, {cm.steps_per_inference} steps per inference, {precision} Lava "
           f"{args.mode} network on {args.limit} samples of {args.data} ({args.split})")
-    samples = same = correct = labeled = steps = unequal = 0
-    clips: dict[str, int] = {}  # fixed point: clipped integer values per Process, all batches
-    worst = 0.0
-    for batch in tqdm(batches, desc="Lava", unit="batch", disable=args.no_progress):
-        inputs, labels = split_batch(batch)
-        logits = net.run(inputs)
-        expected = reference(inputs if isinstance(inputs, dict) else inputs.double())
-        if args.fixed:  # the same integer graph stepped in this process must give the same logits
-            for name, count in net.stats()["clips"].items():  # this batch's run
-                clips[name] = clips.get(name, 0) + count
-            simulated = simulator.simulate(inputs)
-            unequal += int((logits != simulated).any(-1).sum())
-        same += int((logits.argmax(-1) == expected.argmax(-1)).sum())
-        worst = max(worst, float((logits - expected).abs().max() / expected.abs().max().clamp(min=1e-300)))
-        samples += len(logits)
-        steps += len(logits) * net.steps_per_sample
-        if labels is not None:
-            labeled += len(labels)
-            correct += int((logits.argmax(-1) == torch.as_tensor(labels)).sum())
-    stats = net.stats()
+    result = evaluate_lava(cm, batches, mode=args.mode, fixed=args.fixed, progress=not args.no_progress)
+    samples, same = result.samples, result.same_class
     print(f"  same class as the (float) closed-form reference engine: {same}/{samples}; max logit difference "
-          f"{worst:.1e} (relative)")
+          f"{result.max_relative_difference:.1e} (relative)")
     if args.fixed:
-        print(f"  logits equal to the in-process integer simulation, bit for bit: {samples - unequal}/{samples}; "
-              f"clipped values: {sum(clips.values())}")
-    if labeled:
-        print(f"  Lava accuracy {correct}/{labeled} ({correct / labeled:.2%})")
-    print(f"  {stats['processes']} Lava processes, {stats['neurons']:,} neurons, {stats['synapses']:,} token-wise "
-          f"weights; {steps:,} steps simulated")
+        print(f"  logits equal to the in-process integer simulation, bit for bit: {result.equal_to_simulation}/"
+              f"{samples}; clipped values: {sum(result.clips.values())}")
+    if result.labeled:
+        print(f"  Lava accuracy {result.correct}/{result.labeled} ({result.correct / result.labeled:.2%})")
+    print(f"  {result.processes} Lava processes, {result.neurons:,} neurons, {result.synapses:,} token-wise "
+          f"weights; {result.steps_simulated:,} steps simulated")
     if args.json is not None:
-        result = {"samples": samples, "same_class": same, "max_relative_difference": worst,
-                  "labeled": labeled, "correct": correct, "steps_simulated": steps,
-                  "processes": stats["processes"], "neurons": stats["neurons"], "synapses": stats["synapses"]}
-        if args.fixed:
-            result.update(fixed_point=True, equal_to_simulation=samples - unequal, clips=clips)
-        _write_text(args.json, json.dumps(result, indent=1) + "\n")
+        _write_text(args.json, json.dumps(result.to_json(), indent=1) + "\n")
         print(f"\nwritten {args.json}")
     if args.fixed:
-        if unequal:
+        if result.equal_to_simulation != samples:
             print(f"spikedattn run-lava: error: the Lava integer network differs from the in-process integer "
-                  f"simulation on {unequal} sample(s)", file=sys.stderr)
+                  f"simulation on {samples - result.equal_to_simulation} sample(s)", file=sys.stderr)
             return 1
         return 0
     if same != samples:
@@ -772,12 +436,7 @@ def cmd_loihi_report(args: argparse.Namespace) -> int:
 
     _check_output("--json", args.json, example="loihi.json")
     cm = ConvertedModel.load(args.folder)
-    inputs = None
-    if cm.config["family"] == "bert":
-        positions = cm.config["architecture"]["max_position_embeddings"]
-        if args.seq_len > positions:
-            raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {positions} positions")
-        inputs = {"input_ids": torch.zeros(1, args.seq_len, dtype=torch.long)}
+    inputs = cm.family.example_input(cm.config["architecture"], seq_len=args.seq_len)
     timing = {} if args.step_time_us is None else {"step_time_us": args.step_time_us}
     report = resource_estimate(cm, inputs=inputs, **timing)
     quantization = quantize_for_loihi(cm)
@@ -854,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
             "structure and speed. Bring trained weights with --checkpoint: a safetensors file with the prepared,\n"
             "fine-tuned model's state dict and metadata format=lava-spikedattn-ann, version=1, family,\n"
             "model (timm name or 'bert') and model_kwargs (JSON), as `--save-ann` and\n"
-            "lava_spikedattn.cli.save_ann_checkpoint() write it. Grey images are resized to the model's\n"
+            "lava_spikedattn.checkpoint.save_ann_checkpoint() write it. Grey images are resized to the model's\n"
             "image size and repeated over its channels, without normalisation. Under torchrun the\n"
             "calibration batches are sharded and the maxima all-reduced (the result equals one process)."))
     source = convert.add_mutually_exclusive_group(required=True)

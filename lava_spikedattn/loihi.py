@@ -238,15 +238,6 @@ def _first_sample(inputs: Any) -> Any:
                      f"got {type(inputs).__name__}")
 
 
-def _default_input(cm: ConvertedModel) -> torch.Tensor:
-    """A blank image for Swin (its sizes do not depend on the input); other families need inputs."""
-    if cm.family.name != "swin":
-        raise ValueError(f"inputs: a {cm.family.name} model's size depends on its input (the sequence "
-                         f"length); pass one batch of model inputs")
-    architecture = cm.config["architecture"]
-    return torch.zeros(1, architecture["in_chans"], *architecture["img_size"])
-
-
 def _stored_weights(cm: ConvertedModel, synapse: Synapse) -> int:
     """Sizes of the converted model's weight tensors that ``synapse`` applies (0 for none)."""
     keys = [f"{synapse.name}.weight"]
@@ -289,7 +280,7 @@ def resource_estimate(cm: ConvertedModel, *, step_time_us: float = DEFAULT_STEP_
     if not isinstance(cm, ConvertedModel):
         raise TypeError(f"expected a ConvertedModel, got {type(cm).__name__}")
     step_time_us = _check_step_time(step_time_us)
-    x = _first_sample(_default_input(cm) if inputs is None else cm.family.model_input(inputs))
+    x = _first_sample(cm.family.example_input(cm.config["architecture"]) if inputs is None else cm.family.model_input(inputs))
     network = cm.to_reference("ann")
     sizes = _Sizes()
     with torch.no_grad():

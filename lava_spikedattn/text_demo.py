@@ -11,7 +11,7 @@ output loads and has the recorded SHA-256:
 1. fine-tune: the pre-trained all-MiniLM-L6-v2, prepared MA-BERT style (``prepare_bert``:
    PowerNorm, ReLU), fine-tuned for sentence polarity on the train split of
    :func:`~lava_spikedattn.data.split_rt_polarity` -> ``ann.safetensors`` (an ANN checkpoint,
-   :func:`~lava_spikedattn.cli.load_ann_checkpoint` reloads it) + ``ann.json``;
+   :func:`~lava_spikedattn.checkpoint.load_ann_checkpoint` reloads it) + ``ann.json``;
 2. convert: :func:`~lava_spikedattn.convert.convert` with B=1.4, T=16 (exact convention),
    calibrated on train sentences -> ``snn/`` (:class:`~lava_spikedattn.converted_model.ConvertedModel`)
    + ``snn.json``;
@@ -33,14 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lava_spikedattn.cli import Batches, load_ann_checkpoint, save_ann_checkpoint
+from lava_spikedattn.checkpoint import load_ann_checkpoint, save_ann_checkpoint
+from lava_spikedattn.data import Batches
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.evaluate import EvaluationReport
 
 DATASET = "Rotten-Tomatoes polarity (SST-2 proxy)"
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "demo-text"
 BASE, TIMESTEPS, CONVENTION = 1.4, 16, "exact"
-# Config keys that are not BertConfig fields (as cli._bert_build drops them).
+# Config keys that are not BertConfig fields (as BertFamily.build_ann drops them).
 _NOT_CONFIG = ("transformers_version", "_name_or_path", "architectures", "_attn_implementation_autoset")
 
 

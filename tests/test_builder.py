@@ -57,7 +57,7 @@ def exact_runs(model, inputs):
     for mode in builder.MODES:
         net = build_lava_network(cm, mode=mode)
         logits = net.run(inputs.double())
-        fire_steps = {name: p.recorded_fire_steps() for name, p in net._last["graph"].populations.items()}
+        fire_steps = {name: p.recorded_fire_steps() for name, p in net.last_graph.populations.items()}
         runs[mode] = (logits, net.stats(), fire_steps)
     return cm, runs
 
@@ -143,7 +143,7 @@ def test_lava_bert_equals_the_stepped_reference_in_both_modes(tiny_bert, convent
         assert torch.equal(logits.argmax(-1), closed.argmax(-1))
         stats = net.stats()
         assert stats["layers"] == reference.stats  # spikes and saturation of every layer
-        runs[mode] = {name: p.recorded_fire_steps() for name, p in net._last["graph"].populations.items()}
+        runs[mode] = {name: p.recorded_fire_steps() for name, p in net.last_graph.populations.items()}
     if len(runs) == 2:
         for name, steps in runs["fused"].items():
             assert (steps == runs["decomposed"][name]).all(), name

@@ -13,7 +13,7 @@ import timm
 import torch
 
 from lava_spikedattn.ann import prepare_bert, prepare_swin
-from lava_spikedattn.cli import save_ann_checkpoint
+from lava_spikedattn.checkpoint import save_ann_checkpoint
 from test_cli import SWIN, converted, run  # noqa: F401 (converted: the module's tiny Swin fixture)
 
 SWIN_KWARGS = json.loads(SWIN[SWIN.index("--model-kwargs") + 1])

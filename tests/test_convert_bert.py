@@ -17,7 +17,7 @@ from lava_spikedattn.base_search import search_base
 from lava_spikedattn.convert import convert
 from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError
 from lava_spikedattn.models import family_of, get_family
-from lava_spikedattn.models.bert import quantize_embedding
+from lava_spikedattn.models.bert.network import quantize_embedding
 
 TINY = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=32, num_labels=2)

@@ -6,7 +6,8 @@ import matplotlib.image
 import pytest
 import torch
 
-from lava_spikedattn.cli import load_ann_checkpoint, main
+from lava_spikedattn.checkpoint import load_ann_checkpoint
+from lava_spikedattn.cli import main
 from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.data import fit_images, load_image_dataset
 from lava_spikedattn.demo import DEFAULT_ANN, DEFAULT_MODEL, DemoSettings, run_demo

@@ -96,7 +96,7 @@ def test_lava_network_refuses_nonfinite_images_before_any_worker(swin, bad):
     for run in (net.run, net.simulate, net.run_batch):
         with pytest.raises(NonFiniteInputError, match=rf"^input {counts(bad, 1)}"):
             run(x)
-    assert not net._last  # nothing was built
+    assert net.last_graph is None  # nothing was built
     assert not live_workers()
     logits = net.simulate(images(1))  # one finite sample: the same network runs
     assert torch.allclose(logits, swin.to_reference("stepped").double()(images(1).double()), rtol=1e-6, atol=1e-12)

@@ -54,7 +54,7 @@ def test_the_demo_reproduces_the_readme_numbers_of_the_shipped_swin(results):
     (closed-form engine, float32, one torch thread as the demo runs it)."""
     import torch
 
-    from lava_spikedattn.cli import load_ann_checkpoint
+    from lava_spikedattn.checkpoint import load_ann_checkpoint
     from lava_spikedattn.converted_model import ConvertedModel
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.demo import DATASET, DEFAULT_ANN, DEFAULT_MODEL, DemoSettings, _report_summary

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lava_spikedattn.cli import load_ann_checkpoint, main
+from lava_spikedattn.checkpoint import load_ann_checkpoint
+from lava_spikedattn.cli import main
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 from lava_spikedattn.data import fit_images, load_fashion_mnist
 from lava_spikedattn.evaluate import EvaluationReport, evaluate

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from lava_spikedattn import data
-from lava_spikedattn.cli import load_ann_checkpoint
+from lava_spikedattn.checkpoint import load_ann_checkpoint
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 from lava_spikedattn.text_demo import build_parser, main, run
 

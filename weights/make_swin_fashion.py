@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python weights/make_swin_fashion.py
 
 Steps: build a small timm ``SwinTransformer`` (by the Swin-T name with every hyper-parameter
-overridden, so ``lava_spikedattn.cli.load_ann_checkpoint`` rebuilds it), apply ``prepare_swin``
+overridden, so ``lava_spikedattn.checkpoint.load_ann_checkpoint`` rebuilds it), apply ``prepare_swin``
 (BatchNorm instead of LayerNorm, ReLU MLP), train it from scratch on the first 55 000 training
 images (AdamW, linear warm-up then cosine decay), hold out the last 5 000 to choose the time steps
 T and the calibration, convert it with the base B from ``search_base``, and evaluate the ANN
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spikedattn.ann import prepare_swin
-from lava_spikedattn.cli import load_ann_checkpoint, save_ann_checkpoint
+from lava_spikedattn.checkpoint import load_ann_checkpoint, save_ann_checkpoint
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.base_search import search_base
 from lava_spikedattn.convert import convert

@@ -36,9 +36,9 @@ from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.energy import Synapse
-from lava_spikedattn.models import ModelFamily, register_family
+from lava_spikedattn.models.folding import fold_linear
 
-__all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "SwinFamily", "merge_heads", "merge_patches",
+__all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "merge_heads", "merge_patches",
            "merge_windows", "partition_windows", "patchify", "split_heads", "swin_layer_graph"]
 
 
@@ -317,19 +317,6 @@ def _affine(norm: nn.Module, width: int, path: str) -> tuple[torch.Tensor, torch
     return a.cpu(), c.cpu()
 
 
-def _fold_linear(linear: nn.Linear, a: torch.Tensor | None = None, c: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W', b') of ``linear(a·x + c)``: W' = W·diag(a), b' = W·c + b (no norm: W, b)."""
-    weight = linear.weight.detach().double().cpu()
-    if linear.bias is None:
-        bias = torch.zeros(weight.shape[0], dtype=torch.float64)
-    else:
-        bias = linear.bias.detach().double().cpu()
-    if a is None:
-        return weight, bias
-    return weight * a, weight @ c + bias
-
-
 def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor]:
     """Inference weights of a prepared Swin, norms folded per ``convention`` (module docstring)."""
     official = convention == "official"
@@ -344,7 +331,7 @@ def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor
         if i > 0:
             ds = stage.downsample
             a, c = _affine(ds.norm, ds.reduction.in_features, f"layers.{i}.downsample.norm")
-            out[f"layers.{i}.downsample.weight"], out[f"layers.{i}.downsample.bias"] = _fold_linear(ds.reduction, a, c)
+            out[f"layers.{i}.downsample.weight"], out[f"layers.{i}.downsample.bias"] = fold_linear(ds.reduction, a, c)
         for j, block in enumerate(stage.blocks):
             p = f"layers.{i}.blocks.{j}"
             norms = {"norm1": (block.norm1, "qkv", block.attn.qkv), "norm2": (block.norm2, "fc1", block.mlp.fc1),
@@ -353,19 +340,19 @@ def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor
                 a, c = _affine(norm, linear.in_features, f"{p}.{norm_name.replace('_', '.')}")
                 if official:
                     out[f"{p}.{norm_name}.weight"], out[f"{p}.{norm_name}.bias"] = a, c
-                    out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = _fold_linear(linear)
+                    out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = fold_linear(linear)
                 else:
-                    out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = _fold_linear(linear, a, c)
-            out[f"{p}.proj.weight"], out[f"{p}.proj.bias"] = _fold_linear(block.attn.proj)
+                    out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = fold_linear(linear, a, c)
+            out[f"{p}.proj.weight"], out[f"{p}.proj.bias"] = fold_linear(block.attn.proj)
             out[f"{p}.rel_pos_bias"] = block.attn._get_rel_pos_bias()[0].detach().double().cpu()
             if block.attn_mask is not None:
                 out[f"{p}.attn_mask"] = block.attn_mask.detach().double().cpu()
     a, c = _affine(model.norm, model.num_features, "norm")
     if official:
         out["norm.weight"], out["norm.bias"] = a, c
-        out["head.weight"], out["head.bias"] = _fold_linear(model.head.fc)
+        out["head.weight"], out["head.bias"] = fold_linear(model.head.fc)
     else:
-        out["head.weight"], out["head.bias"] = _fold_linear(model.head.fc, a, c)
+        out["head.weight"], out["head.bias"] = fold_linear(model.head.fc, a, c)
     return {key: value.to(dtype).contiguous() for key, value in out.items()}
 
 
@@ -542,35 +529,3 @@ class SpikingSwin(SpikingNetwork):
             x = self._norm_neuron("norm", "last_norm_if", x, engine)
         pooled = engine.neuron("pool_if", x.mean(dim=(1, 2)))
         return self._linear("head", pooled, engine)  # last_fc: membrane read-out, no spikes
-
-
-# --- family --------------------------------------------------------------------------------------------
-class SwinFamily(ModelFamily):
-    """timm ``SwinTransformer`` prepared with ``ann.prepare_swin``."""
-
-    name = "swin"
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, SwinTransformer)
-
-    def architecture(self, model: nn.Module) -> dict[str, Any]:
-        return SwinConfig.from_model(model).to_json()
-
-    def check_architecture(self, architecture: Mapping[str, Any]) -> None:
-        SwinConfig.from_json(architecture)
-
-    def layer_graph(self, architecture: Mapping[str, Any], convention: str) -> list[LayerSpec]:
-        return swin_layer_graph(SwinConfig.from_json(architecture), convention)
-
-    def weight_shapes(self, architecture: Mapping[str, Any], convention: str) -> dict[str, tuple[int, ...]]:
-        return swin_weight_shapes(SwinConfig.from_json(architecture), convention)
-
-    def fold(self, model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
-        return fold_swin(model, convention)
-
-    def network(self, architecture: Mapping[str, Any], convention: str, weights: Mapping[str, torch.Tensor],
-                code: PhaseCode | None = None, engine: str = "ann") -> SpikingSwin:
-        return SpikingSwin(SwinConfig.from_json(architecture), convention, weights, code, engine)
-
-
-register_family(SwinFamily())

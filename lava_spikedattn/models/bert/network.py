@@ -83,10 +83,9 @@ from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.energy import Synapse
-from lava_spikedattn.models import ModelFamily, register_family
-from lava_spikedattn.models.swin import _fold_linear
+from lava_spikedattn.models.folding import fold_linear
 
-__all__ = ["BertArchitecture", "BertFamily", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",
+__all__ = ["BertArchitecture", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",
            "quantize_embedding"]
 
 #: Keys of a BERT input dict that the network reads (everything else, e.g. labels, is ignored).
@@ -273,11 +272,11 @@ def fold_bert(model: BertForSequenceClassification, convention: str) -> dict[str
         for name in ("query", "key", "value"):
             linear = getattr(attention.self, name)
             a, c = (None, None) if official else previous
-            out[f"{p}.attention.{name}.weight"], out[f"{p}.attention.{name}.bias"] = _fold_linear(linear, a, c)
-        out[f"{p}.attention.output.weight"], out[f"{p}.attention.output.bias"] = _fold_linear(attention.output.dense)
+            out[f"{p}.attention.{name}.weight"], out[f"{p}.attention.{name}.bias"] = fold_linear(linear, a, c)
+        out[f"{p}.attention.output.weight"], out[f"{p}.attention.output.bias"] = fold_linear(attention.output.dense)
         a, c = (None, None) if official else norm_1
-        out[f"{p}.intermediate.weight"], out[f"{p}.intermediate.bias"] = _fold_linear(layer.intermediate.dense, a, c)
-        out[f"{p}.output.weight"], out[f"{p}.output.bias"] = _fold_linear(layer.output.dense)
+        out[f"{p}.intermediate.weight"], out[f"{p}.intermediate.bias"] = fold_linear(layer.intermediate.dense, a, c)
+        out[f"{p}.output.weight"], out[f"{p}.output.bias"] = fold_linear(layer.output.dense)
         if official:
             out[f"{p}.attention.norm.weight"], out[f"{p}.attention.norm.bias"] = norm_1
             out[f"{p}.output.norm.weight"], out[f"{p}.output.norm.bias"] = norm_2
@@ -286,8 +285,8 @@ def fold_bert(model: BertForSequenceClassification, convention: str) -> dict[str
             out[f"{p}.output.residual.weight"], out[f"{p}.output.residual.bias"] = norm_1
         previous = norm_2
     a, c = (None, None) if official else previous
-    out["pooler.weight"], out["pooler.bias"] = _fold_linear(bert.pooler.dense, a, c)
-    out["classifier.weight"], out["classifier.bias"] = _fold_linear(model.classifier)
+    out["pooler.weight"], out["pooler.bias"] = fold_linear(bert.pooler.dense, a, c)
+    out["classifier.weight"], out["classifier.bias"] = fold_linear(model.classifier)
     return {key: value.to(dtype).contiguous() for key, value in out.items()}
 
 
@@ -456,49 +455,3 @@ class SpikingBert(SpikingNetwork):
                    for name in ("query", "key", "value"))
         ctx = engine.attention(p, q, k, v, None, key_mask=key_mask, query_mask=query_mask)
         return ctx.transpose(1, 2).reshape(b, n, hidden)
-
-
-# --- family --------------------------------------------------------------------------------------------
-class BertFamily(ModelFamily):
-    """HF ``BertForSequenceClassification`` prepared with ``ann.prepare_bert``."""
-
-    name = "bert"
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, (BertForSequenceClassification, BertModel))
-
-    def architecture(self, model: nn.Module) -> dict[str, Any]:
-        return BertArchitecture.from_model(model).to_json()
-
-    def check_architecture(self, architecture: Mapping[str, Any]) -> None:
-        BertArchitecture.from_json(architecture)
-
-    def layer_graph(self, architecture: Mapping[str, Any], convention: str) -> list[LayerSpec]:
-        return bert_layer_graph(BertArchitecture.from_json(architecture), convention)
-
-    def weight_shapes(self, architecture: Mapping[str, Any], convention: str) -> dict[str, tuple[int, ...]]:
-        return bert_weight_shapes(BertArchitecture.from_json(architecture), convention)
-
-    def fold(self, model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
-        return fold_bert(model, convention)
-
-    def network(self, architecture: Mapping[str, Any], convention: str, weights: Mapping[str, torch.Tensor],
-                code: PhaseCode | None = None, engine: str = "ann") -> SpikingBert:
-        return SpikingBert(BertArchitecture.from_json(architecture), convention, weights, code, engine)
-
-    def model_input(self, batch: Any) -> dict[str, torch.Tensor]:
-        """The tokenizer tensors of a batch (a dict, or a tuple whose first item is one); labels and
-        other keys are dropped."""
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        if not isinstance(batch, Mapping) or "input_ids" not in batch:
-            raise ValueError(f"a BERT batch must be a dict with 'input_ids' (as HF tokenizers return), got "
-                             f"{type(batch).__name__}")
-        return {key: batch[key] for key in INPUT_KEYS if batch.get(key) is not None}
-
-    def ann_output(self, model: nn.Module, inputs: Any) -> torch.Tensor:
-        device = next(model.parameters()).device
-        return model(**{key: value.to(device) for key, value in inputs.items()}).logits
-
-
-register_family(BertFamily())
