@@ -11,7 +11,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from lava_spikedattn.cli import build_parser, load_ann_checkpoint, main, save_ann_checkpoint
+from lava_spikedattn.checkpoint import load_ann_checkpoint, save_ann_checkpoint
+from lava_spikedattn.cli import build_parser, main
 from lava_spikedattn.evaluate import EvaluationReport
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ class BertFamily(ModelFamily):
     """HF ``BertForSequenceClassification`` prepared with ``ann.prepare_bert``."""
 
     name = "bert"
-    model_names = ", ".join(MODEL_NAMES) + " (Hugging Face BertForSequenceClassification)"
+    model_names = "bert, bert-base (random init) or minilm (the bundled pre-trained all-MiniLM-L6-v2)"
     datasets = ("rt-polarity", "random")
     default_code = (1.4, 16)
     model_options = ("num_classes",)
