@@ -49,10 +49,8 @@ from lava_spikedattn.procs.spike_sink.process import SpikeSink
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
-from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
-from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 from lava_spikedattn.fixed_point import FixedFormat
-from lava_spikedattn.wiring import connect, probe
+from lava_spikedattn.wiring import connect, probe, wire_scores, wire_values
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
 #: weights) synchronised on every step (~0.1–0.3 ms per process per step on 2 cores): 400 processes
@@ -261,44 +259,25 @@ class FamilyBuilder(ABC):
 
 def attention_core(g: Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarray | None = None,
                    key_mask: np.ndarray | None = None) -> PhaseNeuron:
-    """q/k/v neurons of block ``p`` → QKᵀ (×d^-1/2, + bias) → logits → WOSS → attention×V → output.
+    """q/k/v neurons of block ``p`` → QKᵀ (×d^-1/2, + bias) → logits → WOSS → attention×V → output,
+    wired by :func:`~lava_spikedattn.wiring.wire_scores` / ``wire_values`` like the standalone core.
 
     ``key_mask`` (bool, broadcastable to the logits, True = key present) silences padded keys.
     Returns the attention×V output neuron (..., N, d).
     """
     head_shape = tuple(qkv["q_if"].s_out.shape)
     logit_shape = head_shape[:-1] + (head_shape[-2],)
-    T = g.T
     logits = g.neuron(f"{p}.stdp_qk", logit_shape)
-    qk = g.add(TraceMatMul(shape_a=head_shape, shape_b=head_shape, code=g.code, transpose_b=True,
-                           factor=head_shape[-1] ** -0.5, bias=bias, bias_start=g.layers[f"{p}.stdp_qk"].index * T,
-                           key_mask=key_mask, name=f"{p}.qk",
-                           **g.fixed(payload_exp_a=qkv["q_if"].payload_exp, payload_exp_b=qkv["k_if"].payload_exp,
-                                     current_exp=logits.current_exp)))
-    g.product(qk, qkv["q_if"], qkv["k_if"])
-    g.link(qk.a_out, logits.a_in)
-    woss_start = g.layers[f"{p}.softmax_if"].index * T
-    woss_units = g.fixed(current_exp=logits.payload_exp)
-    woss = g.add(WossNeuron(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask,
-                            name=f"{p}.softmax_if", **woss_units))
-    inhibitor = g.add(WossInhibitor(shape=logit_shape, code=g.code, start=woss_start, key_mask=key_mask,
-                                    name=f"{p}.softmax_inhibitor", **woss_units))
+    woss, inhibitor = wire_scores(g.add, g.link, g.code, qkv["q_if"], qkv["k_if"], logits, g.trace, prefix=p,
+                                  woss_start=g.layers[f"{p}.softmax_if"].index * g.T,
+                                  bias_start=g.layers[f"{p}.stdp_qk"].index * g.T, bias=bias, key_mask=key_mask,
+                                  fmt=g.fmt)
     g.populations[f"{p}.softmax_if"] = woss
-    g.link(g.trace.s_out, woss.trace_in)
-    for source, destination in ((logits.s_out, woss.a_in), (logits.s_out, inhibitor.a_in),
-                                (inhibitor.shift_out, woss.shift_in), (inhibitor.theta_out, woss.theta_in),
-                                (woss.trace_out, inhibitor.trace_in)):
-        g.link(source, destination)
     out = g.neuron(f"{p}.stdp_av", head_shape, divisor_shape=head_shape[:-1] + (1,))
     av_index, v_index = g.layers[f"{p}.stdp_av"].index, g.layers[f"{p}.v_if"].index
     v = Stream(g.arrive(qkv["v_if"].s_out, v_index, av_index), g.arrive(qkv["v_if"].trace_out, v_index, av_index),
-                v_index, head_shape)
-    av = g.add(TraceMatMul(shape_a=logit_shape, shape_b=head_shape, code=g.code, transpose_b=False, name=f"{p}.av",
-                           **g.fixed(payload_exp_a=None if g.fmt is None else g.fmt.woss_payload_exp,
-                                     payload_exp_b=qkv["v_if"].payload_exp, current_exp=out.current_exp)))
-    g.product(av, woss, v)
-    g.link(av.a_out, out.a_in)
-    g.link(inhibitor.norm_out, out.div_in)
+               v_index, head_shape)
+    wire_values(g.add, g.link, g.code, woss, inhibitor, v, qkv["v_if"].payload_exp, out, prefix=p, fmt=g.fmt)
     return out
 
 

@@ -66,12 +66,63 @@ def connect_trace(holder: TraceHolder, *populations) -> None:
         connect(holder.s_out, population.trace_in)
 
 
-def connect_product(product: TraceMatMul, a, b) -> None:
+def connect_product(product: TraceMatMul, a, b, link: ty.Callable = connect) -> None:
     """Feed two populations' spikes and decoded traces into a :class:`TraceMatMul`."""
-    connect(a.s_out, product.a_in)
-    connect(a.trace_out, product.a_trace_in)
-    connect(b.s_out, product.b_in)
-    connect(b.trace_out, product.b_trace_in)
+    for source, destination in ((a.s_out, product.a_in), (a.trace_out, product.a_trace_in),
+                                (b.s_out, product.b_in), (b.trace_out, product.b_trace_in)):
+        link(source, destination)
+
+
+def _fixed(fmt: FixedFormat | None, **exponents) -> dict[str, ty.Any]:
+    """Fixed-point keyword arguments of a Process (its unit exponents); {} in floating point."""
+    return {} if fmt is None else dict(fixed_format=fmt, **exponents)
+
+
+def wire_scores(add: ty.Callable, link: ty.Callable, code: PhaseCode, q, k, logits: PhaseNeuron, trace, *,
+                prefix: str, woss_start: int, bias_start: int, bias: np.ndarray | None = None,
+                key_mask: np.ndarray | None = None, ramp_start: float | None = None,
+                fmt: FixedFormat | None = None) -> tuple[WossNeuron, WossInhibitor]:
+    """First half of the attention core: QKᵀ (×d^-1/2, + bias) into ``logits``, then WOSS.
+
+    ``add(process)`` registers a process, ``link(source, destination)`` connects two ports (the
+    builder's or :func:`connect`). ``q``/``k``: populations (..., N, d) / (..., M, d). Returns the
+    WOSS neurons (..., N, M) and their inhibitor; the builder and the standalone
+    :func:`attention_core` both wire the core through this function and :func:`wire_values`.
+    """
+    logit_shape = tuple(logits.s_out.shape)
+    qk = add(TraceMatMul(shape_a=tuple(q.s_out.shape), shape_b=tuple(k.s_out.shape), code=code, transpose_b=True,
+                         factor=q.s_out.shape[-1] ** -0.5, bias=bias, bias_start=bias_start, key_mask=key_mask,
+                         name=f"{prefix}.qk", **_fixed(fmt, payload_exp_a=q.payload_exp, payload_exp_b=k.payload_exp,
+                                                       current_exp=logits.current_exp)))
+    connect_product(qk, q, k, link)
+    link(qk.a_out, logits.a_in)
+    units = _fixed(fmt, current_exp=logits.payload_exp)
+    woss = add(WossNeuron(shape=logit_shape, code=code, start=woss_start, ramp_start=ramp_start, key_mask=key_mask,
+                          name=f"{prefix}.softmax_if", **units))
+    inhibitor = add(WossInhibitor(shape=logit_shape, code=code, start=woss_start, ramp_start=ramp_start,
+                                  key_mask=key_mask, name=f"{prefix}.softmax_inhibitor", **units))
+    link(trace.s_out, woss.trace_in)
+    for source, destination in ((logits.s_out, woss.a_in), (logits.s_out, inhibitor.a_in),
+                                (inhibitor.shift_out, woss.shift_in), (inhibitor.theta_out, woss.theta_in),
+                                (woss.trace_out, inhibitor.trace_in)):
+        link(source, destination)
+    return woss, inhibitor
+
+
+def wire_values(add: ty.Callable, link: ty.Callable, code: PhaseCode, woss: WossNeuron, inhibitor: WossInhibitor,
+                v, v_payload_exp: int | None, out: PhaseNeuron, *, prefix: str,
+                fmt: FixedFormat | None = None) -> TraceMatMul:
+    """Second half of the attention core: WOSS × V into ``out``, divided by the spike sum.
+
+    ``v``: V's spikes and decoded traces (``s_out``, ``trace_out``) delayed to arrive in ``out``'s
+    input window; ``v_payload_exp``: V's payload unit (fixed point)."""
+    av = add(TraceMatMul(shape_a=tuple(woss.s_out.shape), shape_b=tuple(v.s_out.shape), code=code, transpose_b=False,
+                         name=f"{prefix}.av", **_fixed(fmt, payload_exp_a=None if fmt is None else fmt.woss_payload_exp,
+                                                       payload_exp_b=v_payload_exp, current_exp=out.current_exp)))
+    connect_product(av, woss, v, link)
+    link(av.a_out, out.a_in)
+    link(inhibitor.norm_out, out.div_in)
+    return av
 
 
 def probe(port, num_steps: int) -> SpikeSink:
@@ -148,42 +199,25 @@ def attention_core(q, k, v, code: PhaseCode, scale_q, scale_k, scale_v, scale_lo
                            divisor_shape=out_shape[:-1] + (1,), fixed_format=fmt, **out_units),
     }
 
-    def units(**exponents) -> dict[str, ty.Any]:
-        return {} if fmt is None else dict(fixed_format=fmt, **exponents)
+    roles = {"qk": "qk", "softmax_if": "woss", "softmax_inhibitor": "inhibitor", "av": "av"}
 
-    woss_units = units(current_exp=p["logits"].payload_exp)
-    p.update({
-        "qk": TraceMatMul(shape_a=tuple(q.shape), shape_b=tuple(k.shape), code=code, transpose_b=True,
-                          factor=q.shape[-1] ** -0.5, bias=None if bias is None else _np(bias), bias_start=T,
-                          key_mask=key_mask, **units(payload_exp_a=p["q"].payload_exp,
-                                                     payload_exp_b=p["k"].payload_exp,
-                                                     current_exp=p["logits"].current_exp)),
-        "woss": WossNeuron(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start, key_mask=key_mask,
-                           **woss_units),
-        "inhibitor": WossInhibitor(shape=logit_shape, code=code, start=2 * T, ramp_start=ramp_start,
-                                   key_mask=key_mask, **woss_units),
-        "v_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
-        "v_trace_delay": DelayLine(shape=tuple(v.shape), delay=2 * T),
-        "av": TraceMatMul(shape_a=logit_shape, shape_b=tuple(v.shape), code=code, transpose_b=False,
-                          **units(payload_exp_a=None if fmt is None else fmt.woss_payload_exp,
-                                  payload_exp_b=p["v"].payload_exp, current_exp=p["out"].current_exp)),
-    })
+    def add(process):  # keep the wired processes under their roles
+        p[roles[process.name.rsplit(".", 1)[-1]]] = process
+        return process
+
     for name in ("q", "k", "v"):
         p[f"{name}_source"] = inject({"q": q, "k": k, "v": v}[name], code, steps, neuron=p[name])
         connect(p[f"{name}_source"].s_out, p[name].a_in)
-    connect_trace(p["trace"], p["q"], p["k"], p["v"], p["woss"])
-    connect_product(p["qk"], p["q"], p["k"])
-    connect(p["qk"].a_out, p["logits"].a_in)
-    connect(p["logits"].s_out, p["woss"].a_in)
-    connect(p["logits"].s_out, p["inhibitor"].a_in)
-    connect(p["inhibitor"].shift_out, p["woss"].shift_in)
-    connect(p["inhibitor"].theta_out, p["woss"].theta_in)
-    connect(p["woss"].trace_out, p["inhibitor"].trace_in)
+    connect_trace(p["trace"], p["q"], p["k"], p["v"])
+    wire_scores(
+        add, connect, code, p["q"], p["k"], p["logits"], p["trace"], prefix="attention", woss_start=2 * T,
+        bias_start=T, bias=None if bias is None else _np(bias), key_mask=key_mask, ramp_start=ramp_start, fmt=fmt)
+    p["v_delay"] = DelayLine(shape=tuple(v.shape), delay=2 * T)
+    p["v_trace_delay"] = DelayLine(shape=tuple(v.shape), delay=2 * T)
     connect(p["v"].s_out, p["v_delay"].s_in)
     connect(p["v"].trace_out, p["v_trace_delay"].s_in)
-    connect_product(p["av"], p["woss"], _Stream(p["v_delay"].a_out, p["v_trace_delay"].a_out))
-    connect(p["av"].a_out, p["out"].a_in)
-    connect(p["inhibitor"].norm_out, p["out"].div_in)
+    wire_values(add, connect, code, p["woss"], p["inhibitor"], _Stream(p["v_delay"].a_out, p["v_trace_delay"].a_out),
+                p["v"].payload_exp, p["out"], prefix="attention", fmt=fmt)
     core = AttentionCore(code=code, processes=p, fixed=fmt is not None)
     core.sinks["out"] = probe(p["out"].s_out, steps)
     for name in probes:
