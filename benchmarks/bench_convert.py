@@ -23,12 +23,13 @@ import importlib.util
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from common import best_time, report
+
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import best_time, report
+
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.reference import functional as F
 

@@ -26,11 +26,11 @@ import os
 import time
 
 import torch
-
 from common import report
+
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.reference import closed
+from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.wiring import attention_core
 
 SIZES = ((8, 1, 8), (16, 3, 8), (49, 3, 32))  # (tokens, heads, head dim)

@@ -38,8 +38,8 @@ from lava_spikedattn.checkpoint import load_ann_checkpoint
 from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.data import fit_images, load_image_dataset
 from lava_spikedattn.demo import DATASET, DEFAULT_ANN, DEFAULT_MODEL
-from lava_spikedattn.loihi import quantize_for_loihi
 from lava_spikedattn.fixed_point import FixedFormat
+from lava_spikedattn.loihi import quantize_for_loihi
 
 
 def in_batches(fn, x: torch.Tensor, batch: int) -> torch.Tensor:

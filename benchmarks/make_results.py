@@ -23,9 +23,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "docs" / "results.json"
@@ -101,8 +102,8 @@ def _collect_structure() -> dict[str, Any]:
     from transformers import BertConfig, BertForSequenceClassification
 
     from lava_spikedattn.ann import prepare_bert, prepare_swin
-    from lava_spikedattn.layers import layer_count, steps_per_inference
     from lava_spikedattn.data import load_minilm_classifier
+    from lava_spikedattn.layers import layer_count, steps_per_inference
     from lava_spikedattn.models import family_of
 
     models = {"Swin-T": (prepare_swin(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)), 40),
@@ -124,7 +125,8 @@ STEPS: dict[str, Step] = {
                  "closed-form reference engine (whole test set, T sweep); Lava fused and decomposed (first images); "
                  "Lava fixed_pt (the port's images)", "float32 (closed form), float64 (Lava)",
                  "Fashion-MNIST test split, 10 000 images (sweep: first 1 000)", _collect_demo),
-    "text": Step("python -m lava_spikedattn.text_demo --fresh", [sys.executable, "-m", "lava_spikedattn.text_demo", "--fresh", "--no-progress"],
+    "text": Step("python -m lava_spikedattn.text_demo --fresh",
+                 [sys.executable, "-m", "lava_spikedattn.text_demo", "--fresh", "--no-progress"],
                  "closed-form reference engine", "float32",
                  "Rotten-Tomatoes polarity (SST-2 proxy), 2 062 held-out sentences", _collect_text),
     "port": Step("python benchmarks/bench_loihi_port.py", [sys.executable, "benchmarks/bench_loihi_port.py"],

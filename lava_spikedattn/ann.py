@@ -19,7 +19,8 @@ also calibrates the running statistics of the new norms.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -280,13 +281,13 @@ def _split_batch(batch: Any, device: torch.device | str) -> tuple[tuple, dict, t
 def finetune(
     student: nn.Module,
     loader: Iterable,
-    teacher: Optional[nn.Module] = None,
+    teacher: nn.Module | None = None,
     *,
     epochs: int = 1,
     lr: float = 1e-4,
     temperature: float = 2.0,
     alpha: float = 0.5,
-    max_steps: Optional[int] = None,
+    max_steps: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> nn.Module:

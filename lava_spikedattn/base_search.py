@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.convert import convert
+from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.engines import AnnEngine, Observer
 
 __all__ = ["BaseSearch", "log_error", "search_base"]

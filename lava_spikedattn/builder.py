@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from lava_spikedattn.coding import PhaseCode, check_finite
 from lava_spikedattn.converted_model import ConvertedModel
+from lava_spikedattn.fixed_point import FixedFormat
 from lava_spikedattn.layers import LayerSpec, LayerStats, fit_scale
-from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.loihi import neuron_units
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
@@ -49,7 +49,7 @@ from lava_spikedattn.procs.spike_sink.process import SpikeSink
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
-from lava_spikedattn.fixed_point import FixedFormat
+from lava_spikedattn.runtime import run_processes
 from lava_spikedattn.wiring import connect, probe, wire_scores, wire_values
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
@@ -75,7 +75,7 @@ class _Boundary:
         self.feeds: list = []
 
     @property
-    def s_out(self) -> "_Boundary":
+    def s_out(self) -> _Boundary:
         return self
 
 
@@ -119,12 +119,12 @@ class Graph:
         self.processes.append(process)
         return process
 
-    def block(self) -> "Graph":
+    def block(self) -> Graph:
         """A graph for one block's members: same model and populations, the trace a boundary."""
         return Graph(self.cm, self.batch, self.fmt, populations=self.populations, trace=_Boundary((1,)))
 
     def circuit(self, x: Stream, name: str,
-                build: ty.Callable[["Graph", Stream], PhaseNeuron]) -> Stream:
+                build: ty.Callable[[Graph, Stream], PhaseNeuron]) -> Stream:
         """A block built by ``build(graph, input stream) → output neuron`` as one :class:`Circuit`."""
         g, boundary = self.block(), _Boundary(x.shape)
         final = build(g, Stream(boundary, None, x.index, x.shape, x.payload_exp))
@@ -163,8 +163,8 @@ class Graph:
         if self.fmt is not None:
             units = neuron_units(spec, self.cm.weights[f"scale.{name}"], self.fmt)
             kwargs.update(fixed_format=self.fmt, payload_exp=units[0], current_exp=units[1])
-        population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name, shape), code=self.code, signed=spec.signed,
-                                          start=spec.index * self.T, name=name, **kwargs))
+        population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name, shape), code=self.code,
+                                          signed=spec.signed, start=spec.index * self.T, name=name, **kwargs))
         self.link(self.trace.s_out, population.trace_in)
         self.populations[name] = population
         return population

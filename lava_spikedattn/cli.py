@@ -40,10 +40,18 @@ from pathlib import Path
 from typing import Any
 
 from lava_spikedattn.coding import CONVENTIONS
-from lava_spikedattn.commands import (UsageError, cmd_convert, cmd_demo, cmd_energy, cmd_evaluate, cmd_loihi_report,
-                                      cmd_run_lava)
+from lava_spikedattn.commands import (
+    UsageError,
+    cmd_convert,
+    cmd_demo,
+    cmd_energy,
+    cmd_evaluate,
+    cmd_loihi_report,
+    cmd_run_lava,
+)
 from lava_spikedattn.data import RANDOM_SAMPLES
 from lava_spikedattn.models import family_names, get_family
+from lava_spikedattn.termination import LavaTerminated, handle_termination_signals
 
 __all__ = ["build_parser", "main"]
 
@@ -344,7 +352,7 @@ def _add_evaluation_inputs(parser: argparse.ArgumentParser, limit: int | None = 
                                  "differs, a warning if only its weights' sha256 does)")
 
 
-#: Commands that run Lava processes: SIGTERM/SIGHUP stop them like ^C (runtime.handle_termination_signals).
+#: Commands that run Lava processes: SIGTERM/SIGHUP stop them like ^C (termination.handle_termination_signals).
 RUNS_LAVA = ("run-lava", "demo")
 
 
@@ -356,8 +364,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command in RUNS_LAVA:  # SIGTERM/SIGHUP also between two Lava runs: the same clean exit
-            from lava_spikedattn.runtime import handle_termination_signals
-
             with handle_termination_signals():
                 return args.func(args)
         return args.func(args)
@@ -366,9 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (`spikedattn evaluate ... | head`): nothing left to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit; keep it quiet)
         return 1
-    except SystemExit as error:  # LavaTerminated: SIGTERM/SIGHUP during a Lava run, its workers already stopped
-        lava = sys.modules.get("lava_spikedattn.runtime")
-        if lava is None or not isinstance(error, lava.LavaTerminated) or args.traceback:
+    except LavaTerminated as error:  # SIGTERM/SIGHUP during a Lava run, its workers already stopped
+        if args.traceback:
             raise
         print(f"spikedattn {args.command}: error: {error}", file=sys.stderr)
         return 1

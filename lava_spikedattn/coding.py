@@ -15,9 +15,10 @@ neuron (``u = Σ_τ B^-τ x_τ``, spec §1.2); ``unit_gain`` is 1 (exact) or B (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

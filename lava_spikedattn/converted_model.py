@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -124,7 +125,8 @@ class ConvertedModel:
         staging.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become the saved folder's
         try:
             safetensors.torch.save_file(tensors, str(staging / WEIGHTS_FILE),
-                                        metadata={"format_version": str(FORMAT_VERSION), "family": self.config["family"]})
+                                        metadata={"format_version": str(FORMAT_VERSION),
+                                                  "family": self.config["family"]})
             (staging / CONFIG_FILE).write_text(text + "\n")
             _move_into_place(staging, folder)
         except BaseException:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -158,8 +159,8 @@ def _loihi_port(cm: ConvertedModel, images: torch.Tensor, say: Callable[[str], N
     network (the closed-form engine, which the float Lava network equals); the Loihi 2
     resource estimate."""
     from lava_spikedattn.builder import build_lava_network
-    from lava_spikedattn.loihi import resource_estimate
     from lava_spikedattn.fixed_point import FixedFormat
+    from lava_spikedattn.loihi import resource_estimate
 
     net = build_lava_network(cm, fixed_format=FixedFormat())
     say(f"\nLoihi 2 port: the {len(images)} images through the integer (fixed_pt) Lava network "

@@ -30,15 +30,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.calibrate import Calibrator, batch_size, calibration_input
+from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 from lava_spikedattn.engines import AnnEngine

@@ -50,9 +50,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,10 +61,17 @@ from tqdm.auto import tqdm
 
 from lava_spikedattn import distributed
 from lava_spikedattn.converted_model import ConvertedModel
+from lava_spikedattn.energy import (
+    ACTIVITY_SUMS,
+    EnergyReport,
+    LayerActivity,
+    Synapse,
+    energy_report,
+    layer_activity,
+    synapse_sums,
+)
 from lava_spikedattn.engines import AnnEngine, Engine, Observer, SpikingNetwork
 from lava_spikedattn.layers import ATTENTION_LAYERS
-from lava_spikedattn.energy import ACTIVITY_SUMS, EnergyReport, LayerActivity, Synapse, energy_report, layer_activity, \
-    synapse_sums
 from lava_spikedattn.models import family_of
 
 __all__ = [

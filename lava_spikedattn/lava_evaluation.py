@@ -9,8 +9,9 @@ integer simulation bit for bit (the port's own oracle) and which Processes clipp
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

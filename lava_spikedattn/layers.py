@@ -7,8 +7,9 @@ stores them, the engines, calibration, energy and the Lava builder read them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -88,9 +88,9 @@ from typing import Any
 import torch
 
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
+from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import AnnEngine, Observer
 from lava_spikedattn.layers import LayerSpec
-from lava_spikedattn.energy import Synapse
 
 __all__ = ["DEFAULT_STEP_TIME_US", "LOIHI2", "LayerResources", "LoihiLimits", "LoihiQuantization", "LoihiReport",
            "NeuronQuantization", "WeightQuantization", "layer_cores", "quantize_for_loihi",
@@ -280,7 +280,9 @@ def resource_estimate(cm: ConvertedModel, *, step_time_us: float = DEFAULT_STEP_
     if not isinstance(cm, ConvertedModel):
         raise TypeError(f"expected a ConvertedModel, got {type(cm).__name__}")
     step_time_us = _check_step_time(step_time_us)
-    x = _first_sample(cm.family.example_input(cm.config["architecture"]) if inputs is None else cm.family.model_input(inputs))
+    if inputs is None:
+        inputs = cm.family.example_input(cm.config["architecture"])
+    x = _first_sample(cm.family.model_input(inputs))
     network = cm.to_reference("ann")
     sizes = _Sizes()
     with torch.no_grad():

@@ -18,12 +18,7 @@ parent), terminates the workers and raises :class:`LavaRunError` with the
 original traceback text. On success it performs Lava's stop protocol with a
 deadline, killing the workers as a last resort.
 
-SIGTERM (``kill``, process managers, ``Popen.terminate()``) and SIGHUP (a
-closed terminal) would end the parent at once and leave the workers, Lava's
-``/dev/shm`` segments and multiprocessing's ``/tmp/pymp-*`` folder behind.
-While a run is active (or inside :func:`handle_termination_signals`) they
-raise :class:`LavaTerminated` in the parent instead, after the same cleanup as
-``KeyboardInterrupt``; the forked workers keep the default action.
+SIGTERM and SIGHUP stop a run like ^C (:mod:`lava_spikedattn.termination`).
 """
 
 from __future__ import annotations
@@ -32,39 +27,30 @@ import io
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import pickle
-import signal
-import threading
 import time
 import typing as ty
 
 import numpy as np
 import psutil
-
-import lava_spikedattn.procs  # noqa: F401 (first: lets Lava set its start method, see procs/__init__.py)
 from lava.magma.compiler.compiler_graphs import find_processes
 from lava.magma.core.process.message_interface_enum import ActorType
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
-from lava.magma.runtime.mgmt_token_enums import (MGMT_COMMAND, MGMT_RESPONSE,
-                                                 enum_equal)
+from lava.magma.runtime.mgmt_token_enums import MGMT_COMMAND, MGMT_RESPONSE, enum_equal
 from lava.magma.runtime.runtime import Runtime
 
+import lava_spikedattn.procs  # noqa: F401 (first: lets Lava set its start method, see procs/__init__.py)
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
+from lava_spikedattn.termination import SIGNAL_GUARD, handle_termination_signals
 
-__all__ = ["LavaRunError", "LavaTerminated", "TERMINATION_SIGNALS", "handle_termination_signals", "live_workers",
-           "run_processes"]
+__all__ = ["LavaRunError", "live_workers", "run_processes"]
 
 #: Seconds a failing worker gets to report its traceback before the others
 #: are terminated.
 _REPORT_GRACE_S = 2.0
 #: Poll interval of the parent while the workers run.
 _POLL_S = 0.002
-#: Signals that stop a run the way ^C does: ``kill``/process managers, a closed terminal.
-TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
 class LavaRunError(RuntimeError):
     """A Lava run failed; ``str()`` contains the workers' tracebacks.
 
@@ -86,181 +72,16 @@ class LavaRunError(RuntimeError):
         super().__init__("\n".join(parts))
 
 
-class LavaTerminated(SystemExit):
-    """SIGTERM or SIGHUP stopped a Lava run; raised once no worker of it is left.
-
-    A ``SystemExit`` rather than an ``Exception``: a request to terminate must not be swallowed
-    by an ``except Exception`` between the runner and the top level, while ``finally`` blocks and
-    ``atexit`` handlers (multiprocessing removes its ``/tmp/pymp-*`` folder there) still run. If
-    nobody catches it, Python prints the message and exits with status 1, as ``sys.exit(message)``
-    does. (Not a ``KeyboardInterrupt``: an uncaught one makes Python end itself with SIGINT, i.e.
-    report a ^C that never happened.)
-
-    Attributes
-    ----------
-    signum : int
-        The signal received.
-    signal_name : str
-        Its name, e.g. ``"SIGTERM"``.
-    """
-
-    def __init__(self, signum: int) -> None:
-        self.signum = int(signum)
-        self.signal_name = signal.Signals(self.signum).name
-        super().__init__(f"stopped by {self.signal_name}; the Lava workers were stopped")
-
-    def __reduce__(self) -> ty.Tuple[type, ty.Tuple[int]]:
-        return type(self), (self.signum,)
-
-
-class _SignalGuard:
-    """While entered (reentrant, main thread only): TERMINATION_SIGNALS raise LavaTerminated in
-    the process that entered it. Only signals whose handler is SIG_DFL are taken over (a handler
-    of the program, or SIG_IGN as ``nohup`` sets it, stays), and SIG_DFL is restored on the last
-    exit. Forked children get SIG_DFL back at once (an at-fork hook), so Lava workers still die
-    of the SIGTERM the runner sends them; a signal that reaches a child before that hook ran is
-    re-sent to it with the default action.
-
-    Inside :meth:`deferred` (the runner's teardown) a signal is only recorded and raised when the
-    deferral ends: an exception must not cut the killing of the workers short. A repeated signal
-    while a LavaTerminated propagates is ignored for the same reason.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-        self._handler = self._handle  # one bound method: compared with signal.getsignal()
-
-    def _reset(self) -> None:
-        self.depth = 0
-        self.pid: ty.Optional[int] = None
-        self.installed: ty.List[int] = []
-        self.deferring = 0
-        self.pending: ty.Optional[int] = None
-        self.raised = False
-
-    def active_here(self) -> bool:
-        return (self.depth > 0 and self.pid == os.getpid()
-                and threading.current_thread() is threading.main_thread())
-
-    def enter(self) -> bool:
-        """Take over the signals if this is the outermost entry; False (no-op) off the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        self.depth += 1
-        self.raised = False  # a new run: a termination before it was handled by the caller
-        if self.depth == 1:
-            self.pid = os.getpid()
-            for signum in TERMINATION_SIGNALS:
-                if signal.getsignal(signum) == signal.SIG_DFL:
-                    self.installed.append(signum)  # first: exit() restores it even if a signal cuts in
-                    signal.signal(signum, self._handler)
-        return True
-
-    def exit(self) -> None:
-        """Leave one level; the last restores SIG_DFL (a signal meanwhile is raised after that)."""
-        if self.depth > 1:
-            self.depth -= 1
-            return
-        self.deferring += 1
-        for signum in self.installed:
-            if signal.getsignal(signum) == self._handler:  # else the program replaced it: keep
-                signal.signal(signum, signal.SIG_DFL)
-        pending, raised = self.pending, self.raised
-        self._reset()
-        if pending is not None and not raised:
-            raise LavaTerminated(pending)
-
-    def _handle(self, signum: int, frame: ty.Any) -> None:
-        if os.getpid() != self.pid:  # a forked child, before the at-fork hook: die as by default
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if self.raised:  # already stopping: a repeated signal must not interrupt the cleanup
-            return
-        if self.deferring:
-            self.pending = signum
-            return
-        self.raised = True
-        raise LavaTerminated(signum)
-
-    def after_fork_in_child(self) -> None:
-        for signum in self.installed:
-            try:
-                signal.signal(signum, signal.SIG_DFL)
-            except (ValueError, OSError):  # pragma: no cover - a fork from a non-main thread
-                pass
-        self._reset()
-
-    def deferred(self) -> "_Deferred":
-        return _Deferred(self)
-
-
-class _Deferred:
-    """Context of :meth:`_SignalGuard.deferred`; raises LavaTerminated on exit for a deferred
-    signal (replacing an exception in flight, which becomes its ``__context__``)."""
-
-    def __init__(self, guard: _SignalGuard) -> None:
-        self.guard = guard
-        self.active = False
-
-    def __enter__(self) -> None:
-        self.active = self.guard.active_here()
-        if self.active:
-            self.guard.deferring += 1
-
-    def __exit__(self, exc_type: ty.Any, exc: ty.Any, tb: ty.Any) -> None:
-        if not self.active:
-            return
-        guard = self.guard
-        guard.deferring -= 1
-        if guard.deferring or guard.pending is None:
-            return
-        signum, guard.pending = guard.pending, None
-        if not guard.raised and not isinstance(exc, LavaTerminated):
-            guard.raised = True
-            raise LavaTerminated(signum)
-
-
-_GUARD = _SignalGuard()
-os.register_at_fork(after_in_child=_GUARD.after_fork_in_child)
-
-
-class handle_termination_signals:  # noqa: N801 (used like a function: ``with handle_termination_signals():``)
-    """Context manager: inside it, SIGTERM and SIGHUP raise :class:`LavaTerminated` in this process.
-
-    :func:`run_processes` enters it itself. Wrap a whole program that runs Lava (e.g. a command
-    that runs many samples one after another) in it as well, so that a signal between two runs
-    also ends the program through ``finally`` blocks and ``atexit`` instead of the default action
-    (which skips them and leaves multiprocessing's ``/tmp/pymp-*`` folder). Reentrant; main
-    thread only (a no-op elsewhere); a signal whose handler is not SIG_DFL is left alone; the
-    previous handlers are restored on exit.
-    """
-
-    def __enter__(self) -> "handle_termination_signals":
-        depth = _GUARD.depth
-        try:
-            self._entered = _GUARD.enter()
-        except BaseException:  # a signal cut in while taking over: leave the guard as it was
-            if _GUARD.depth > depth:
-                _GUARD.exit()
-            raise
-        return self
-
-    def __exit__(self, exc_type: ty.Any, exc: ty.Any, tb: ty.Any) -> None:
-        if self._entered:
-            _GUARD.exit()
-
-
 def run_processes(
-        sinks: ty.Union[ty.Mapping[str, SpikeSink], ty.Sequence[SpikeSink]],
+        sinks: ty.Mapping[str, SpikeSink] | ty.Sequence[SpikeSink],
         num_steps: int,
         *,
         select_tag: str = "floating_pt",
         select_sub_proc_model: bool = False,
-        timeout: ty.Optional[float] = None,
+        timeout: float | None = None,
         stop_timeout: float = 10.0,
-        timings: ty.Optional[ty.Dict[str, float]] = None,
-) -> ty.Dict[str, np.ndarray]:
+        timings: dict[str, float] | None = None,
+) -> dict[str, np.ndarray]:
     """Compile and run the graph containing ``sinks`` for ``num_steps``.
 
     Parameters
@@ -332,7 +153,7 @@ def run_processes(
 
 
 def _compile_and_run(root: SpikeSink, num_steps: int, select_tag: str, select_sub_proc_model: bool,
-                     timeout: ty.Optional[float], stop_timeout: float, clock: "_PhaseClock") -> None:
+                     timeout: float | None, stop_timeout: float, clock: _PhaseClock) -> None:
     """The body of :func:`run_processes` after validation: compile, fork, run, tear down."""
     executable = root.compile(Loihi2SimCfg(select_tag=select_tag, select_sub_proc_model=select_sub_proc_model))
     clock.lap("compile_s")
@@ -359,7 +180,7 @@ def _compile_and_run(root: SpikeSink, num_steps: int, select_tag: str, select_su
     finally:
         # A SIGTERM/SIGHUP from here on is raised when the workers are gone (a graceful stop
         # gives up at once); its exception must not cut their killing short.
-        with _GUARD.deferred():
+        with SIGNAL_GUARD.deferred():
             try:
                 clock.restart()  # stop_s is the teardown alone, also after a failure
                 _teardown(runtime, graceful=finished, stop_timeout=stop_timeout)
@@ -373,7 +194,7 @@ def _compile_and_run(root: SpikeSink, num_steps: int, select_tag: str, select_su
 class _PhaseClock:
     """Writes the seconds since the previous lap into ``timings[name]``."""
 
-    def __init__(self, timings: ty.Optional[ty.Dict[str, float]]) -> None:
+    def __init__(self, timings: dict[str, float] | None) -> None:
         self.timings = timings
         self.last = time.perf_counter()
 
@@ -387,7 +208,7 @@ class _PhaseClock:
         self.last = now
 
 
-def _named_sinks(sinks: ty.Any) -> ty.Dict[str, SpikeSink]:
+def _named_sinks(sinks: ty.Any) -> dict[str, SpikeSink]:
     """Validate ``sinks`` and return them as an ordered ``{name: sink}``."""
     if isinstance(sinks, ty.Mapping):
         named = dict(sinks)
@@ -410,13 +231,13 @@ def _named_sinks(sinks: ty.Any) -> ty.Dict[str, SpikeSink]:
     return named
 
 
-def _actors(runtime: Runtime) -> ty.List[mp.Process]:
+def _actors(runtime: Runtime) -> list[mp.Process]:
     """The forked worker processes (ProcessModels and runtime services)."""
     infra = runtime._messaging_infrastructure
     return list(infra.actors) if infra is not None else []
 
 
-def _wait_until_done(runtime: Runtime, timeout: ty.Optional[float]) -> None:
+def _wait_until_done(runtime: Runtime, timeout: float | None) -> None:
     """Poll until every runtime service reported DONE, or raise."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = list(runtime.service_to_runtime)
@@ -460,12 +281,12 @@ def _failure(runtime: Runtime, reason: str, *, wait: bool = True,
     return LavaRunError(reason, reports or list(fallback))
 
 
-def _collect_reports(runtime: Runtime, wait: bool) -> ty.List[str]:
+def _collect_reports(runtime: Runtime, wait: bool) -> list[str]:
     """Read the (exception, traceback) reports Lava's SystemProcess pipes to
     the parent when a worker raises. With ``wait``, wait up to
     ``_REPORT_GRACE_S`` for the first report (or for all workers to exit)."""
     actors = _actors(runtime)
-    reports: ty.List[str] = []
+    reports: list[str] = []
     deadline = time.monotonic() + (_REPORT_GRACE_S if wait else 0.0)
     while True:
         for actor in actors:
@@ -530,7 +351,7 @@ def _kill_workers(runtime: Runtime, timeout: float = 2.0) -> None:
             mp.Process.join(actor)
 
 
-def _graceful_stop(runtime: Runtime, timeout: float) -> ty.Optional[str]:
+def _graceful_stop(runtime: Runtime, timeout: float) -> str | None:
     """Lava's ``Runtime.stop()`` protocol with a deadline.
 
     Returns ``None`` on success or a description of what went wrong.
@@ -544,7 +365,7 @@ def _graceful_stop(runtime: Runtime, timeout: float) -> ty.Optional[str]:
         while not port.probe():
             if time.monotonic() > deadline:
                 return f"stop() did not finish within {timeout} s"
-            if _GUARD.pending is not None:
+            if SIGNAL_GUARD.pending is not None:
                 return "stop() was abandoned: a termination signal arrived"
             time.sleep(_POLL_S)
         msg = port.recv()
@@ -556,7 +377,7 @@ def _graceful_stop(runtime: Runtime, timeout: float) -> ty.Optional[str]:
         left = deadline - time.monotonic()
         if left <= 0:
             return f"the workers did not exit within {timeout} s of STOP"
-        if _GUARD.pending is not None:
+        if SIGNAL_GUARD.pending is not None:
             return "stop() was abandoned: a termination signal arrived"
         mp.connection.wait([a.sentinel for a in actors], timeout=min(left, 0.05))
     return None

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from lava_spikedattn.checkpoint import load_ann_checkpoint, save_ann_checkpoint
-from lava_spikedattn.data import Batches
 from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.data import Batches
 from lava_spikedattn.evaluate import EvaluationReport
 
 DATASET = "Rotten-Tomatoes polarity (SST-2 proxy)"

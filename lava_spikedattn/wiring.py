@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.runtime import run_processes
+from lava_spikedattn.fixed_point import FixedFormat, round_half_up
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
@@ -23,7 +23,7 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
-from lava_spikedattn.fixed_point import FixedFormat, round_half_up
+from lava_spikedattn.runtime import run_processes
 
 
 def one_shot(x: ty.Any, code: PhaseCode, num_steps: int, step: int = 0,

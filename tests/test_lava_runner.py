@@ -22,8 +22,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from lava_faulty.process import Faulty  # noqa: E402
 
-from lava_spikedattn.runtime import (_GUARD, LavaRunError, LavaTerminated,  # noqa: E402
-                                  handle_termination_signals, live_workers, run_processes)
+from lava_spikedattn.runtime import LavaRunError, live_workers, run_processes  # noqa: E402
+from lava_spikedattn.termination import SIGNAL_GUARD, LavaTerminated, handle_termination_signals  # noqa: E402
 from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402
 from lava_spikedattn.procs.spike_source.process import \
     SpikeSource  # noqa: E402
@@ -201,7 +201,8 @@ _HANGING_RUN = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     from lava_faulty.process import Faulty
-    from lava_spikedattn.runtime import LavaTerminated, run_processes
+    from lava_spikedattn.runtime import run_processes
+    from lava_spikedattn.termination import LavaTerminated
     from lava_spikedattn.procs.spike_sink.process import SpikeSink
     from lava_spikedattn.procs.spike_source.process import SpikeSource
 
@@ -362,7 +363,7 @@ def test_termination_signal_during_teardown_is_raised_after_it(default_terminati
     done = []
     with pytest.raises(LavaTerminated):
         with handle_termination_signals():
-            with _GUARD.deferred():
+            with SIGNAL_GUARD.deferred():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGHUP)
@@ -413,7 +414,7 @@ def test_termination_handler_is_not_inherited_by_forked_workers(default_terminat
         pid = os.fork()
         if pid == 0:  # the child: the parent's handler, as before the hook ran
             try:
-                signal.signal(signal.SIGTERM, _GUARD._handler)
+                signal.signal(signal.SIGTERM, SIGNAL_GUARD._handler)
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(1)
             finally:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spikedattn.ann import prepare_swin
+from lava_spikedattn.base_search import search_base
 from lava_spikedattn.checkpoint import load_ann_checkpoint, save_ann_checkpoint
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.base_search import search_base
 from lava_spikedattn.convert import convert
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
 from lava_spikedattn.data import fit_images, load_fashion_mnist
@@ -77,7 +77,8 @@ def at_model_size(images: torch.Tensor) -> torch.Tensor:
     return fit_images(images, (IMG_SIZE, IMG_SIZE), MODEL_KWARGS["in_chans"])
 
 
-def batches(images: torch.Tensor, labels: torch.Tensor, size: int = EVAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(images: torch.Tensor, labels: torch.Tensor,
+            size: int = EVAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive ``(x, y)`` batches."""
     return [(images[i:i + size], labels[i:i + size]) for i in range(0, len(images), size)]
 

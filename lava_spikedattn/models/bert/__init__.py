@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +20,14 @@ from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.data import RANDOM_SAMPLES, Batches, batch_generator
 from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.models import ModelFamily, register_family
-from lava_spikedattn.models.bert.network import (INPUT_KEYS, BertArchitecture, SpikingBert, bert_layer_graph,
-                                                 bert_weight_shapes, fold_bert)
+from lava_spikedattn.models.bert.network import (
+    INPUT_KEYS,
+    BertArchitecture,
+    SpikingBert,
+    bert_layer_graph,
+    bert_weight_shapes,
+    fold_bert,
+)
 
 __all__ = ["BertFamily"]
 

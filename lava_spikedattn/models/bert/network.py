@@ -67,8 +67,9 @@ per layer ``layers.{i}.attention.{query,key,value,output}.{weight,bias}``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,9 +81,9 @@ from transformers.models.bert.modeling_bert import (
 
 from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
+from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerSpec
-from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models.folding import fold_linear
 
 __all__ = ["BertArchitecture", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",

@@ -17,8 +17,16 @@ from lava_spikedattn.builder import FamilyBuilder, Graph, LavaBuildError, Stream
 from lava_spikedattn.coding import check_finite
 from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.layers import LayerStats
-from lava_spikedattn.models.swin.network import (BlockGeometry, SwinConfig, merge_heads, merge_patches, merge_windows,
-                                                 partition_windows, patchify, split_heads)
+from lava_spikedattn.models.swin.network import (
+    BlockGeometry,
+    SwinConfig,
+    merge_heads,
+    merge_patches,
+    merge_windows,
+    partition_windows,
+    patchify,
+    split_heads,
+)
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
@@ -41,8 +49,9 @@ class SwinBuilder(FamilyBuilder):
         cfg = SwinConfig.from_json(cm.config["architecture"])
         expected = (cfg.in_chans, *cfg.img_size)
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+            dtype = f" {x.dtype}" if isinstance(x, torch.Tensor) else ""
             raise LavaBuildError(f"input must be a float tensor of images (batch, {', '.join(map(str, expected))}), "
-                                 f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
+                                 f"got {type(x).__name__}{dtype}")
         if x.dim() == 3:
             x = x[None]
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:

@@ -23,8 +23,9 @@ patch merging = 2×2 gather → reduction with its BN folded → one neuron (per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,9 @@ from torch import nn
 
 from lava_spikedattn.ann import UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
+from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerSpec
-from lava_spikedattn.energy import Synapse
 from lava_spikedattn.models.folding import fold_linear
 
 __all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "merge_heads", "merge_patches",
