@@ -61,6 +61,7 @@ results: data
 	$(PY) benchmarks/make_results.py
 
 test: data
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean:

@@ -75,12 +75,15 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.evaluate import evaluate
+    from lava_spikedattn.models import family_names, get_family
 
     say, out = settings.say, Path(settings.out)
     torch.set_num_threads(settings.threads)
     cm = ConvertedModel.load(settings.model)
-    if cm.config["family"] != "swin":
-        raise ValueError(f"{settings.model} is a converted {cm.config['family']} model; the demo runs a Swin")
+    if DATASET not in cm.family.datasets:
+        readers = [name for name in family_names() if DATASET in get_family(name).datasets]
+        raise ValueError(f"{settings.model} is a converted {cm.family.name} model, which does not read {DATASET}; "
+                         f"the demo runs a model of a family that does ({', '.join(readers)})")
     ann, _ = load_ann_checkpoint(settings.ann)
     if tensor_sha256(ann.state_dict()) != cm.config["source_sha256"]:
         raise ValueError(f"{settings.ann} is not the ANN {settings.model} was converted from (sha256 differs)")
