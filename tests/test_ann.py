@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from tiny_models import tiny_bert_config, tiny_swin_config
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 from transformers.activations import GELUActivation
@@ -23,17 +24,11 @@ from lava_spikedattn.ann import (
 
 
 def tiny_swin(in_chans: int = 3, num_classes: int = 10) -> SwinTransformer:
-    return SwinTransformer(
-        img_size=32, patch_size=2, in_chans=in_chans, window_size=4, embed_dim=32,
-        depths=(2, 2), num_heads=(2, 4), num_classes=num_classes,
-    )
+    return SwinTransformer(**tiny_swin_config(img_size=32, embed_dim=32, in_chans=in_chans, num_classes=num_classes))
 
 
-def tiny_bert_config() -> BertConfig:
-    return BertConfig(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128,
-        vocab_size=100, max_position_embeddings=32, num_labels=2,
-    )
+def bert_config() -> BertConfig:
+    return BertConfig(**tiny_bert_config(vocab_size=100, hidden_size=64, max_position_embeddings=32))
 
 
 def count(model: nn.Module, cls: type) -> int:
@@ -144,7 +139,7 @@ def test_prepare_swin_full_size():
 
 def test_prepare_bert_tiny():
     torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config())
+    model = BertForSequenceClassification(bert_config())
     prepared = prepare_bert(model)
 
     assert count(prepared, nn.LayerNorm) == 0
@@ -171,7 +166,7 @@ def test_prepare_bert_tiny():
 
 def test_prepare_bert_mask_excludes_padding():
     torch.manual_seed(0)
-    prepared = prepare_bert(BertModel(tiny_bert_config())).eval()
+    prepared = prepare_bert(BertModel(bert_config())).eval()
     input_ids = torch.randint(1, 100, (1, 5))
     padded = torch.cat([input_ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
     mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
@@ -229,11 +224,11 @@ def test_check_prepared_gelu_and_unknown_attention():
     with pytest.raises(UnsupportedModuleError, match=r"model\.layers\.1\.blocks\.0\.attn: .*FancyAttention"):
         check_prepared(broken)
 
-    bert = prepare_bert(BertForSequenceClassification(tiny_bert_config()))
+    bert = prepare_bert(BertForSequenceClassification(bert_config()))
     bert.bert.pooler.activation = nn.Tanh()
     with pytest.raises(UnsupportedModuleError, match=r"model\.bert\.pooler\.activation: Tanh"):
         check_prepared(bert)
-    bert = prepare_bert(BertModel(tiny_bert_config()))
+    bert = prepare_bert(BertModel(bert_config()))
     bert.encoder.layer[1].intermediate.intermediate_act_fn = GELUActivation()
     with pytest.raises(
         UnsupportedModuleError, match=r"model\.encoder\.layer\.1\.intermediate\.intermediate_act_fn: GELUActivation"
@@ -324,7 +319,7 @@ def test_finetune_bert_dict_loader():
         return nn.functional.cross_entropy(logits, labels).item()
 
     # the usual flow: fine-tune the original (teacher), prepare a copy, distil into it
-    teacher = finetune(BertForSequenceClassification(tiny_bert_config()), batches, epochs=10, lr=1e-3,
+    teacher = finetune(BertForSequenceClassification(bert_config()), batches, epochs=10, lr=1e-3,
                        max_steps=24, progress=False)
     student = prepare_bert(teacher)
     before = loss(student)

@@ -2,57 +2,32 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer
+from synthetic import grey_task, sentences
 
 from lava_spikedattn import builder
-from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.runtime import live_workers
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 
-# Two stages (patch merging between them), a shifted block in each stage's second block.
-TINY = dict(img_size=16, patch_size=2, in_chans=1, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2),
-            num_classes=4)
 # Lava and the stepped reference run the same float64 dynamics; the logits differ by summation
 # order only (measured 1e-16), the issue's bound is 1e-6.
 RELATIVE = 1e-6
 
 
-def task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 4-class task of smooth class prototypes plus noise (gives the model real margins)."""
-    prototypes = F.interpolate(torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(7)), size=16,
-                               mode="bilinear", align_corners=False)
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (n,), generator=g)
-    return prototypes[labels] + 0.3 * torch.randn(n, 1, 16, 16, generator=g), labels
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    net = prepare_swin(SwinTransformer(**TINY)).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    for step in range(30):
-        x, y = task(64, step)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return net.eval()
+# lava_swin (the tiny 4-class grey Swin, trained) and tiny_bert: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    return task(8, 100)[0]
+    return grey_task(8, 100)[0]
 
 
 @pytest.fixture(scope="module")
-def exact_runs(model, inputs):
+def exact_runs(lava_swin, inputs):
     """The same 8 images through the fused and the decomposed network (exact convention)."""
-    cm = convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12))
+    cm = convert(lava_swin, [grey_task(32, 50)[0]], PhaseCode(1.25, 12))
     runs = {}
     for mode in builder.MODES:
         net = build_lava_network(cm, mode=mode)
@@ -95,36 +70,10 @@ def test_fused_and_decomposed_blocks_fire_identically(exact_runs):
     assert fused[1]["neurons"] == decomposed[1]["neurons"] and fused[1]["synapses"] == decomposed[1]["synapses"]
 
 
-def test_official_convention_runs_in_lava(model, inputs):
-    cm = convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12, "official"))
+def test_official_convention_runs_in_lava(lava_swin, inputs):
+    cm = convert(lava_swin, [grey_task(32, 50)[0]], PhaseCode(1.25, 12, "official"))
     net = build_lava_network(cm)
     check_against_reference(cm, inputs[:3].double(), net.run(inputs[:3]), net.stats())
-
-
-def sentences(n: int, seed: int) -> dict:
-    """Token batches of varying length (padding at the end), as a tokenizer returns them."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 9, (n,), generator=g)
-    return {"input_ids": torch.randint(0, 50, (n, 8), generator=g),
-            "attention_mask": (torch.arange(8) < lengths[:, None]).long()}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert():
-    """A 2-layer prepared BERT, briefly trained to separate two token sets (real logit margins)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from lava_spikedattn.ann import finetune, prepare_bert
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=16, num_labels=2)
-    model = prepare_bert(BertForSequenceClassification(config))
-    batches = []
-    for seed in range(20):
-        batch = sentences(16, seed)
-        batch["labels"] = (batch["input_ids"][:, 0] < 25).long()
-        batches.append(batch)
-    return finetune(model, batches, lr=3e-3, progress=False)
 
 
 @pytest.mark.parametrize("convention", ["exact", "official"])
@@ -157,9 +106,9 @@ def test_lava_bert_equals_the_stepped_reference_in_both_modes(tiny_bert, convent
     assert (woss[padded.numpy()] == -1).all()
 
 
-def test_start_offsets_follow_the_layer_indices(model, inputs):
+def test_start_offsets_follow_the_layer_indices(lava_swin, inputs):
     """Spec §1.5 with W = T: layer n integrates in [nT, (n+1)T) and fires in [(n+1)T, (n+2)T)."""
-    cm = convert(model, [task(16, 51)[0]], PhaseCode(1.25, 12))
+    cm = convert(lava_swin, [grey_task(16, 51)[0]], PhaseCode(1.25, 12))
     graph, _, readout_index = build_lava_network(cm).build(inputs[:1])
     T, indices = cm.code.timesteps, {layer.name: layer.index for layer in cm.layers}
     for name, population in graph.populations.items():
@@ -173,8 +122,8 @@ def test_start_offsets_follow_the_layer_indices(model, inputs):
     assert readout_index == cm.n_layers - 1
 
 
-def test_errors_come_before_any_worker_starts(model, inputs, monkeypatch):
-    cm = convert(model, [task(16, 52)[0]], PhaseCode(1.25, 12))
+def test_errors_come_before_any_worker_starts(lava_swin, inputs, monkeypatch):
+    cm = convert(lava_swin, [grey_task(16, 52)[0]], PhaseCode(1.25, 12))
     net = build_lava_network(cm)
     with pytest.raises(LavaBuildError, match=r"images \(batch, 1, 16, 16\), got \(2, 3, 16, 16\)"):
         net.run(torch.zeros(2, 3, 16, 16))

@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from tiny_models import SWIN
 
 from lava_spikedattn.checkpoint import load_ann_checkpoint, save_ann_checkpoint
 from lava_spikedattn.cli import build_parser, main
 from lava_spikedattn.evaluate import EvaluationReport
 
 ROOT = Path(__file__).resolve().parents[1]
-# A tiny timm Swin (16x16 images, 2 stages) built from the Swin-T name with overrides.
-SWIN = ["--model", "swin_tiny_patch4_window7_224", "--num-classes", "10", "--img-size", "16", "--model-kwargs",
-        json.dumps({"patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4]})]
 
 
 def run(capsys, *argv):
@@ -31,20 +29,13 @@ def run(capsys, *argv):
     return status, out, err
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """(converted folder, ANN checkpoint) of a convert on random data."""
-    folder = tmp_path_factory.mktemp("cli")
-    argv = ["convert", *SWIN, "--data", "random", "--calib-batches", "2", "--batch-size", "8",
-            "--out", folder / "snn", "--save-ann", folder / "ann.safetensors", "--no-progress"]
-    assert main([str(a) for a in argv]) == 0
-    return folder / "snn", folder / "ann.safetensors"
+# cli_converted: (converted folder, ANN checkpoint) of a convert of SWIN (tests/conftest.py)
 
 
-def test_convert_writes_a_loadable_folder_and_checkpoint(converted):
+def test_convert_writes_a_loadable_folder_and_checkpoint(cli_converted):
     from lava_spikedattn.converted_model import ConvertedModel
 
-    folder, checkpoint = converted
+    folder, checkpoint = cli_converted
     cm = ConvertedModel.load(folder)
     assert cm.config["family"] == "swin" and cm.n_layers == 32
     assert (cm.config["base"], cm.config["timesteps"], cm.config["convention"]) == (1.15, 40, "exact")
@@ -77,8 +68,8 @@ def test_convert_can_search_the_base(tmp_path, capsys):
     assert 1.0 < cm.config["base"] <= 2.0 and cm.config["timesteps"] == 8
 
 
-def test_evaluate_prints_the_table_and_writes_json(converted, tmp_path, capsys):
-    folder, checkpoint = converted
+def test_evaluate_prints_the_table_and_writes_json(cli_converted, tmp_path, capsys):
+    folder, checkpoint = cli_converted
     status, out, err = run(capsys, "evaluate", folder, "--data", "random", "--limit", "12", "--batch-size", "8",
                            "--ann", checkpoint, "--json", tmp_path / "report.json", "--no-progress")
     assert status == 0, err
@@ -115,10 +106,10 @@ def _expected_counts(folder: Path, checkpoint: Path, limit: int, batch_size: int
     return counts
 
 
-def test_evaluate_counts_equal_an_independent_run_of_the_ann_and_the_snn(converted, tmp_path, capsys):
+def test_evaluate_counts_equal_an_independent_run_of_the_ann_and_the_snn(cli_converted, tmp_path, capsys):
     """Accuracies and agreement are the exact counts of the checkpoint's and the engine's own
     predictions (integers out of 12: no tolerance), printed and written alike."""
-    folder, checkpoint = converted
+    folder, checkpoint = cli_converted
     status, out, err = run(capsys, "evaluate", folder, "--data", "digits", "--limit", "12", "--batch-size", "8",
                            "--ann", checkpoint, "--no-layers", "--json", tmp_path / "report.json", "--no-progress")
     assert status == 0, err
@@ -132,16 +123,16 @@ def test_evaluate_counts_equal_an_independent_run_of_the_ann_and_the_snn(convert
         assert f"{label} {100 * expected[key] / 12:.2f} %" in printed, out
 
 
-def test_evaluate_on_image_data_with_the_stepped_engine(converted, capsys):
-    folder, _ = converted
+def test_evaluate_on_image_data_with_the_stepped_engine(cli_converted, capsys):
+    folder, _ = cli_converted
     status, out, err = run(capsys, "evaluate", folder, "--data", "digits", "--limit", "2", "--engine", "stepped",
                            "--no-layers", "--no-progress")
     assert status == 0, err
     assert "stepped engine" in out and "2 samples (2 labeled)" in out and "folded ANN" in out
 
 
-def test_evaluate_warns_about_another_ann(converted, tmp_path, capsys):
-    folder, checkpoint = converted
+def test_evaluate_warns_about_another_ann(cli_converted, tmp_path, capsys):
+    folder, checkpoint = cli_converted
     model, metadata = load_ann_checkpoint(checkpoint)
     with torch.no_grad():
         model.head.fc.bias.add_(1.0)
@@ -152,8 +143,8 @@ def test_evaluate_warns_about_another_ann(converted, tmp_path, capsys):
     assert status == 0 and "is not the model" in err and "source_sha256" in err
 
 
-def test_energy_prints_both_countings_and_writes_json(converted, tmp_path, capsys):
-    folder, checkpoint = converted
+def test_energy_prints_both_countings_and_writes_json(cli_converted, tmp_path, capsys):
+    folder, checkpoint = cli_converted
     status, out, err = run(capsys, "energy", folder, "--data", "digits", "--limit", "12", "--ann", checkpoint,
                            "--json", tmp_path / "energy.json", "--no-progress")
     assert status == 0, err
@@ -191,10 +182,10 @@ def test_run_lava_checks_every_prediction_against_the_reference(tmp_path, capsys
     assert 0 < data["max_relative_difference"] < 0.5  # 8-bit weights: close to, not equal to, the float engine
 
 
-def test_loihi_report_prints_the_resources_and_writes_json(converted, tmp_path, capsys):
+def test_loihi_report_prints_the_resources_and_writes_json(cli_converted, tmp_path, capsys):
     from lava_spikedattn.loihi import DEFAULT_STEP_TIME_US
 
-    folder, _ = converted
+    folder, _ = cli_converted
     status, out, err = run(capsys, "loihi-report", folder, "--json", tmp_path / "loihi.json")
     assert status == 0, err
     data = json.loads((tmp_path / "loihi.json").read_text())
@@ -269,8 +260,8 @@ def test_bad_arguments_exit_2_with_a_message(case, capsys):
     assert message in err and "usage: spikedattn" in err
 
 
-def test_data_that_does_not_fit_the_family_is_a_usage_error(converted, capsys):
-    folder, _ = converted
+def test_data_that_does_not_fit_the_family_is_a_usage_error(cli_converted, capsys):
+    folder, _ = cli_converted
     status, _, err = run(capsys, "evaluate", folder, "--data", "rt-polarity")
     assert status == 2 and "--data rt-polarity does not fit a swin model" in err
 
@@ -285,8 +276,8 @@ def _truncate(path: Path) -> None:
     (lambda f: (f / "config.json").unlink(), "missing config.json"),
     (lambda f: (f / "config.json").write_text("{}"), "no 'format_version'"),
 ])
-def test_a_corrupt_folder_exits_1_with_the_converted_model_error(converted, tmp_path, capsys, damage, message):
-    folder, _ = converted
+def test_a_corrupt_folder_exits_1_with_the_converted_model_error(cli_converted, tmp_path, capsys, damage, message):
+    folder, _ = cli_converted
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "weights.safetensors"):
@@ -297,8 +288,8 @@ def test_a_corrupt_folder_exits_1_with_the_converted_model_error(converted, tmp_
     assert err.startswith("spikedattn evaluate: error: ") and message in err
 
 
-def test_failures_exit_1_with_what_to_do(converted, tmp_path, capsys, monkeypatch):
-    folder, _ = converted
+def test_failures_exit_1_with_what_to_do(cli_converted, tmp_path, capsys, monkeypatch):
+    folder, _ = cli_converted
     status, _, err = run(capsys, "evaluate", tmp_path / "nowhere", "--data", "random")
     assert status == 1 and "is not a folder" in err
     plain = tmp_path / "plain.safetensors"
@@ -320,9 +311,9 @@ def test_failures_exit_1_with_what_to_do(converted, tmp_path, capsys, monkeypatc
         assert status == 1 and "CUDA is not available" in err
 
 
-def test_the_installed_entry_point_returns_the_exit_status(converted, tmp_path):
+def test_the_installed_entry_point_returns_the_exit_status(cli_converted, tmp_path):
     """One real process: the status reaches the shell (1 for a broken folder, 2 for bad usage)."""
-    folder, _ = converted
+    folder, _ = cli_converted
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_bytes((folder / "config.json").read_bytes())

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import timm
-import torch
+from test_cli import run
+from tiny_models import SWIN
 
 from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.checkpoint import save_ann_checkpoint
-from test_cli import SWIN, converted, run  # noqa: F401 (converted: the module's tiny Swin fixture)
 
 SWIN_KWARGS = json.loads(SWIN[SWIN.index("--model-kwargs") + 1])
 BERT_CONFIG = {"vocab_size": 1100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -65,8 +65,8 @@ def _assert_refused(status: int, out: str, err: str, command: str, *named: str) 
 
 # --- --ann of another architecture -----------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["evaluate", "energy"])
-def test_an_ann_with_other_classes_is_refused_by_name(converted, tmp_path, capsys, command):
-    folder, _ = converted
+def test_an_ann_with_other_classes_is_refused_by_name(cli_converted, tmp_path, capsys, command):
+    folder, _ = cli_converted
     other = _swin_checkpoint(tmp_path / "five.safetensors", num_classes=5)
     status, out, err = run(capsys, command, folder, "--data", "random", "--limit", "2", "--ann", other,
                            "--no-progress")
@@ -75,9 +75,9 @@ def test_an_ann_with_other_classes_is_refused_by_name(converted, tmp_path, capsy
     assert "img_size" not in err  # only the keys that differ
 
 
-def test_an_ann_with_another_input_size_is_refused_by_name(converted, tmp_path, capsys):
+def test_an_ann_with_another_input_size_is_refused_by_name(cli_converted, tmp_path, capsys):
     """The old code ran the 32x32 model on 16x16 images: an AssertionError traceback."""
-    folder, _ = converted
+    folder, _ = cli_converted
     other = _swin_checkpoint(tmp_path / "big.safetensors", img_size=32)
     status, out, err = run(capsys, "evaluate", folder, "--data", "digits", "--limit", "2", "--ann", other,
                            "--no-progress")
@@ -85,8 +85,8 @@ def test_an_ann_with_another_input_size_is_refused_by_name(converted, tmp_path, 
     assert "num_classes" not in err
 
 
-def test_every_differing_key_is_named(converted, tmp_path, capsys):
-    folder, _ = converted
+def test_every_differing_key_is_named(cli_converted, tmp_path, capsys):
+    folder, _ = cli_converted
     other = _swin_checkpoint(tmp_path / "both.safetensors", img_size=32, num_classes=5, in_chans=1)
     status, out, err = run(capsys, "evaluate", folder, "--data", "random", "--limit", "2", "--ann", other,
                            "--no-progress")
@@ -94,8 +94,8 @@ def test_every_differing_key_is_named(converted, tmp_path, capsys):
                     "img_size=[16, 16], in_chans=3", "num_classes=10")
 
 
-def test_a_bert_ann_against_a_swin_folder_is_refused(converted, tmp_path, capsys):
-    folder, _ = converted
+def test_a_bert_ann_against_a_swin_folder_is_refused(cli_converted, tmp_path, capsys):
+    folder, _ = cli_converted
     other = _bert_checkpoint(tmp_path / "bert.safetensors")
     status, out, err = run(capsys, "evaluate", folder, "--data", "random", "--limit", "2", "--ann", other,
                            "--no-progress")
@@ -103,17 +103,17 @@ def test_a_bert_ann_against_a_swin_folder_is_refused(converted, tmp_path, capsys
                     "converted from a swin model (family=swin)")
 
 
-def test_a_swin_ann_against_a_bert_folder_is_refused(converted, bert_folder, capsys):
-    _, checkpoint = converted
+def test_a_swin_ann_against_a_bert_folder_is_refused(cli_converted, bert_folder, capsys):
+    _, checkpoint = cli_converted
     status, out, err = run(capsys, "evaluate", bert_folder, "--data", "random", "--seq-len", "8", "--limit", "2",
                            "--ann", checkpoint, "--no-progress")
     _assert_refused(status, out, err, "evaluate", "is a swin model (family=swin)",
                     "converted from a bert model (family=bert)")
 
 
-def test_same_architecture_other_weights_is_still_only_a_warning(converted, tmp_path, capsys):
+def test_same_architecture_other_weights_is_still_only_a_warning(cli_converted, tmp_path, capsys):
     """A re-fine-tuned checkpoint of the same architecture is legitimate: evaluated, with a warning."""
-    folder, _ = converted
+    folder, _ = cli_converted
     other = _swin_checkpoint(tmp_path / "retrained.safetensors")  # same architecture, other random weights
     status, out, err = run(capsys, "evaluate", folder, "--data", "random", "--limit", "2", "--ann", other,
                            "--no-layers", "--no-progress")
@@ -161,9 +161,9 @@ OUTPUT_OPTIONS = ["evaluate --json", "energy --json", "run-lava --json", "loihi-
 
 
 @pytest.mark.parametrize("option", OUTPUT_OPTIONS)
-def test_an_output_under_a_file_is_refused_before_any_work(converted, tmp_path, capsys, no_work, option):
+def test_an_output_under_a_file_is_refused_before_any_work(cli_converted, tmp_path, capsys, no_work, option):
     """The path's parent is a regular file (not writable even for root): refused, nothing written."""
-    folder, _ = converted
+    folder, _ = cli_converted
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder\n")
     target = blocker / "sub" / "result"
@@ -178,16 +178,16 @@ def test_an_output_under_a_file_is_refused_before_any_work(converted, tmp_path, 
 
 @pytest.mark.parametrize("option", ["evaluate --json", "energy --json", "run-lava --json", "loihi-report --json",
                                     "convert --save-ann"])
-def test_a_file_output_that_is_a_folder_is_refused(converted, tmp_path, capsys, no_work, option):
-    folder, _ = converted
+def test_a_file_output_that_is_a_folder_is_refused(cli_converted, tmp_path, capsys, no_work, option):
+    folder, _ = cli_converted
     status, out, err = run(capsys, *_commands(folder, option, tmp_path))
     assert status == 2 and f"{option.split()[1]} {tmp_path} is a folder; name a file" in err, err
     assert out == ""
 
 
 @pytest.mark.parametrize("option", ["convert --out", "demo --out"])
-def test_a_folder_output_that_is_a_file_is_refused(converted, tmp_path, capsys, no_work, option):
-    folder, _ = converted
+def test_a_folder_output_that_is_a_file_is_refused(cli_converted, tmp_path, capsys, no_work, option):
+    folder, _ = cli_converted
     existing = tmp_path / "existing.txt"
     existing.write_text("keep me\n")
     status, out, err = run(capsys, *_commands(folder, option, existing))
@@ -213,9 +213,9 @@ def test_convert_refuses_a_save_ann_that_overwrites_out(tmp_path, capsys, no_wor
     assert not out.exists()
 
 
-def test_missing_output_folders_are_created(converted, tmp_path, capsys):
+def test_missing_output_folders_are_created(cli_converted, tmp_path, capsys):
     """A --json whose folders do not exist yet is fine: they are made when the file is written."""
-    folder, _ = converted
+    folder, _ = cli_converted
     target = tmp_path / "reports" / "loihi" / "report.json"
     status, _, err = run(capsys, "loihi-report", folder, "--json", target)
     assert status == 0, err

@@ -12,10 +12,11 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from synthetic import synthetic_task
 from timm.models.swin_transformer import SwinTransformer
+from tiny_models import PAPER_CODE, tiny_swin_config, train_tiny_swin
 from torch import nn
 
-from synthetic import synthetic_task
 from lava_spikedattn.ann import UnsupportedModuleError, prepare_swin
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.base_search import log_error, search_base
@@ -24,9 +25,8 @@ from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError
 from lava_spikedattn.layers import LayerStats
 from lava_spikedattn.models import get_family
 
-TINY = dict(img_size=32, patch_size=2, in_chans=3, window_size=4, embed_dim=32, depths=(2, 2),
-            num_heads=(2, 4), num_classes=10)
-CODE = PhaseCode(1.15, 40)  # the paper's Swin setting, exact convention
+TINY = tiny_swin_config(img_size=32, embed_dim=32)
+CODE = PAPER_CODE  # the paper's Swin setting, exact convention
 SAME = 1e-9  # stepped vs closed in float64: the same dynamics, only summation order differs
 FOLDING = 1e-5  # folded ANN vs prepared model in float32: BN folding is exact up to rounding
 # Fidelity at B=1.15, T=40: one layer rounds to within (B−1)/(B+1) = 7 % (≈4 % rms); over the
@@ -40,17 +40,8 @@ AGREEMENT = 0.95
 def tiny():
     """Tiny prepared Swin, 20 training steps on the synthetic task (train mode also sets the
     BatchNorm statistics), in eval mode."""
-    torch.manual_seed(0)
-    model = prepare_swin(SwinTransformer(**TINY)).train()
     generator = torch.Generator().manual_seed(1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(20):
-        x, y = synthetic_task(64, generator)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return train_tiny_swin(TINY, (synthetic_task(64, generator) for _ in range(20)), lr=2e-3)
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +55,7 @@ def test_inputs():
     return synthetic_task(64, torch.Generator().manual_seed(3))[0]
 
 
-@pytest.fixture(scope="module")
-def converted(tiny, calibration):
-    return convert(tiny, calibration, CODE)
-
-
-@pytest.fixture(scope="module")
-def converted_official(tiny, calibration):
-    return convert(tiny, calibration, PhaseCode(1.15, 40, "official"))
+# converted, converted_official: tiny with calibration at B=1.15, T=40 (tests/conftest.py)
 
 
 def block_layers(cm: ConvertedModel, prefix: str = "layers.0.blocks.0.") -> int:

@@ -4,22 +4,18 @@ import json
 
 import pytest
 import torch
-from timm.models.swin_transformer import SwinTransformer
-from torch.utils.flop_counter import FlopCounterMode
-from transformers import BertConfig, BertForSequenceClassification
-
 from synthetic import synthetic_task
-from lava_spikedattn.ann import prepare_bert, prepare_swin
+from tiny_models import prepared_bert, prepared_swin, tiny_bert_config, tiny_swin_config
+from torch.utils.flop_counter import FlopCounterMode
+
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.layers import LayerStats
 from lava_spikedattn.energy import Synapse, energy_report, layer_activity, synapse_sums
 from lava_spikedattn.evaluate import EvaluationReport, evaluate
 
-SWIN = dict(img_size=16, patch_size=2, in_chans=3, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
-            num_classes=10)
-BERT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=16, num_labels=2)
+SWIN = tiny_swin_config()
+BERT = tiny_bert_config(vocab_size=100, num_attention_heads=4)
 CODE = PhaseCode(1.25, 12)
 # Rows that are matrix products (what torch's FLOP counter sees); the others are diagonal
 # synapses (norms, residuals), the logit → WOSS connection and the average pool.
@@ -61,8 +57,7 @@ def _matmul_macs(model, *args, **kwargs) -> int:
 
 @pytest.mark.parametrize("convention", ["exact", "official"])
 def test_swin_synapses_count_the_models_products(convention):
-    torch.manual_seed(0)
-    model = prepare_swin(SwinTransformer(**SWIN)).eval()
+    model = prepared_swin(SWIN).eval()
     x = synthetic_task(4, torch.Generator().manual_seed(1), SWIN["img_size"])[0]
     snn = convert(model, [x], PhaseCode(1.25, 12, convention)).to_reference("closed")
     rows = snn.synapses(x)
@@ -79,8 +74,7 @@ def test_swin_synapses_count_the_models_products(convention):
 
 @pytest.mark.parametrize("convention", ["exact", "official"])
 def test_bert_synapses_count_the_models_products(convention):
-    torch.manual_seed(0)
-    model = prepare_bert(BertForSequenceClassification(BertConfig(**BERT))).eval()
+    model = prepared_bert(BERT).eval()
     ids = torch.randint(1, BERT["vocab_size"], (3, 11))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     snn = convert(model, [inputs], PhaseCode(1.4, 16, convention)).to_reference("closed")
@@ -97,8 +91,7 @@ def test_bert_synapses_count_the_models_products(convention):
 
 @pytest.fixture(scope="module")
 def swin_reports():
-    torch.manual_seed(0)
-    model = prepare_swin(SwinTransformer(**SWIN)).eval()
+    model = prepared_swin(SWIN).eval()
     generator = torch.Generator().manual_seed(2)
     cm = convert(model, [synthetic_task(16, generator, SWIN["img_size"])[0]], CODE)
     x, y = synthetic_task(4, generator, SWIN["img_size"])
@@ -138,8 +131,7 @@ def test_energy_counting_and_json(swin_reports, tmp_path):
 
 
 def test_ann_engine_reports_no_energy():
-    torch.manual_seed(0)
-    model = prepare_swin(SwinTransformer(**SWIN)).eval()
+    model = prepared_swin(SWIN).eval()
     x = synthetic_task(2, torch.Generator().manual_seed(1), SWIN["img_size"])[0]
     report = evaluate(None, convert(model, [x], CODE).to_reference("ann"), [x], progress=False)
     assert report.activity == []

@@ -10,12 +10,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer
-
 from synthetic import synthetic_task
+from timm.models.swin_transformer import SwinTransformer
+from tiny_models import PAPER_CODE, tiny_swin_config, train_tiny_swin
+
 from lava_spikedattn import distributed
 from lava_spikedattn.ann import prepare_swin
-from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.engines import AnnEngine
 from lava_spikedattn.distributed import ShardedBatchSampler, convert_distributed, shard
@@ -30,9 +30,8 @@ from lava_spikedattn.evaluate import (
 
 # A smaller Swin than tests/test_convert_swin.py's (16x16 images, dim 16) with the same
 # structure: 8x8 tokens in 4x4 windows (shifted blocks) then a merged 4x4 stage, 32 layers.
-TINY = dict(img_size=16, patch_size=2, in_chans=3, window_size=4, embed_dim=16, depths=(2, 2),
-            num_heads=(2, 4), num_classes=10)
-CODE = PhaseCode(1.15, 40)  # exact convention, the paper's Swin setting
+TINY = tiny_swin_config()
+CODE = PAPER_CODE  # exact convention, the paper's Swin setting
 # Fidelity bound at B=1.15, T=40 (as tests/test_convert_swin.py): each layer rounds to within
 # 7 % and the logits of a trained model keep cosine >= 0.99 (measured 0.996 here); the layers
 # inside the network carry the error of up to 30 roundings (measured >= 0.993).
@@ -43,24 +42,11 @@ SAME = 1e-9  # stepped vs closed form in float64: the same dynamics, summation o
 SUMMATION = 1e-12  # a float64 sum computed in another order (relative)
 
 
-def trained_tiny() -> torch.nn.Module:
-    """20 training steps give the random Swin real decision margins (and BN statistics)."""
-    torch.manual_seed(0)
-    model = prepare_swin(SwinTransformer(**TINY)).train()
-    generator = torch.Generator().manual_seed(1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(20):
-        x, y = synthetic_task(32, generator, TINY["img_size"])
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return trained_tiny()
+    """20 training steps give the random Swin real decision margins (and BN statistics)."""
+    generator = torch.Generator().manual_seed(1)
+    return train_tiny_swin(TINY, (synthetic_task(32, generator, TINY["img_size"]) for _ in range(20)), lr=2e-3)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +62,7 @@ def test_batches():
     return [synthetic_task(12, generator, TINY["img_size"]) for _ in range(5)]
 
 
-@pytest.fixture(scope="module")
-def converted(tiny, calibration):
-    return convert(tiny, calibration, CODE)
+# converted: tiny with calibration at B=1.15, T=40 (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,16 @@
 """Whole networks in fixed point (the Loihi 2 port) and the in-process simulation of a Lava graph.
 
-The tiny Swin and BERT of tests/test_builder.py, built with ``fixed_format``: every Process runs
-its ``fixed_pt`` model. Lava (fused and decomposed) equals the in-process simulation bit for bit;
-the integer network predicts the float network's class on ≥ 90 % of the test inputs (the issue's
-bar; measured: the Swin 8/8 in Lava and 64/64 in process, logits 5.4 % apart; the BERT 64/64
-in both conventions, 1.0 % / 1.5 % apart).
+The tiny Swin and BERT of tests/test_builder.py (tests/conftest.py: lava_swin, tiny_bert), built
+with ``fixed_format``: every Process runs its ``fixed_pt`` model. Lava (fused and decomposed)
+equals the in-process simulation bit for bit; the integer network predicts the float network's
+class on ≥ 90 % of the test inputs (the issue's bar; measured: the Swin 8/8 in Lava and 64/64 in
+process, logits 5.4 % apart; the BERT 64/64 in both conventions, 1.0 % / 1.5 % apart).
 """
 
 import numpy as np
 import pytest
 import torch
-from test_builder import model, sentences, task, tiny_bert  # noqa: F401 (fixtures)
+from synthetic import grey_task, sentences
 
 from lava_spikedattn import builder
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
@@ -31,8 +31,8 @@ FMT = FixedFormat()
 
 
 @pytest.fixture(scope="module")
-def swin_cm(model):  # noqa: F811
-    return convert(model, [task(32, 50)[0]], PhaseCode(1.25, 12))
+def swin_cm(lava_swin):
+    return convert(lava_swin, [grey_task(32, 50)[0]], PhaseCode(1.25, 12))
 
 
 #: test images through Lava fixed_pt per mode (one graph each; decomposed costs ~7x more)
@@ -43,7 +43,7 @@ LAVA_IMAGES = {"fused": 8, "decomposed": 2}
 def fixed_swin(swin_cm):
     """64 test images through the float and the integer network in process; the first
     LAVA_IMAGES also through Lava fixed_pt in each mode, with every population's fire steps."""
-    x, labels = task(64, 100)
+    x, labels = grey_task(64, 100)
     x = x.double()
     float_logits = build_lava_network(swin_cm).simulate(x)
     net = build_lava_network(swin_cm, fixed_format=FMT)
@@ -88,7 +88,7 @@ def test_fixed_swin_predicts_the_float_class(fixed_swin):
 
 def test_float_simulation_equals_lava_and_the_reference(swin_cm):
     """``simulate`` without fixed_format: the float Lava network's logits and fire steps."""
-    x = task(3, 7)[0].double()
+    x = grey_task(3, 7)[0].double()
     sim = build_lava_network(swin_cm)
     logits = sim.simulate(x)
     lava = build_lava_network(swin_cm)
@@ -105,7 +105,7 @@ def test_fixed_swin_processes_carry_integer_units(swin_cm):
     source's payload unit (through delay lines and block boundaries) and writes its targets'
     current unit; a residual is an identity synapse (weight 1 exactly representable)."""
     net = build_lava_network(swin_cm, fixed_format=FMT)
-    graph, _, _ = net.build(task(1, 0)[0])
+    graph, _, _ = net.build(grey_task(1, 0)[0])
     leaves, sources = fused.flatten(graph.processes)
     neurons = [p for p in leaves if isinstance(p, PhaseNeuron)]
     report = {row.name: (row.payload_exp, row.current_exp) for row in quantize_for_loihi(swin_cm, FMT).neurons}
@@ -141,7 +141,7 @@ def test_fixed_swin_processes_carry_integer_units(swin_cm):
     for p in residuals:
         np.testing.assert_array_equal(p.proc_params["weight_t"], np.eye(p.proc_params["weight_t"].shape[0]))
     assert net.graph_size(graph)["synapses"] == build_lava_network(swin_cm).graph_size(
-        build_lava_network(swin_cm).build(task(1, 0)[0])[0])["synapses"]  # identities are not weights
+        build_lava_network(swin_cm).build(grey_task(1, 0)[0])[0])["synapses"]  # identities are not weights
 
 
 TINY_DEPTHS = (2, 2)
@@ -175,7 +175,7 @@ def test_clipping_attention_core_counts_the_same_in_lava_and_in_process():
 
 
 @pytest.mark.parametrize("convention", ["exact", "official"])
-def test_fixed_bert_in_lava_equals_simulation_and_predicts_the_float_class(tiny_bert, convention):  # noqa: F811
+def test_fixed_bert_in_lava_equals_simulation_and_predicts_the_float_class(tiny_bert, convention):
     cm = convert(tiny_bert, [sentences(32, 100)], PhaseCode(1.25, 12, convention))
     x = sentences(64, 200)
     float_logits = build_lava_network(cm).simulate(x)

@@ -11,10 +11,8 @@ import warnings
 import pytest
 import safetensors.torch
 import torch
-from timm.models.swin_transformer import SwinTransformer
-from transformers import BertConfig, BertForSequenceClassification
+from tiny_models import prepared_bert, prepared_swin, tiny_bert_config, tiny_swin_config
 
-from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.builder import build_lava_network
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.convert import convert
@@ -22,10 +20,8 @@ from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError,
 from lava_spikedattn.engines import AnnEngine
 from lava_spikedattn.runtime import live_workers
 
-SWIN = dict(img_size=16, patch_size=2, in_chans=1, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2),
-            num_classes=4)
-BERT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-            max_position_embeddings=16, num_labels=2)
+SWIN = tiny_swin_config(in_chans=1, num_heads=(2, 2), num_classes=4)
+BERT = tiny_bert_config(hidden_size=16, num_hidden_layers=1)
 CODE = PhaseCode(1.25, 12)
 ENGINES = ("closed", "stepped", "ann")
 BAD = [float("nan"), float("inf"), -float("inf")]
@@ -50,8 +46,7 @@ def counts(bad: float, count: int) -> str:
 
 @pytest.fixture(scope="module")
 def swin_model():
-    torch.manual_seed(0)
-    return prepare_swin(SwinTransformer(**SWIN)).eval()
+    return prepared_swin(SWIN).eval()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +56,7 @@ def swin(swin_model):
 
 @pytest.fixture(scope="module")
 def bert_model():
-    torch.manual_seed(0)
-    return prepare_bert(BertForSequenceClassification(BertConfig(**BERT))).eval()
+    return prepared_bert(BERT).eval()
 
 
 @pytest.fixture(scope="module")

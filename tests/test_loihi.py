@@ -7,41 +7,28 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
-from timm.models.swin_transformer import SwinTransformer
-from transformers import BertConfig, BertForSequenceClassification
+from synthetic import sentences
+from tiny_models import prepared_bert, prepared_swin, tiny_bert_config, tiny_swin_config
 
-from lava_spikedattn.ann import prepare_bert, prepare_swin
 from lava_spikedattn.builder import build_lava_network
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.loihi import LOIHI2, LoihiLimits, layer_cores, resource_estimate
 
 # Two stages (patch merging between them), a shifted block in each stage's second block.
-SWIN = {"img_size": 16, "patch_size": 2, "in_chans": 1, "window_size": 4, "embed_dim": 16, "depths": (2, 2),
-        "num_heads": (2, 2), "num_classes": 4}
-BERT = {"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 16, "num_labels": 2}
-
-
-def sentences(n: int, seed: int) -> dict:
-    """Token batches of 8 positions with padding at the end."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 9, (n,), generator=g)
-    return {"input_ids": torch.randint(0, 50, (n, 8), generator=g),
-            "attention_mask": (torch.arange(8) < lengths[:, None]).long()}
+SWIN = tiny_swin_config(in_chans=1, num_heads=(2, 2), num_classes=4)
+BERT = tiny_bert_config()
 
 
 @cache
 def converted_swin(convention: str):
-    torch.manual_seed(0)
-    model = prepare_swin(SwinTransformer(**SWIN)).eval()
+    model = prepared_swin(SWIN).eval()
     return convert(model, [torch.randn(4, 1, 16, 16)], PhaseCode(1.25, 12, convention))
 
 
 @cache
 def converted_bert(convention: str):
-    torch.manual_seed(0)
-    model = prepare_bert(BertForSequenceClassification(BertConfig(**BERT))).train()
+    model = prepared_bert(BERT).train()
     with torch.no_grad():  # running statistics for the norms
         model(**sentences(16, 0))
     return convert(model.eval(), [sentences(8, 1)], PhaseCode(1.4, 16, convention))
