@@ -8,8 +8,8 @@ from lava_spikedattn import builder
 from lava_spikedattn.builder import LavaBuildError, build_lava_network
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.convert import convert
-from lava_spikedattn.runtime import live_workers
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
+from lava_spikedattn.runtime import live_workers
 
 # Lava and the stepped reference run the same float64 dynamics; the logits differ by summation
 # order only (measured 1e-16), the bound is 1e-6.

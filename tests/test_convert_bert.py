@@ -13,8 +13,8 @@ from tiny_models import PAPER_CODE, prepared_bert, tiny_bert_config
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from lava_spikedattn.ann import UnsupportedModuleError, finetune, prepare_bert
-from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.base_search import search_base
+from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError
 from lava_spikedattn.models import family_of, get_family
@@ -386,6 +386,7 @@ def test_wrong_inputs_are_rejected(converted):
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 100\)"):
         snn({"input_ids": torch.full((1, 4), 100)})
     with pytest.raises(ValueError, match="at least one token"):
-        snn({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0, 0]] + [[0] * 4])})
+        snn({"input_ids": torch.ones(2, 4, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 0, 0]] + [[0] * 4])})
     with pytest.raises(ValueError, match="attention_mask has shape"):
         snn({"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 5, dtype=torch.long)})

@@ -18,8 +18,8 @@ from tiny_models import PAPER_CODE, tiny_swin_config, train_tiny_swin
 from torch import nn
 
 from lava_spikedattn.ann import UnsupportedModuleError, prepare_swin
-from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.base_search import log_error, search_base
+from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
 from lava_spikedattn.converted_model import ConvertedModel, ConvertedModelError
 from lava_spikedattn.layers import LayerStats

@@ -49,7 +49,7 @@ def test_demo_runs_lava_and_the_reference_and_reports_the_numbers(demo):
     assert reference["agreement"] == pytest.approx(float((snn_class == ann_class).double().mean()))
     for counting in ("official", "complete"):
         energy = reference["energy"][counting]
-        assert 0 < energy["snn_mj"] and 0 < energy["ann_mj"]
+        assert energy["snn_mj"] > 0 and energy["ann_mj"] > 0
     # complete counting adds every MLP's fc2 and the residual additions to both sides
     assert reference["energy"]["complete"]["snn_mj"] > reference["energy"]["official"]["snn_mj"]
     assert reference["energy"]["complete"]["ann_mj"] > reference["energy"]["official"]["ann_mj"]
@@ -60,7 +60,8 @@ def test_demo_runs_lava_and_the_reference_and_reports_the_numbers(demo):
     assert port["neurons"] > 60_000 and port["cores"] >= 1 and port["chips"] == 1
     assert port["latency_ms"] == pytest.approx(summary["steps_per_inference"] * port["step_time_us"] / 1e3)
     for text in ("ANN accuracy", "SNN accuracy", "prediction agreement", "spikes per inference",
-                 "Lava: steps simulated", "Lava decomposed", "energy per inference (official)", "SNN/ANN", "Loihi 2 port"):
+                 "Lava: steps simulated", "Lava decomposed", "energy per inference (official)", "SNN/ANN",
+                 "Loihi 2 port"):
         assert text in printed
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert json.loads((out / "evaluation.json").read_text())["samples"] == 32

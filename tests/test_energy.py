@@ -41,9 +41,9 @@ LAYERS = [
 
 
 def test_constants():
-    assert E_MAC_PJ == pytest.approx(4.6)
-    assert E_AC_PJ == pytest.approx(0.9)
-    assert E_NEURON_STEP_PJ == pytest.approx(16.4)
+    assert pytest.approx(4.6) == E_MAC_PJ
+    assert pytest.approx(0.9) == E_AC_PJ
+    assert pytest.approx(16.4) == E_NEURON_STEP_PJ
 
 
 def test_t4_spikesim_energy():

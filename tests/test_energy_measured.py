@@ -10,9 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.convert import convert
-from lava_spikedattn.layers import LayerStats
 from lava_spikedattn.energy import Synapse, energy_report, layer_activity, synapse_sums
 from lava_spikedattn.evaluate import EvaluationReport, evaluate
+from lava_spikedattn.layers import LayerStats
 
 SWIN = tiny_swin_config()
 BERT = tiny_bert_config(vocab_size=100, num_attention_heads=4)

@@ -17,8 +17,8 @@ from tiny_models import PAPER_CODE, tiny_swin_config, train_tiny_swin
 from lava_spikedattn import distributed
 from lava_spikedattn.ann import prepare_swin
 from lava_spikedattn.convert import convert
-from lava_spikedattn.engines import AnnEngine
 from lava_spikedattn.distributed import ShardedBatchSampler, convert_distributed, shard
+from lava_spikedattn.engines import AnnEngine
 from lava_spikedattn.evaluate import (
     EvaluationReport,
     MetricState,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.runtime import LavaRunError, run_processes
+from lava_spikedattn.fixed_point import FixedFormat, quantize_weights, round_half_up
 from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
@@ -29,7 +29,6 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
-from lava_spikedattn.fixed_point import FixedFormat, quantize_weights, round_half_up
 from lava_spikedattn.reference.fixed import (
     FixedPhaseNeuronSim,
     FixedTokenLinearSim,
@@ -38,6 +37,7 @@ from lava_spikedattn.reference.fixed import (
     fixed_trace,
 )
 from lava_spikedattn.reference.stepped import PhaseNeuronSim, WOSSSim
+from lava_spikedattn.runtime import LavaRunError, run_processes
 from lava_spikedattn.wiring import attention_core, connect_trace, probe
 
 FMT = FixedFormat()

@@ -22,11 +22,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from lava_faulty.process import Faulty  # noqa: E402
 
+from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402
+from lava_spikedattn.procs.spike_source.process import SpikeSource  # noqa: E402
 from lava_spikedattn.runtime import LavaRunError, live_workers, run_processes  # noqa: E402
 from lava_spikedattn.termination import SIGNAL_GUARD, LavaTerminated, handle_termination_signals  # noqa: E402
-from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402
-from lava_spikedattn.procs.spike_source.process import \
-    SpikeSource  # noqa: E402
 
 
 def _assert_no_lava_children(wait_s: float = 5.0) -> None:
@@ -344,10 +343,9 @@ def test_termination_handler_is_installed_only_over_sig_dfl_and_restored(default
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_termination_signal_raises_lava_terminated_not_exception(default_termination_handlers, signum):
-    with pytest.raises(LavaTerminated) as info:
-        with handle_termination_signals():
-            os.kill(os.getpid(), signum)
-            time.sleep(5)  # the handler runs at the next bytecode boundary; sleep is interrupted
+    with pytest.raises(LavaTerminated) as info, handle_termination_signals():
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler runs at the next bytecode boundary; sleep is interrupted
     error = info.value
     assert isinstance(error, SystemExit) and not isinstance(error, Exception)
     assert error.signum == signum and error.signal_name == signal.Signals(signum).name
@@ -361,14 +359,12 @@ def test_termination_signal_during_teardown_is_raised_after_it(default_terminati
     """Inside the runner's teardown a signal must not cut the killing of the workers short: it
     is raised when the teardown is over; a repeated one while it propagates is ignored."""
     done = []
-    with pytest.raises(LavaTerminated):
-        with handle_termination_signals():
-            with SIGNAL_GUARD.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)
-                os.kill(os.getpid(), signal.SIGHUP)
-                time.sleep(0.05)
-                done.append("teardown")
+    with pytest.raises(LavaTerminated), handle_termination_signals(), SIGNAL_GUARD.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)
+        done.append("teardown")
     assert done == ["teardown"]
 
 
@@ -521,8 +517,9 @@ def test_killed_run_lava_command_leaves_nothing_behind(tmp_path, signum):
     worker, frees the run's /dev/shm segments and removes the pymp folder; exit 1, a named error."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # multiprocessing's pymp-* folder goes here
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "lava_spikedattn.cli", "run-lava", "weights/swin_fashion_mnist",
-                                    "--data", "fashion-mnist", "--limit", "8", "--no-progress"],
+        process = subprocess.Popen([sys.executable, "-m", "lava_spikedattn.cli", "run-lava",
+                                    "weights/swin_fashion_mnist", "--data", "fashion-mnist", "--limit", "8",
+                                    "--no-progress"],
                                    cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, stdout=out, stderr=err,
                                    # as from a terminal: under nohup (or a CI runner) SIGHUP would be ignored
                                    preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))

@@ -46,7 +46,8 @@ def bert(request):
 
 def dense_weight_sizes(cm) -> int:
     """Every stored weight matrix (or diagonal) except the host-side embedding tables and norm."""
-    return sum(t.numel() for key, t in cm.weights.items() if key.endswith(".weight") and not key.startswith("embeddings."))
+    return sum(t.numel() for key, t in cm.weights.items()
+               if key.endswith(".weight") and not key.startswith("embeddings."))
 
 
 def lava_populations(cm, x) -> dict[str, int]:

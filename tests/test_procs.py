@@ -37,7 +37,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from lava_faulty.process import Faulty  # noqa: E402
 
 from lava_spikedattn.coding import PhaseCode  # noqa: E402
-from lava_spikedattn.runtime import LavaRunError, run_processes  # noqa: E402
 from lava_spikedattn.procs.delay_line.process import DelayLine  # noqa: E402
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron  # noqa: E402
 from lava_spikedattn.procs.spike_sink.process import SpikeSink  # noqa: E402
@@ -48,6 +47,7 @@ from lava_spikedattn.procs.trace_matmul.process import TraceMatMul  # noqa: E402
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor  # noqa: E402
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron  # noqa: E402
 from lava_spikedattn.reference.stepped import PhaseNeuronSim, WOSSSim, trace_product  # noqa: E402
+from lava_spikedattn.runtime import LavaRunError, run_processes  # noqa: E402
 from lava_spikedattn.wiring import connect, connect_product, connect_trace, probe  # noqa: E402
 
 SAME = 1e-9  # float64, same dynamics

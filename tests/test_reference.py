@@ -58,7 +58,8 @@ def test_t2b_official_sign_slip_and_exact_fix(engine):
     q = t([[-0.5, 0.3, 0.5], [0.5, -0.3, 0.2]])
     k = t([[0.5, 0.3, -0.5], [0.4, 0.3, 0.2]])
     exact_value = [[-0.413564, -0.013176], [0.073454, 0.141036]]
-    close(F.trace_matmul(q, k, SWIN, 1.0, 1.0, engine=engine), [[-0.907934, -0.013176], [-0.088157, -0.020574]], SPEC_TOL)
+    close(F.trace_matmul(q, k, SWIN, 1.0, 1.0, engine=engine), [[-0.907934, -0.013176], [-0.088157, -0.020574]],
+          SPEC_TOL)
     close(SWIN.quantize(q, 1.0) @ SWIN.quantize(k, 1.0).T, exact_value, SPEC_TOL)
     # The exact convention's levels are B·(official levels): the same pairs, times B², corrected.
     exact = PhaseCode(1.15, 40, "exact")

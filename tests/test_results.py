@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_install import locked_versions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,5 @@
 """Faulty: a pass-through Process that raises, hangs or fails to build."""
 
-import typing as ty
 
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
@@ -42,9 +41,9 @@ class Faulty(AbstractProcess):
         until the run is underway).
     """
 
-    def __init__(self, *, shape: ty.Tuple[int, ...], fail_at: int = 0,
+    def __init__(self, *, shape: tuple[int, ...], fail_at: int = 0,
                  mode: str = "raise", message: str = "faulty model failed",
-                 marker: ty.Optional[str] = None) -> None:
+                 marker: str | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(shape=shape, fail_at=fail_at, mode=mode,
