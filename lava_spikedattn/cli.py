@@ -297,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
             "differs. Lava costs about 1 ms per process and step: keep --limit small.\n"
             "--fixed runs the integer network of the Loihi 2 port (fixed_pt models: 24-bit state, 8-bit\n"
             "weights); it is compared bit for bit with the same integer graph stepped in process (exit\n"
-            "status 1 if they differ) and its classes are reported against the float engine.\n\n"
-            "  spikedattn run-lava weights/swin_fashion_mnist --data fashion-mnist --limit 4 [--fixed]"))
+            "status 1 if they differ) and its classes are reported against the float engine. Under torchrun\n"
+            "each process runs its share of the batches through its own Lava graph; the counts are exact.\n\n"
+            "  spikedattn run-lava weights/swin_fashion_mnist --data fashion-mnist --limit 4 [--fixed]\n"
+            "  torchrun --nproc_per_node 2 -m lava_spikedattn.cli run-lava weights/swin_fashion_mnist \\\n"
+            "      --data fashion-mnist --limit 16 --batch-size 4"))
     _add_evaluation_inputs(run_lava, limit=4, ann=False)
     run_lava.add_argument("--mode", choices=("fused", "decomposed"), default="fused",
                           help="fused: one OS process per block (fast); decomposed: every population and "

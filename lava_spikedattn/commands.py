@@ -273,35 +273,40 @@ def _fraction(value: float | None) -> str:
 
 # --- run-lava --------------------------------------------------------------------------------------------
 def cmd_run_lava(args: argparse.Namespace) -> int:
+    from lava_spikedattn import distributed
     from lava_spikedattn.lava_evaluation import evaluate_lava
 
     _check_output("--json", args.json, example="lava.json")
+    distributed.init_from_env("cpu")  # under torchrun: each rank runs its shard through its own Lava graph
+    rank0 = distributed.world()[0] == 0
+    say = print if rank0 else (lambda *_, **__: None)
     cm, _, batches = _load_for_evaluation(args)
     precision = "integer (fixed_pt)" if args.fixed else "float"
-    print(f"{args.folder}: {cm.code.describe()}, {cm.steps_per_inference} steps per inference, {precision} Lava "
+    say(f"{args.folder}: {cm.code.describe()}, {cm.steps_per_inference} steps per inference, {precision} Lava "
           f"{args.mode} network on {args.limit} samples of {args.data} ({args.split})")
     result = evaluate_lava(cm, batches, mode=args.mode, fixed=args.fixed, progress=not args.no_progress)
     samples, same = result.samples, result.same_class
-    print(f"  same class as the (float) closed-form reference engine: {same}/{samples}; max logit difference "
+    say(f"  same class as the (float) closed-form reference engine: {same}/{samples}; max logit difference "
           f"{result.max_relative_difference:.1e} (relative)")
     if args.fixed:
-        print(f"  logits equal to the in-process integer simulation, bit for bit: {result.equal_to_simulation}/"
+        say(f"  logits equal to the in-process integer simulation, bit for bit: {result.equal_to_simulation}/"
               f"{samples}; clipped values: {sum(result.clips.values())}")
     if result.labeled:
-        print(f"  Lava accuracy {result.correct}/{result.labeled} ({result.correct / result.labeled:.2%})")
-    print(f"  {result.processes} Lava processes, {result.neurons:,} neurons, {result.synapses:,} token-wise "
+        say(f"  Lava accuracy {result.correct}/{result.labeled} ({result.correct / result.labeled:.2%})")
+    say(f"  {result.processes} Lava processes, {result.neurons:,} neurons, {result.synapses:,} token-wise "
           f"weights; {result.steps_simulated:,} steps simulated")
-    if args.json is not None:
-        _write_text(args.json, json.dumps(result.to_json(), indent=1) + "\n")
-        print(f"\nwritten {args.json}")
+    if args.json is not None and rank0:
+        report = {**result.to_json(), "ranks": distributed.world()[1]}
+        _write_text(args.json, json.dumps(report, indent=1) + "\n")
+        say(f"\nwritten {args.json}")
     if args.fixed:
         if result.equal_to_simulation != samples:
-            print(f"spikedattn run-lava: error: the Lava integer network differs from the in-process integer "
+            say(f"spikedattn run-lava: error: the Lava integer network differs from the in-process integer "
                   f"simulation on {samples - result.equal_to_simulation} sample(s)", file=sys.stderr)
             return 1
         return 0
     if same != samples:
-        print(f"spikedattn run-lava: error: the Lava network predicted another class than the reference engine on "
+        say(f"spikedattn run-lava: error: the Lava network predicted another class than the reference engine on "
               f"{samples - same} sample(s)", file=sys.stderr)
         return 1
     return 0

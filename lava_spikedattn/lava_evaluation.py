@@ -5,6 +5,11 @@ decomposed, float or fixed point) and through the closed-form engine in float64;
 counts the samples where both give the same class, the largest logit difference, the Lava
 accuracy on labelled data, and for the integer network whether Lava equals the in-process
 integer simulation bit for bit (the port's own oracle) and which Processes clipped values.
+
+Under ``torchrun`` every rank runs its shard of the batches (:func:`distributed.shard`: batches
+r, r+N, ...) through its own Lava graph, and the counts are combined exactly (integer sums, the
+maximum of the differences, the graph size of the run that took the last batch), so N ranks
+report what one process reports.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lava_spikedattn import distributed
 from lava_spikedattn.builder import build_lava_network
 from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.evaluate import split_batch
@@ -41,6 +47,14 @@ class LavaEvaluation:
     equal_to_simulation: int = 0  # fixed point: samples whose logits equal the in-process simulation's
     clips: dict[str, int] = field(default_factory=dict)  # fixed point: clipped values per Process
 
+    def add(self, other: LavaEvaluation) -> None:
+        """Add another shard's counts to these (graph sizes stay: see :func:`evaluate_lava`)."""
+        for name in ("samples", "same_class", "labeled", "correct", "steps_simulated", "equal_to_simulation"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.max_relative_difference = max(self.max_relative_difference, other.max_relative_difference)
+        for name, count in other.clips.items():
+            self.clips[name] = self.clips.get(name, 0) + count
+
     def to_json(self) -> dict[str, Any]:
         result = asdict(self)
         if not self.fixed_point:
@@ -52,13 +66,18 @@ class LavaEvaluation:
 def evaluate_lava(cm: ConvertedModel, batches: Iterable[Any], *, mode: str = "fused", fixed: bool = False,
                   progress: bool = True) -> LavaEvaluation:
     """Run every batch of ``batches`` (model inputs, optionally with labels) through the Lava
-    network of ``cm`` and compare it with the closed-form engine (module docstring)."""
+    network of ``cm`` and compare it with the closed-form engine (module docstring); under
+    ``torchrun`` this rank's shard, combined over the ranks. ``progress``: a bar (with the time
+    left) on rank 0."""
     fmt = FixedFormat() if fixed else None
     net = build_lava_network(cm, mode=mode, fixed_format=fmt)
     simulator = build_lava_network(cm, fixed_format=fmt) if fixed else None
     reference = cm.to_reference("closed").double()
+    rank, world_size = distributed.world()
     result = LavaEvaluation(fixed_point=fixed)
-    for batch in tqdm(batches, desc="Lava", unit="batch", disable=not progress):
+    last_batch = -1  # index (over all ranks) of the last batch this rank ran
+    bar = tqdm(distributed.shard(batches), desc="Lava", unit="batch", disable=not progress or rank != 0)
+    for i, batch in enumerate(bar):
         inputs, labels = split_batch(batch)
         logits = net.run(inputs)
         expected = reference(inputs if isinstance(inputs, dict) else inputs.double())
@@ -74,6 +93,14 @@ def evaluate_lava(cm: ConvertedModel, batches: Iterable[Any], *, mode: str = "fu
         if labels is not None:
             result.labeled += len(labels)
             result.correct += int((logits.argmax(-1) == torch.as_tensor(labels)).sum())
-    stats = net.stats()
-    result.processes, result.neurons, result.synapses = stats["processes"], stats["neurons"], stats["synapses"]
-    return result
+        last_batch = rank + i * world_size  # shard() gives this rank batches rank, rank + N, ...
+    if last_batch >= 0:
+        stats = net.stats()
+        result.processes, result.neurons, result.synapses = stats["processes"], stats["neurons"], stats["synapses"]
+    shards = distributed.gather_objects((last_batch, result))
+    combined = max(shards, key=lambda shard: shard[0])[1]  # its graph size: the run of the last batch
+    total = LavaEvaluation(fixed_point=fixed, processes=combined.processes, neurons=combined.neurons,
+                           synapses=combined.synapses)
+    for _, part in shards:
+        total.add(part)
+    return total
