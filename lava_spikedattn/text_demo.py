@@ -16,7 +16,10 @@ output loads and has the recorded SHA-256:
    calibrated on train sentences -> ``snn/`` (:class:`~lava_spikedattn.converted_model.ConvertedModel`)
    + ``snn.json``;
 3. evaluate: ANN vs the SNN on the closed-form engine over the held-out split ->
-   ``summary.json`` (accuracies, agreement, spikes per sentence, stage times, full report).
+   ``summary.json`` (accuracies, agreement, spikes per sentence, stage times, full report);
+4. Lava (``--lava N``, not cached): the first N held-out sentences, one at a time, through the
+   converted MiniLM as Lava processes (fused, float; :func:`run_lava`), each checked against the
+   closed-form engine.
 
 The data set is the Rotten-Tomatoes sentence-polarity corpus SST-2 was built from, not SST-2.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +217,32 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
     return summary
 
 
+def run_lava(cache_dir: Path = DEFAULT_CACHE, sentences: int = 3, *, progress: bool = True) -> dict[str, Any]:
+    """The first ``sentences`` held-out sentences through the cached converted MiniLM as Lava
+    processes (fused, float), one sentence per run, each compared with the closed-form engine
+    (:func:`~lava_spikedattn.lava_evaluation.evaluate_lava`). Run :func:`run` first."""
+    from lava_spikedattn.converted_model import ConvertedModel
+    from lava_spikedattn.data import split_rt_polarity
+    from lava_spikedattn.lava_evaluation import evaluate_lava
+
+    summary = json.loads((Path(cache_dir) / "summary.json").read_text())
+    cm = ConvertedModel.load(Path(cache_dir) / "snn")
+    texts, labels = split_rt_polarity()[1]
+    batches = sentence_batches(texts[:sentences], labels[:sentences], _tokenizer(), summary["settings"]["seq_len"], 1)
+    start = time.perf_counter()
+    result = evaluate_lava(cm, batches, progress=progress)
+    seconds = time.perf_counter() - start
+    return {**result.to_json(), "seconds_per_sentence": seconds / max(result.samples, 1)}
+
+
+def lava_line(lava: dict[str, Any]) -> str:
+    """One line for the terminal about :func:`run_lava`'s result."""
+    return (f"  Lava (fused, float)   {lava['same_class']}/{lava['samples']} sentences the closed-form engine's "
+            f"class (max logit difference {lava['max_relative_difference']:.1e}), {lava['correct']}/"
+            f"{lava['labeled']} correct; {lava['seconds_per_sentence']:.1f} s per sentence, "
+            f"{lava['processes']} processes, {lava['neurons']:,} neurons")
+
+
 def table(summary: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     def percent(value: float | None) -> str:
@@ -274,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of head init, data order, dropout (default: 0)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
                         help="torch CPU threads (default: the cores available to this process)")
+    parser.add_argument("--lava", type=int, default=3, metavar="N",
+                        help="held-out sentences run through Lava (fused, one per run; 0: none) (default: 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -286,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
                   seq_len=args.seq_len, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   calib_batches=args.calib_batches, seed=args.seed, progress=not args.no_progress)
     print(table(summary))
+    if args.lava > 0:
+        lava = run_lava(args.cache_dir, args.lava, progress=not args.no_progress)
+        print(lava_line(lava))
+        if lava["same_class"] != lava["samples"]:
+            print("text_demo: error: the Lava network predicted another class than the reference engine",
+                  file=sys.stderr)
+            return 1
     print(f"  this run              {time.perf_counter() - start:.1f} s; summary: {args.cache_dir / 'summary.json'}")
     return 0
 

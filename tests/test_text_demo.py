@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from lava_spikedattn import data
 from lava_spikedattn.checkpoint import load_ann_checkpoint
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
-from lava_spikedattn.text_demo import build_parser, main, run
+from lava_spikedattn.text_demo import build_parser, lava_line, main, run, run_lava
 
 try:
     data.minilm_path()
@@ -57,6 +57,13 @@ def test_recipe_runs_caches_and_reuses(tmp_path):
     third = run(tmp_path, **{**TINY, "limit_test": 8})
     assert third["stages"] == {"finetune": "cached", "convert": "cached", "evaluate": "ran"}
     assert third["test_sentences"] == 8
+
+    # Real MiniLM sentences through the converted network as Lava processes: the engine's class,
+    # counted against the labels recomputed above.
+    lava = run_lava(tmp_path, 2, progress=False)
+    assert lava["samples"] == lava["same_class"] == 2 and lava["max_relative_difference"] < 1e-9
+    assert lava["correct"] == int((snn_class[:2] == labels[:2]).sum())
+    assert lava["processes"] > 6 and "2/2 sentences" in lava_line(lava)
 
 
 def test_recipe_is_deterministic_for_a_seed(tmp_path):
