@@ -31,7 +31,7 @@ class PhaseState:
     divisor: np.ndarray | None = None  # divide_free: the latched row divisor S (population shape)
 
     @classmethod
-    def zeros(cls, shape: tuple[int, ...]) -> "PhaseState":
+    def zeros(cls, shape: tuple[int, ...]) -> PhaseState:
         return cls(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
                    np.full(shape, -1, dtype=int), np.zeros(shape, bool))
 
@@ -56,7 +56,7 @@ class PhaseParams:
     divide_free: bool = False  # normalise by scaling the thresholds (v ≥ θ·S), not by dividing v
 
     @classmethod
-    def from_proc_params(cls, p) -> "PhaseParams":
+    def from_proc_params(cls, p) -> PhaseParams:
         return cls(scale=p["scale"], gain=p["gain"], timesteps=p["timesteps"], start=p["start"],
                    wait=p["wait"], thresholds=p["thresholds"], saturation=p["saturation"], signed=p["signed"],
                    normalized=p["divisor_shape"] is not None, divide_free=bool(p.get("divide_free", False)))
@@ -158,6 +158,12 @@ class WossParams:
     theta0: float
     present: np.ndarray  # keys taking part (False: padding, never fires), broadcast to the shape
 
+    @classmethod
+    def from_proc_params(cls, p) -> WossParams:
+        """From the proc_params of a WossNeuron or WossInhibitor."""
+        return cls(base=p["base"], timesteps=p["timesteps"], start=p["start"], wait=p["wait"], slope=p["slope"],
+                   theta0=p["theta0"], present=p["present"])
+
 
 def woss_shift(open_rows: np.ndarray, p: WossParams, t: int, x: np.ndarray) -> np.ndarray:
     """Inhibitor: the row shift of step ``t`` (winner's value at a row's first positive spike)."""
@@ -214,16 +220,29 @@ def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | Non
     return y if out_index is None else y.reshape(-1)[out_index]
 
 
+def delay_slot(t: int, delay: int) -> int:
+    """DelayLine: the ring-buffer slot of step ``t``. It holds the input of step t − delay, is
+    sent at step t, then overwritten with the input of step t (every DelayLine model and the
+    fused stepper use it)."""
+    return t % delay
+
+
 def delay_output(buffer: np.ndarray, t: int) -> np.ndarray:
     """DelayLine: what left the line at step ``t`` (its input of step t − delay)."""
-    return buffer[t % buffer.shape[0]].copy()
+    return buffer[delay_slot(t, buffer.shape[0])].copy()
 
 
 def delay_input(buffer: np.ndarray, t: int, x: np.ndarray) -> None:
     """DelayLine: store this step's input in the slot just sent."""
-    buffer[t % buffer.shape[0]] = x
+    buffer[delay_slot(t, buffer.shape[0])] = x
+
+
+def bias_on(t: int, start: int, timesteps: int) -> bool:
+    """Whether a synapse injects its bias at step ``t``: during the T steps of its target's input
+    window ``[start, start + T)`` (spec §1.4). Every synapse model, float and integer, asks here."""
+    return 0 <= t - start < timesteps
 
 
 def window_bias(bias: np.ndarray | None, t: int, start: int, timesteps: int) -> np.ndarray | float:
     """The per-step injected bias (already divided by the bias divisor) inside its T-step window."""
-    return bias if bias is not None and 0 <= t - start < timesteps else 0.0
+    return bias if bias is not None and bias_on(t, start, timesteps) else 0.0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lava_spikedattn.fixed_point import FixedFormat, quantize_weights, round_half_up
+from lava_spikedattn.procs import dynamics
 
 
 def rshift_round(x: np.ndarray, shift: int) -> np.ndarray:
@@ -83,7 +84,7 @@ class FixedPhaseParams:
     normalized: bool
 
     @classmethod
-    def from_proc_params(cls, p) -> "FixedPhaseParams":
+    def from_proc_params(cls, p) -> FixedPhaseParams:
         code, fmt, shape = p["code"], p["fixed_format"], p["shape"]
         bcast = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape))  # noqa: E731
         theta = fmt.thresholds(code, p["scale"], p["current_exp"])  # (T, *scale.shape): broadcasts per k
@@ -157,7 +158,7 @@ class FixedLinearParams:
     bias_clips: int  # bias entries clipped to the state range (counted once, at build)
 
     @classmethod
-    def from_proc_params(cls, p) -> "FixedLinearParams":
+    def from_proc_params(cls, p) -> FixedLinearParams:
         fmt: FixedFormat = p["fixed_format"]
         if p["payload_exp"] is None or p["current_exp"] is None:
             raise ValueError("TokenLinear fixed_pt: build the Process with payload_exp and current_exp")
@@ -206,7 +207,7 @@ class FixedMatMulParams:
     bias_clips: int
 
     @classmethod
-    def from_proc_params(cls, p) -> "FixedMatMulParams":
+    def from_proc_params(cls, p) -> FixedMatMulParams:
         fmt: FixedFormat = p["fixed_format"]
         if fmt is None:
             raise ValueError("TraceMatMul fixed_pt: build the Process with payload_exp_a, payload_exp_b and "
@@ -230,7 +231,7 @@ def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clip
     else:  # no spike this step: every term is 0
         product = np.zeros(p["shape_out"], np.int64)
     y = rshift_round(product * q.factor_mantissa, q.shift)
-    if q.bias is not None and 0 <= t - p["bias_start"] < p["timesteps"]:
+    if q.bias is not None and dynamics.bias_on(t, p["bias_start"], p["timesteps"]):
         y = y + q.bias
     out = np.clip(y, q.lo, q.hi)
     clips[0] += int((out != y).sum())
@@ -254,7 +255,7 @@ class FixedWossParams:
     hi: int
 
     @classmethod
-    def from_proc_params(cls, p) -> "FixedWossParams":
+    def from_proc_params(cls, p) -> FixedWossParams:
         fmt: FixedFormat = p["fixed_format"]
         if fmt is None:
             raise ValueError("WOSS fixed_pt: build the Processes with current_exp (the logits' payload_exp)")

@@ -28,8 +28,8 @@ from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
-from lava_spikedattn.procs.woss_neuron.models import woss_params
 from lava_spikedattn.procs.woss_neuron.process import WossNeuron
+
 
 class Stage(ty.NamedTuple):
     """One computation of a leaf within a step: reads ``inputs`` ports, writes ``outputs``.
@@ -41,7 +41,7 @@ class Stage(ty.NamedTuple):
 
     inputs: tuple
     outputs: tuple
-    run: ty.Callable[[int, "Reader"], dict]
+    run: ty.Callable[[int, Reader], dict]
 
 
 def stages(member, fixed: bool) -> list[Stage]:
@@ -104,20 +104,17 @@ def _inhibitor(member: WossInhibitor, shift: ty.Callable, ramp: ty.Callable, tot
             Stage((member.trace_in,), (member.norm_out,), normaliser)]
 
 
-def _synapse(member, inputs: tuple, output, bias_window: tuple[int, int] | None, compute: ty.Callable,
-             drive: tuple) -> list[Stage]:
+def _synapse(member, p, inputs: tuple, output, compute: ty.Callable, drive: tuple) -> list[Stage]:
     """A synapse (TokenLinear, TraceMatMul): quiet when its ``drive`` ports are quiet (no spike)
     and its bias is off; otherwise ``compute(t, read)``."""
+    has_bias = p["injected_bias"] is not None
+
     def run(t, read):
-        bias_on = bias_window is not None and bias_window[0] <= t < bias_window[1]
+        bias_on = has_bias and dynamics.bias_on(t, p["bias_start"], p["timesteps"])
         if not bias_on and all(read.quiet(port) for port in drive):
             return {output: None}
         return {output: compute(t, read)}
     return [Stage(inputs, (output,), run)]
-
-
-def _bias_window(p) -> tuple[int, int] | None:
-    return None if p["injected_bias"] is None else (p["bias_start"], p["bias_start"] + p["timesteps"])
 
 
 def _delay(member: DelayLine, p) -> list[Stage]:
@@ -127,10 +124,10 @@ def _delay(member: DelayLine, p) -> list[Stage]:
     slots: list[np.ndarray | None] = [None] * p["delay"]
 
     def send(t, read):
-        return {member.a_out: slots[t % len(slots)]}
+        return {member.a_out: slots[dynamics.delay_slot(t, len(slots))]}
 
     def store(t, read):
-        slots[t % len(slots)] = None if read.quiet(member.s_in) else read(member.s_in)
+        slots[dynamics.delay_slot(t, len(slots))] = None if read.quiet(member.s_in) else read(member.s_in)
         return {}
     return [Stage((), (member.a_out,), send), Stage((member.s_in,), (), store)]
 
@@ -165,7 +162,7 @@ def _phase(member: PhaseNeuron, p) -> list[Stage]:
 
 
 def _woss(member: WossNeuron, p) -> list[Stage]:
-    params, shape = woss_params(p), p["shape"]
+    params, shape = dynamics.WossParams.from_proc_params(p), p["shape"]
     v, fired, latched = np.zeros(shape), np.zeros(shape, bool), np.zeros(shape)
 
     def advance(t, read):
@@ -175,7 +172,7 @@ def _woss(member: WossNeuron, p) -> list[Stage]:
 
 
 def _inhibitor_float(member: WossInhibitor, p) -> list[Stage]:
-    params, row_shape = woss_params(p), p["shape"][:-1] + (1,)
+    params, row_shape = dynamics.WossParams.from_proc_params(p), p["shape"][:-1] + (1,)
     open_rows, theta = np.ones(row_shape, bool), np.array([p["theta0"]])
     return _inhibitor(member, lambda t, x: dynamics.woss_shift(open_rows, params, t, x),
                       lambda t: dynamics.woss_threshold(theta, params, t),
@@ -186,15 +183,15 @@ def _matmul(member: TraceMatMul, p) -> list[Stage]:
     def compute(t, read):
         return dynamics.trace_matmul(p, t, read(member.a_in), read(member.a_trace_in), read(member.b_in),
                                      read(member.b_trace_in))
-    return _synapse(member, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
-                    _bias_window(p), compute, (member.a_in, member.b_in))
+    return _synapse(member, p, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
+                    compute, (member.a_in, member.b_in))
 
 
 def _linear(member: TokenLinear, p) -> list[Stage]:
     def compute(t, read):
         bias = dynamics.window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"])
         return dynamics.token_linear(read(member.s_in), p["weight_t"], p["in_index"], p["out_index"], bias)
-    return _synapse(member, (member.s_in,), member.a_out, _bias_window(p), compute, (member.s_in,))
+    return _synapse(member, p, (member.s_in,), member.a_out, compute, (member.s_in,))
 
 
 def _trace(member: TraceHolder, p) -> list[Stage]:
@@ -257,8 +254,8 @@ def _matmul_fixed(member: TraceMatMul, p) -> list[Stage]:
     def compute(t, read):
         return dynamics_fixed.trace_matmul_fixed(p, params, t, read(member.a_in), read(member.a_trace_in),
                                                  read(member.b_in), read(member.b_trace_in), p["clip_record"])
-    return _synapse(member, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
-                    _bias_window(p), compute, (member.a_in, member.b_in))
+    return _synapse(member, p, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
+                    compute, (member.a_in, member.b_in))
 
 
 def _linear_fixed(member: TokenLinear, p) -> list[Stage]:
@@ -266,10 +263,10 @@ def _linear_fixed(member: TokenLinear, p) -> list[Stage]:
     p["clip_record"][0] += params.bias_clips
 
     def compute(t, read):
-        bias_on = 0 <= t - p["bias_start"] < p["timesteps"]
+        bias_on = dynamics.bias_on(t, p["bias_start"], p["timesteps"])
         return dynamics_fixed.token_linear_fixed(read(member.s_in), params, p["in_index"], p["out_index"], bias_on,
                                                  p["clip_record"])
-    return _synapse(member, (member.s_in,), member.a_out, _bias_window(p), compute, (member.s_in,))
+    return _synapse(member, p, (member.s_in,), member.a_out, compute, (member.s_in,))
 
 
 def _trace_fixed(member: TraceHolder, p) -> list[Stage]:

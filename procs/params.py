@@ -66,8 +66,8 @@ def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive
     return arr
 
 
-def woss_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty.Any,
-                ramp_start: ty.Any, key_mask: ty.Any) -> dict[str, ty.Any]:
+def woss_process_params(owner: str, shape: ty.Any, code: ty.Any, start: ty.Any, wait: ty.Any,
+                        ramp_start: ty.Any, key_mask: ty.Any) -> dict[str, ty.Any]:
     """Process parameters shared by a WossNeuron and its WossInhibitor (same arguments, same values)."""
     shape = shape_tuple(owner, "shape", shape)
     code = phase_code(owner, code)

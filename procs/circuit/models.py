@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import typing as ty
+
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.model.sub.model import AbstractSubProcessModel
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
+from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
 
 
 @implements(proc=Circuit, protocol=LoihiProtocol)
@@ -32,9 +32,11 @@ class SubCircuitModel(AbstractSubProcessModel):
         p["output"].connect(proc.out_ports.s_out)
 
 
-class _FusedBase(PyLoihiProcessModel):
-    """Every member stepped in this one process by ``fused.Stepper``, in dependency order."""
+class AbstractCircuitModelFused(TypedProcessModel):
+    """Every member stepped in this one process by ``fused.Stepper``, in dependency order; the
+    models differ in the members' arithmetic (``dynamics`` or ``dynamics_fixed``)."""
 
+    ports: ty.ClassVar = {"s_in": IN, "trace_in": IN, "s_out": OUT}
     fixed = False
 
     def __init__(self, proc_params) -> None:
@@ -55,21 +57,14 @@ class _FusedBase(PyLoihiProcessModel):
 @implements(proc=Circuit, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyCircuitModelFused(_FusedBase):
+class PyCircuitModelFused(AbstractCircuitModelFused, precision=FLOAT):
     """Fused, floating point: the members' ``dynamics`` updates."""
-
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
 
 
 @implements(proc=Circuit, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyCircuitModelFusedFixed(_FusedBase):
+class PyCircuitModelFusedFixed(AbstractCircuitModelFused, precision=FIXED):
     """Fused, fixed point: the members' ``dynamics_fixed`` updates (24-bit payloads at the ports)."""
 
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     fixed = True

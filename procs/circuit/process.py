@@ -36,9 +36,9 @@ class Circuit(AbstractProcess):
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
 
-    def __init__(self, *, members: ty.Sequence[AbstractProcess], shape_in: ty.Tuple[int, ...],
-                 shape_out: ty.Tuple[int, ...], feeds: ty.Sequence[InPort], trace_feeds: ty.Sequence[InPort],
-                 output: OutPort, name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
+    def __init__(self, *, members: ty.Sequence[AbstractProcess], shape_in: tuple[int, ...],
+                 shape_out: tuple[int, ...], feeds: ty.Sequence[InPort], trace_feeds: ty.Sequence[InPort],
+                 output: OutPort, name: str | None = None, log_config: LogConfig | None = None) -> None:
         owner = "Circuit"
         shape_in = params.shape_tuple(owner, "shape_in", shape_in)
         shape_out = params.shape_tuple(owner, "shape_out", shape_out)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typing as ty
-
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
@@ -20,8 +18,8 @@ class DelayLine(AbstractProcess):
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
 
-    def __init__(self, *, shape: ty.Tuple[int, ...], delay: int, name: ty.Optional[str] = None,
-                 log_config: ty.Optional[LogConfig] = None) -> None:
+    def __init__(self, *, shape: tuple[int, ...], delay: int, name: str | None = None,
+                 log_config: LogConfig | None = None) -> None:
         shape = params.shape_tuple("DelayLine", "shape", shape)
         delay = params.non_negative_int("DelayLine", "delay", delay)
         if delay < 1:

@@ -1,34 +1,29 @@
 """ProcessModels of PhaseNeuron (numpy only)."""
 
+import typing as ty
+
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
+from lava_spikedattn.procs.model_types import FIXED, FLAG, FLOAT, IN, OUT, SIGN, STEP, VALUE, TypedProcessModel
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
+
+
+class AbstractPhaseNeuronModel(TypedProcessModel):
+    """Ports and Vars of PhaseNeuron; the models differ in arithmetic only."""
+
+    ports: ty.ClassVar = {"a_in": IN, "trace_in": IN, "div_in": IN, "s_out": OUT, "trace_out": OUT, "v_out": OUT}
+    variables: ty.ClassVar = {"v": VALUE, "fired": FLAG, "fire_step": STEP, "sign": SIGN, "latched": VALUE}
 
 
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyPhaseNeuronModelFloat(PyLoihiProcessModel):
+class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel, precision=FLOAT):
     """float64 phase neurons: ``dynamics.phase_step`` (mirrors ``reference.stepped.PhaseNeuronSim``)."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    div_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    trace_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    v_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    v: np.ndarray = LavaPyType(np.ndarray, float)
-    fired: np.ndarray = LavaPyType(np.ndarray, bool)
-    fire_step: np.ndarray = LavaPyType(np.ndarray, int)
-    sign: np.ndarray = LavaPyType(np.ndarray, float)
-    latched: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -50,22 +45,10 @@ class PyPhaseNeuronModelFloat(PyLoihiProcessModel):
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyPhaseNeuronModelFixed(PyLoihiProcessModel):
+class PyPhaseNeuronModelFixed(AbstractPhaseNeuronModel, precision=FIXED):
     """Integer phase neurons: ``dynamics_fixed.phase_step_fixed`` (mirrors
     ``reference.fixed.FixedPhaseNeuronSim``): 24-bit state, decaying integer thresholds, payload
     spikes, thresholds scaled by the integer spike sum for normalised neurons (no divider)."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    div_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    trace_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    v_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    fired: np.ndarray = LavaPyType(np.ndarray, bool)
-    fire_step: np.ndarray = LavaPyType(np.ndarray, int)
-    sign: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=2)
-    latched: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)

@@ -10,8 +10,8 @@ from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.procs import params
 from lava_spikedattn.fixed_point import FixedFormat
+from lava_spikedattn.procs import params
 
 
 class PhaseNeuron(AbstractProcess):
@@ -70,20 +70,20 @@ class PhaseNeuron(AbstractProcess):
     def __init__(
         self,
         *,
-        shape: ty.Tuple[int, ...],
+        shape: tuple[int, ...],
         scale: ty.Any,
         code: PhaseCode,
         signed: bool = True,
         start: int = 0,
-        wait: ty.Optional[int] = None,
-        divisor_shape: ty.Optional[ty.Tuple[int, ...]] = None,
+        wait: int | None = None,
+        divisor_shape: tuple[int, ...] | None = None,
         bit_serial_input: bool = False,
         divide_free: bool = False,
-        fixed_format: ty.Optional[FixedFormat] = None,
-        current_exp: ty.Optional[int] = None,
-        payload_exp: ty.Optional[int] = None,
-        name: ty.Optional[str] = None,
-        log_config: ty.Optional[LogConfig] = None,
+        fixed_format: FixedFormat | None = None,
+        current_exp: int | None = None,
+        payload_exp: int | None = None,
+        name: str | None = None,
+        log_config: LogConfig | None = None,
     ) -> None:
         owner = "PhaseNeuron"
         shape = params.shape_tuple(owner, "shape", shape)
@@ -119,7 +119,8 @@ class PhaseNeuron(AbstractProcess):
         super().__init__(
             shape=shape, scale=scale, gain=gain, timesteps=code.timesteps, start=start, wait=wait,
             thresholds=np.array(thresholds), saturation=code.saturation_membrane(wait, bit_serial_input),
-            signed=bool(signed), divisor_shape=divisor_shape, bit_serial_input=bool(bit_serial_input), fire_record=params.shared_array(shape, np.int64, -1),
+            signed=bool(signed), divisor_shape=divisor_shape, bit_serial_input=bool(bit_serial_input),
+            fire_record=params.shared_array(shape, np.int64, -1),
             saturation_record=params.shared_array(shape, np.bool_, False), divide_free=bool(divide_free),
             code=code, fixed_format=fixed_format, current_exp=current_exp, payload_exp=payload_exp,
             clip_record=clip_record, name=name, log_config=log_config,
@@ -160,12 +161,12 @@ class PhaseNeuron(AbstractProcess):
         return np.array(self.proc_params["fire_record"], copy=True)
 
     @property
-    def current_exp(self) -> ty.Optional[int]:
+    def current_exp(self) -> int | None:
         """fixed_pt: a_in carries integer currents in units of 2^current_exp (None: not configured)."""
         return self.proc_params["current_exp"]
 
     @property
-    def payload_exp(self) -> ty.Optional[int]:
+    def payload_exp(self) -> int | None:
         """fixed_pt: s_out carries sign·round(scale/2^payload_exp) (None: not configured)."""
         return self.proc_params["payload_exp"]
 

@@ -45,10 +45,10 @@ class SpikeSink(AbstractProcess):
     def __init__(
         self,
         *,
-        shape: ty.Tuple[int, ...],
+        shape: tuple[int, ...],
         num_steps: int,
-        name: ty.Optional[str] = None,
-        log_config: ty.Optional[LogConfig] = None,
+        name: str | None = None,
+        log_config: LogConfig | None = None,
     ) -> None:
         shape = _validated_shape(shape)
         if isinstance(num_steps, bool) or not isinstance(
@@ -62,7 +62,7 @@ class SpikeSink(AbstractProcess):
         self.a_in = InPort(shape=shape)
 
     @property
-    def shape(self) -> ty.Tuple[int, ...]:
+    def shape(self) -> tuple[int, ...]:
         """Shape of the tensor recorded per step."""
         return tuple(self.proc_params["shape"])
 
@@ -80,7 +80,7 @@ class SpikeSink(AbstractProcess):
                         copy=True)
 
 
-def _validated_shape(shape: ty.Any) -> ty.Tuple[int, ...]:
+def _validated_shape(shape: ty.Any) -> tuple[int, ...]:
     """Return ``shape`` as a tuple of positive ints or raise ValueError."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)

@@ -40,8 +40,8 @@ class SpikeSource(AbstractProcess):
         self,
         *,
         data: np.ndarray,
-        name: ty.Optional[str] = None,
-        log_config: ty.Optional[LogConfig] = None,
+        name: str | None = None,
+        log_config: LogConfig | None = None,
     ) -> None:
         data = _validated_data(data)
         super().__init__(data=data, name=name, log_config=log_config)
@@ -53,7 +53,7 @@ class SpikeSource(AbstractProcess):
         return int(self.proc_params["data"].shape[0])
 
     @property
-    def shape(self) -> ty.Tuple[int, ...]:
+    def shape(self) -> tuple[int, ...]:
         """Shape of the tensor sent each step."""
         return tuple(self.s_out.shape)
 

@@ -1,25 +1,27 @@
 """ProcessModels of TokenLinear (numpy only)."""
 
-import numpy as np
+import typing as ty
+
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
+from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
 from lava_spikedattn.procs.token_linear.process import TokenLinear
+
+
+class AbstractTokenLinearModel(TypedProcessModel):
+    """Ports of TokenLinear; the models differ in arithmetic only."""
+
+    ports: ty.ClassVar = {"s_in": IN, "a_out": OUT}
 
 
 @implements(proc=TokenLinear, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyTokenLinearModelFloat(PyLoihiProcessModel):
+class PyTokenLinearModelFloat(AbstractTokenLinearModel, precision=FLOAT):
     """One matmul over the whole tensor per step (graded spikes)."""
-
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
 
     def run_spk(self) -> None:
         p = self.proc_params
@@ -32,11 +34,8 @@ class PyTokenLinearModelFloat(PyLoihiProcessModel):
 @implements(proc=TokenLinear, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyTokenLinearModelFixed(PyLoihiProcessModel):
+class PyTokenLinearModelFixed(AbstractTokenLinearModel, precision=FIXED):
     """``dynamics_fixed.token_linear_fixed``: 8-bit weight mantissas, integer payloads in, 24-bit currents out."""
-
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -45,7 +44,7 @@ class PyTokenLinearModelFixed(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         p = self.proc_params
-        bias_on = 0 <= self.time_step - 1 - p["bias_start"] < p["timesteps"]
+        bias_on = dynamics.bias_on(self.time_step - 1, p["bias_start"], p["timesteps"])
         out = dynamics_fixed.token_linear_fixed(self.s_in.recv(), self.params, p["in_index"], p["out_index"],
                                                 bias_on, p["clip_record"])
         self.a_out.send(out)

@@ -9,8 +9,8 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.procs import params
 from lava_spikedattn.fixed_point import FixedFormat
+from lava_spikedattn.procs import params
 
 
 class TokenLinear(AbstractProcess):
@@ -45,19 +45,19 @@ class TokenLinear(AbstractProcess):
     def __init__(
         self,
         *,
-        shape_in: ty.Tuple[int, ...],
+        shape_in: tuple[int, ...],
         weight: ty.Any,
         bias: ty.Any = None,
-        code: ty.Optional[PhaseCode] = None,
+        code: PhaseCode | None = None,
         bias_start: int = 0,
-        bias_divisor: ty.Optional[float] = None,
+        bias_divisor: float | None = None,
         in_index: ty.Any = None,
         out_index: ty.Any = None,
-        payload_exp: ty.Optional[int] = None,
-        current_exp: ty.Optional[int] = None,
-        fixed_format: ty.Optional[FixedFormat] = None,
-        name: ty.Optional[str] = None,
-        log_config: ty.Optional[LogConfig] = None,
+        payload_exp: int | None = None,
+        current_exp: int | None = None,
+        fixed_format: FixedFormat | None = None,
+        name: str | None = None,
+        log_config: LogConfig | None = None,
     ) -> None:
         owner = "TokenLinear"
         shape_in = params.shape_tuple(owner, "shape_in", shape_in)

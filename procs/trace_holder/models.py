@@ -1,25 +1,28 @@
 """ProcessModels of TraceHolder (numpy only)."""
 
-import numpy as np
+import typing as ty
+
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
+from lava_spikedattn.procs.model_types import FIXED, FLOAT, OUT, VALUE, TypedProcessModel
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
+
+
+class AbstractTraceHolderModel(TypedProcessModel):
+    """Port and Var of TraceHolder; the models differ in arithmetic only."""
+
+    ports: ty.ClassVar = {"s_out": OUT}
+    variables: ty.ClassVar = {"value": VALUE}
 
 
 @implements(proc=TraceHolder, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyTraceHolderModelFloat(PyLoihiProcessModel):
+class PyTraceHolderModelFloat(AbstractTraceHolderModel, precision=FLOAT):
     """``dynamics.global_trace``: decays by 1/B per step, back to trace_start every T steps."""
-
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    value: np.ndarray = LavaPyType(np.ndarray, float)
 
     def run_spk(self) -> None:
         p = self.proc_params
@@ -31,11 +34,8 @@ class PyTraceHolderModelFloat(PyLoihiProcessModel):
 @implements(proc=TraceHolder, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyTraceHolderModelFixed(PyLoihiProcessModel):
+class PyTraceHolderModelFixed(AbstractTraceHolderModel, precision=FIXED):
     """``dynamics_fixed.trace_value``: the integer table round(2^F·trace_start·B^-k), k = (t − phase) mod T."""
-
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    value: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def run_spk(self) -> None:
         p = self.proc_params

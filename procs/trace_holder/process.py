@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import typing as ty
-
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.procs import params
 from lava_spikedattn.fixed_point import FixedFormat
+from lava_spikedattn.procs import params
 
 
 class TraceHolder(AbstractProcess):
@@ -30,8 +28,8 @@ class TraceHolder(AbstractProcess):
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
 
-    def __init__(self, *, code: PhaseCode, phase: int = 0, fixed_format: ty.Optional[FixedFormat] = None,
-                 name: ty.Optional[str] = None, log_config: ty.Optional[LogConfig] = None) -> None:
+    def __init__(self, *, code: PhaseCode, phase: int = 0, fixed_format: FixedFormat | None = None,
+                 name: str | None = None, log_config: LogConfig | None = None) -> None:
         code = params.phase_code("TraceHolder", code)
         phase = params.non_negative_int("TraceHolder", "phase", phase)
         fixed_format = FixedFormat() if fixed_format is None else fixed_format

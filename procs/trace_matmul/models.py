@@ -1,28 +1,27 @@
 """ProcessModels of TraceMatMul (numpy only)."""
 
-import numpy as np
+import typing as ty
+
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
+from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
+
+
+class AbstractTraceMatMulModel(TypedProcessModel):
+    """Ports of TraceMatMul; the models differ in arithmetic only."""
+
+    ports: ty.ClassVar = {"a_in": IN, "a_trace_in": IN, "b_in": IN, "b_trace_in": IN, "a_out": OUT}
 
 
 @implements(proc=TraceMatMul, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyTraceMatMulModelFloat(PyLoihiProcessModel):
+class PyTraceMatMulModelFloat(AbstractTraceMatMulModel, precision=FLOAT):
     """The three-term rule (``dynamics.trace_product``) on whole tensors."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    b_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    b_trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
 
     def run_spk(self) -> None:
         out = dynamics.trace_matmul(self.proc_params, self.time_step - 1, self.a_in.recv(), self.a_trace_in.recv(),
@@ -33,14 +32,8 @@ class PyTraceMatMulModelFloat(PyLoihiProcessModel):
 @implements(proc=TraceMatMul, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyTraceMatMulModelFixed(PyLoihiProcessModel):
+class PyTraceMatMulModelFixed(AbstractTraceMatMulModel, precision=FIXED):
     """``dynamics_fixed.trace_matmul_fixed``: integer payloads and traces in, 24-bit currents out."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    a_trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    b_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    b_trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)

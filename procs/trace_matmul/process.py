@@ -9,8 +9,8 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 
 from lava_spikedattn.coding import PhaseCode
-from lava_spikedattn.procs import params
 from lava_spikedattn.fixed_point import FixedFormat
+from lava_spikedattn.procs import params
 
 
 class TraceMatMul(AbstractProcess):
@@ -49,20 +49,20 @@ class TraceMatMul(AbstractProcess):
     def __init__(
         self,
         *,
-        shape_a: ty.Tuple[int, ...],
-        shape_b: ty.Tuple[int, ...],
+        shape_a: tuple[int, ...],
+        shape_b: tuple[int, ...],
         code: PhaseCode,
         transpose_b: bool,
         factor: float = 1.0,
         bias: ty.Any = None,
         bias_start: int = 0,
         key_mask: ty.Any = None,
-        payload_exp_a: ty.Optional[int] = None,
-        payload_exp_b: ty.Optional[int] = None,
-        current_exp: ty.Optional[int] = None,
-        fixed_format: ty.Optional[FixedFormat] = None,
-        name: ty.Optional[str] = None,
-        log_config: ty.Optional[LogConfig] = None,
+        payload_exp_a: int | None = None,
+        payload_exp_b: int | None = None,
+        current_exp: int | None = None,
+        fixed_format: FixedFormat | None = None,
+        name: str | None = None,
+        log_config: LogConfig | None = None,
     ) -> None:
         owner = "TraceMatMul"
         shape_a = params.shape_tuple(owner, "shape_a", shape_a)

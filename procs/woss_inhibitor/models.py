@@ -1,36 +1,33 @@
 """ProcessModels of WossInhibitor (numpy only)."""
 
+import typing as ty
+
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
+from lava_spikedattn.procs.model_types import FIXED, FLAG, FLOAT, IN, OUT, VALUE, TypedProcessModel
 from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
-from lava_spikedattn.procs.woss_neuron.models import woss_params
+
+
+class AbstractWossInhibitorModel(TypedProcessModel):
+    """Ports and Vars of WossInhibitor; the models differ in arithmetic only."""
+
+    ports: ty.ClassVar = {"a_in": IN, "trace_in": IN, "shift_out": OUT, "theta_out": OUT, "norm_out": OUT}
+    variables: ty.ClassVar = {"open": FLAG, "theta": VALUE, "spike_sum": VALUE}
 
 
 @implements(proc=WossInhibitor, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyWossInhibitorModelFloat(PyLoihiProcessModel):
+class PyWossInhibitorModelFloat(AbstractWossInhibitorModel, precision=FLOAT):
     """Row shift, threshold ramp and spike sum of ``reference.stepped.WOSSSim``."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    shift_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    theta_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    norm_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    open: np.ndarray = LavaPyType(np.ndarray, bool)
-    theta: np.ndarray = LavaPyType(np.ndarray, float)
-    spike_sum: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        self.params = woss_params(proc_params)
+        self.params = dynamics.WossParams.from_proc_params(proc_params)
 
     def run_spk(self) -> None:
         t = self.time_step - 1
@@ -43,17 +40,8 @@ class PyWossInhibitorModelFloat(PyLoihiProcessModel):
 @implements(proc=WossInhibitor, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyWossInhibitorModelFixed(PyLoihiProcessModel):
+class PyWossInhibitorModelFixed(AbstractWossInhibitorModel, precision=FIXED):
     """Integer row shift, ramp and spike sum of ``reference.fixed.FixedWossSim``."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    trace_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    shift_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    theta_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    norm_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    open: np.ndarray = LavaPyType(np.ndarray, bool)
-    theta: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    spike_sum: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)

@@ -39,12 +39,12 @@ class WossInhibitor(AbstractProcess):
 
     _runtime = None  # Lava 0.10.0: __del__ reads it even if __init__ raised early
 
-    def __init__(self, *, shape: ty.Tuple[int, ...], code: PhaseCode, start: int = 0,
-                 wait: ty.Optional[int] = None, ramp_start: ty.Optional[float] = None,
-                 key_mask: ty.Any = None, current_exp: ty.Optional[int] = None,
-                 fixed_format: ty.Any = None, name: ty.Optional[str] = None,
-                 log_config: ty.Optional[LogConfig] = None) -> None:
-        p = params.woss_params("WossInhibitor", shape, code, start, wait, ramp_start, key_mask)
+    def __init__(self, *, shape: tuple[int, ...], code: PhaseCode, start: int = 0,
+                 wait: int | None = None, ramp_start: float | None = None,
+                 key_mask: ty.Any = None, current_exp: int | None = None,
+                 fixed_format: ty.Any = None, name: str | None = None,
+                 log_config: LogConfig | None = None) -> None:
+        p = params.woss_process_params("WossInhibitor", shape, code, start, wait, ramp_start, key_mask)
         p.update(params.woss_fixed("WossInhibitor", code, current_exp, fixed_format))
         super().__init__(**p, name=name, log_config=log_config)
         shape, row_shape = p["shape"], p["shape"][:-1] + (1,)
