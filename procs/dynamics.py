@@ -8,6 +8,7 @@ arrays are updated in place (they are the models' Vars). numpy only: no torch in
 
 from __future__ import annotations
 
+import typing as ty
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,19 +223,21 @@ def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | Non
 
 def delay_slot(t: int, delay: int) -> int:
     """DelayLine: the ring-buffer slot of step ``t``. It holds the input of step t − delay, is
-    sent at step t, then overwritten with the input of step t (every DelayLine model and the
-    fused stepper use it)."""
+    sent at step t, then overwritten with the input of step t."""
     return t % delay
 
 
-def delay_output(buffer: np.ndarray, t: int) -> np.ndarray:
-    """DelayLine: what left the line at step ``t`` (its input of step t − delay)."""
-    return buffer[delay_slot(t, buffer.shape[0])].copy()
+def delay_output(buffer: np.ndarray | list, t: int) -> ty.Any:
+    """DelayLine: what left the line at step ``t`` (its input of step t − delay), not a copy:
+    send it before :func:`delay_input` overwrites the slot (Lava's send copies). ``buffer`` is the
+    ring: a (delay, *shape) array (the DelayLine models' Var) or a list of arrays, None for zeros
+    (the fused stepper)."""
+    return buffer[delay_slot(t, len(buffer))]
 
 
-def delay_input(buffer: np.ndarray, t: int, x: np.ndarray) -> None:
+def delay_input(buffer: np.ndarray | list, t: int, x: ty.Any) -> None:
     """DelayLine: store this step's input in the slot just sent."""
-    buffer[delay_slot(t, buffer.shape[0])] = x
+    buffer[delay_slot(t, len(buffer))] = x
 
 
 def bias_on(t: int, start: int, timesteps: int) -> bool:

@@ -124,10 +124,10 @@ def _delay(member: DelayLine, p) -> list[Stage]:
     slots: list[np.ndarray | None] = [None] * p["delay"]
 
     def send(t, read):
-        return {member.a_out: slots[dynamics.delay_slot(t, len(slots))]}
+        return {member.a_out: dynamics.delay_output(slots, t)}
 
     def store(t, read):
-        slots[dynamics.delay_slot(t, len(slots))] = None if read.quiet(member.s_in) else read(member.s_in)
+        dynamics.delay_input(slots, t, None if read.quiet(member.s_in) else read(member.s_in))
         return {}
     return [Stage((), (member.a_out,), send), Stage((member.s_in,), (), store)]
 

@@ -37,14 +37,13 @@ class AbstractCircuitModelFused(TypedProcessModel):
     models differ in the members' arithmetic (``dynamics`` or ``dynamics_fixed``)."""
 
     ports: ty.ClassVar = {"s_in": IN, "trace_in": IN, "s_out": OUT}
-    fixed = False
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         members = proc_params["members"]
         sources = fused.member_sources(members, {"s_in": proc_params["feeds"],
                                                  "trace_in": proc_params["trace_feeds"]})
-        self.stepper = fused.Stepper(members, sources, self.fixed)
+        self.stepper = fused.Stepper(members, sources, fixed=self.precision == FIXED)
         self.output = id(proc_params["output"])
 
     def run_spk(self) -> None:
@@ -66,5 +65,3 @@ class PyCircuitModelFused(AbstractCircuitModelFused, precision=FLOAT):
 @tag("fixed_pt")
 class PyCircuitModelFusedFixed(AbstractCircuitModelFused, precision=FIXED):
     """Fused, fixed point: the members' ``dynamics_fixed`` updates (24-bit payloads at the ports)."""
-
-    fixed = True

@@ -13,10 +13,21 @@ from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 
 
 class AbstractPhaseNeuronModel(TypedProcessModel):
-    """Ports and Vars of PhaseNeuron; the models differ in arithmetic only."""
+    """Ports, Vars and step of PhaseNeuron; the models differ in the arithmetic of ``_step``."""
 
     ports: ty.ClassVar = {"a_in": IN, "trace_in": IN, "div_in": IN, "s_out": OUT, "trace_out": OUT, "v_out": OUT}
     variables: ty.ClassVar = {"v": VALUE, "fired": FLAG, "fire_step": STEP, "sign": SIGN, "latched": VALUE}
+
+    def _step(self, t: int, x: np.ndarray, trace: np.generic, divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance the Vars to step ``t`` (0-based); returns (spikes, decoded trace)."""
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        spikes, decoded = self._step(self.time_step - 1, self.a_in.recv(), self.trace_in.recv()[0], self.div_in.recv())
+        self.proc_params["fire_record"][...] = self.fire_step
+        self.s_out.send(spikes)
+        self.trace_out.send(decoded)
+        self.v_out.send(self.v.copy())
 
 
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
@@ -31,15 +42,11 @@ class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel, precision=FLOAT):
         # divide_free: the row divisor latched at the fire-window start (a model attribute, not a Var)
         self._divisor = np.zeros(proc_params["shape"]) if self.params.divide_free else None
 
-    def run_spk(self) -> None:
-        x, trace, divisor = self.a_in.recv(), self.trace_in.recv()[0], self.div_in.recv()
+    def _step(self, t: int, x: np.ndarray, trace: np.generic, divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step,
                                     self.proc_params["saturation_record"], self._divisor)
-        spikes = dynamics.phase_step(state, self.params, self.time_step - 1, x, trace, divisor)
-        self.proc_params["fire_record"][...] = self.fire_step
-        self.s_out.send(spikes)
-        self.trace_out.send(state.decoded(self.params.scale))
-        self.v_out.send(self.v.copy())
+        spikes = dynamics.phase_step(state, self.params, t, x, trace, divisor)
+        return spikes, state.decoded(self.params.scale)
 
 
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
@@ -57,13 +64,9 @@ class PyPhaseNeuronModelFixed(AbstractPhaseNeuronModel, precision=FIXED):
         self.params = dynamics_fixed.FixedPhaseParams.from_proc_params(proc_params)
         self._divisor = np.zeros(proc_params["shape"], np.int64)
 
-    def run_spk(self) -> None:
-        x, trace, divisor = self.a_in.recv(), int(self.trace_in.recv()[0]), self.div_in.recv()
+    def _step(self, t: int, x: np.ndarray, trace: np.generic, divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         state = dynamics_fixed.FixedPhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step,
                                                self.proc_params["saturation_record"],
                                                self.proc_params["clip_record"], self._divisor)
-        spikes = dynamics_fixed.phase_step_fixed(state, self.params, self.time_step - 1, x, trace, divisor)
-        self.proc_params["fire_record"][...] = self.fire_step
-        self.s_out.send(spikes)
-        self.trace_out.send(dynamics_fixed.decoded_fixed(state, self.params))
-        self.v_out.send(self.v.copy())
+        spikes = dynamics_fixed.phase_step_fixed(state, self.params, t, x, int(trace), divisor)
+        return spikes, dynamics_fixed.decoded_fixed(state, self.params)

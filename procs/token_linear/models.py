@@ -2,6 +2,7 @@
 
 import typing as ty
 
+import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
@@ -12,9 +13,16 @@ from lava_spikedattn.procs.token_linear.process import TokenLinear
 
 
 class AbstractTokenLinearModel(TypedProcessModel):
-    """Ports of TokenLinear; the models differ in arithmetic only."""
+    """Ports and step of TokenLinear; the models differ in the arithmetic of ``_step``."""
 
     ports: ty.ClassVar = {"s_in": IN, "a_out": OUT}
+
+    def _step(self, t: int, x: np.ndarray) -> np.ndarray:
+        """The output currents of step ``t`` (0-based) for the input spikes ``x``."""
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        self.a_out.send(self._step(self.time_step - 1, self.s_in.recv()))
 
 
 @implements(proc=TokenLinear, protocol=LoihiProtocol)
@@ -23,12 +31,10 @@ class AbstractTokenLinearModel(TypedProcessModel):
 class PyTokenLinearModelFloat(AbstractTokenLinearModel, precision=FLOAT):
     """One matmul over the whole tensor per step (graded spikes)."""
 
-    def run_spk(self) -> None:
+    def _step(self, t: int, x: np.ndarray) -> np.ndarray:
         p = self.proc_params
-        out = dynamics.token_linear(self.s_in.recv(), p["weight_t"], p["in_index"], p["out_index"],
-                                    dynamics.window_bias(p["injected_bias"], self.time_step - 1,
-                                                         p["bias_start"], p["timesteps"]))
-        self.a_out.send(out)
+        bias = dynamics.window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"])
+        return dynamics.token_linear(x, p["weight_t"], p["in_index"], p["out_index"], bias)
 
 
 @implements(proc=TokenLinear, protocol=LoihiProtocol)
@@ -42,9 +48,8 @@ class PyTokenLinearModelFixed(AbstractTokenLinearModel, precision=FIXED):
         self.params = dynamics_fixed.FixedLinearParams.from_proc_params(proc_params)
         proc_params["clip_record"][0] += self.params.bias_clips
 
-    def run_spk(self) -> None:
+    def _step(self, t: int, x: np.ndarray) -> np.ndarray:
         p = self.proc_params
-        bias_on = dynamics.bias_on(self.time_step - 1, p["bias_start"], p["timesteps"])
-        out = dynamics_fixed.token_linear_fixed(self.s_in.recv(), self.params, p["in_index"], p["out_index"],
-                                                bias_on, p["clip_record"])
-        self.a_out.send(out)
+        return dynamics_fixed.token_linear_fixed(x, self.params, p["in_index"], p["out_index"],
+                                                 dynamics.bias_on(t, p["bias_start"], p["timesteps"]),
+                                                 p["clip_record"])

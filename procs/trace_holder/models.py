@@ -12,10 +12,18 @@ from lava_spikedattn.procs.trace_holder.process import TraceHolder
 
 
 class AbstractTraceHolderModel(TypedProcessModel):
-    """Port and Var of TraceHolder; the models differ in arithmetic only."""
+    """Port, Var and step of TraceHolder; the models differ in the arithmetic of ``_trace``."""
 
     ports: ty.ClassVar = {"s_out": OUT}
     variables: ty.ClassVar = {"value": VALUE}
+
+    def _trace(self, t: int) -> float | int:
+        """The global trace at step ``t`` (0-based)."""
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        self.value[:] = self._trace(self.time_step - 1)
+        self.s_out.send(self.value.copy())
 
 
 @implements(proc=TraceHolder, protocol=LoihiProtocol)
@@ -24,11 +32,9 @@ class AbstractTraceHolderModel(TypedProcessModel):
 class PyTraceHolderModelFloat(AbstractTraceHolderModel, precision=FLOAT):
     """``dynamics.global_trace``: decays by 1/B per step, back to trace_start every T steps."""
 
-    def run_spk(self) -> None:
+    def _trace(self, t: int) -> float:
         p = self.proc_params
-        self.value[:] = dynamics.global_trace(self.time_step - 1, p["phase"], p["timesteps"], p["base"],
-                                              p["trace_start"])
-        self.s_out.send(self.value.copy())
+        return dynamics.global_trace(t, p["phase"], p["timesteps"], p["base"], p["trace_start"])
 
 
 @implements(proc=TraceHolder, protocol=LoihiProtocol)
@@ -37,7 +43,5 @@ class PyTraceHolderModelFloat(AbstractTraceHolderModel, precision=FLOAT):
 class PyTraceHolderModelFixed(AbstractTraceHolderModel, precision=FIXED):
     """``dynamics_fixed.trace_value``: the integer table round(2^F·trace_start·B^-k), k = (t − phase) mod T."""
 
-    def run_spk(self) -> None:
-        p = self.proc_params
-        self.value[:] = dynamics_fixed.trace_value(p["trace_table"], self.time_step - 1, p["phase"])
-        self.s_out.send(self.value.copy())
+    def _trace(self, t: int) -> int:
+        return dynamics_fixed.trace_value(self.proc_params["trace_table"], t, self.proc_params["phase"])

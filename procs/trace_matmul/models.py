@@ -2,6 +2,7 @@
 
 import typing as ty
 
+import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
@@ -12,9 +13,17 @@ from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
 
 
 class AbstractTraceMatMulModel(TypedProcessModel):
-    """Ports of TraceMatMul; the models differ in arithmetic only."""
+    """Ports and step of TraceMatMul; the models differ in the arithmetic of ``_step``."""
 
     ports: ty.ClassVar = {"a_in": IN, "a_trace_in": IN, "b_in": IN, "b_trace_in": IN, "a_out": OUT}
+
+    def _step(self, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
+        """The output currents of step ``t`` (0-based) for the spikes and traces of A and B."""
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        self.a_out.send(self._step(self.time_step - 1, self.a_in.recv(), self.a_trace_in.recv(), self.b_in.recv(),
+                                   self.b_trace_in.recv()))
 
 
 @implements(proc=TraceMatMul, protocol=LoihiProtocol)
@@ -23,10 +32,8 @@ class AbstractTraceMatMulModel(TypedProcessModel):
 class PyTraceMatMulModelFloat(AbstractTraceMatMulModel, precision=FLOAT):
     """The three-term rule (``dynamics.trace_product``) on whole tensors."""
 
-    def run_spk(self) -> None:
-        out = dynamics.trace_matmul(self.proc_params, self.time_step - 1, self.a_in.recv(), self.a_trace_in.recv(),
-                                    self.b_in.recv(), self.b_trace_in.recv())
-        self.a_out.send(out)
+    def _step(self, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
+        return dynamics.trace_matmul(self.proc_params, t, a, a_hat, b, b_hat)
 
 
 @implements(proc=TraceMatMul, protocol=LoihiProtocol)
@@ -40,9 +47,6 @@ class PyTraceMatMulModelFixed(AbstractTraceMatMulModel, precision=FIXED):
         self.params = dynamics_fixed.FixedMatMulParams.from_proc_params(proc_params)
         proc_params["clip_record"][0] += self.params.bias_clips
 
-    def run_spk(self) -> None:
+    def _step(self, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
         p = self.proc_params
-        out = dynamics_fixed.trace_matmul_fixed(p, self.params, self.time_step - 1, self.a_in.recv(),
-                                                self.a_trace_in.recv(), self.b_in.recv(), self.b_trace_in.recv(),
-                                                p["clip_record"])
-        self.a_out.send(out)
+        return dynamics_fixed.trace_matmul_fixed(p, self.params, t, a, a_hat, b, b_hat, p["clip_record"])

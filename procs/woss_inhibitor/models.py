@@ -13,10 +13,30 @@ from lava_spikedattn.procs.woss_inhibitor.process import WossInhibitor
 
 
 class AbstractWossInhibitorModel(TypedProcessModel):
-    """Ports and Vars of WossInhibitor; the models differ in arithmetic only."""
+    """Ports, Vars and step of WossInhibitor; the models differ in the arithmetic of ``_shift``,
+    ``_threshold`` and ``_spike_sum``."""
 
     ports: ty.ClassVar = {"a_in": IN, "trace_in": IN, "shift_out": OUT, "theta_out": OUT, "norm_out": OUT}
     variables: ty.ClassVar = {"open": FLAG, "theta": VALUE, "spike_sum": VALUE}
+
+    def _shift(self, t: int, x: np.ndarray) -> np.ndarray:
+        """The row shift of step ``t`` (closes the rows that spiked)."""
+        raise NotImplementedError
+
+    def _threshold(self, t: int) -> float | int:
+        """The ramp threshold of step ``t`` (updates ``theta``)."""
+        raise NotImplementedError
+
+    def _spike_sum(self, trace: np.ndarray) -> np.ndarray:
+        """The row sums of the WOSS trace (the normaliser S)."""
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        t = self.time_step - 1
+        self.shift_out.send(self._shift(t, self.a_in.recv()))
+        self.theta_out.send(np.array([self._threshold(t)]))
+        self.spike_sum[:] = self._spike_sum(self.trace_in.recv())
+        self.norm_out.send(self.spike_sum.copy())
 
 
 @implements(proc=WossInhibitor, protocol=LoihiProtocol)
@@ -29,12 +49,14 @@ class PyWossInhibitorModelFloat(AbstractWossInhibitorModel, precision=FLOAT):
         super().__init__(proc_params)
         self.params = dynamics.WossParams.from_proc_params(proc_params)
 
-    def run_spk(self) -> None:
-        t = self.time_step - 1
-        self.shift_out.send(dynamics.woss_shift(self.open, self.params, t, self.a_in.recv()))
-        self.theta_out.send(np.array([dynamics.woss_threshold(self.theta, self.params, t)]))
-        self.spike_sum[:] = self.trace_in.recv().sum(axis=-1, keepdims=True)
-        self.norm_out.send(self.spike_sum.copy())
+    def _shift(self, t: int, x: np.ndarray) -> np.ndarray:
+        return dynamics.woss_shift(self.open, self.params, t, x)
+
+    def _threshold(self, t: int) -> float:
+        return dynamics.woss_threshold(self.theta, self.params, t)
+
+    def _spike_sum(self, trace: np.ndarray) -> np.ndarray:
+        return trace.sum(axis=-1, keepdims=True)
 
 
 @implements(proc=WossInhibitor, protocol=LoihiProtocol)
@@ -47,10 +69,11 @@ class PyWossInhibitorModelFixed(AbstractWossInhibitorModel, precision=FIXED):
         super().__init__(proc_params)
         self.params = dynamics_fixed.FixedWossParams.from_proc_params(proc_params)
 
-    def run_spk(self) -> None:
-        t = self.time_step - 1
-        self.shift_out.send(dynamics_fixed.woss_shift_fixed(self.open, self.params, t, self.a_in.recv()))
-        self.theta_out.send(np.array([dynamics_fixed.woss_threshold_fixed(self.theta, self.params, t)]))
-        self.spike_sum[:] = dynamics_fixed.woss_spike_sum_fixed(self.trace_in.recv(), self.params,
-                                                                self.proc_params["clip_record"])
-        self.norm_out.send(self.spike_sum.copy())
+    def _shift(self, t: int, x: np.ndarray) -> np.ndarray:
+        return dynamics_fixed.woss_shift_fixed(self.open, self.params, t, x)
+
+    def _threshold(self, t: int) -> int:
+        return dynamics_fixed.woss_threshold_fixed(self.theta, self.params, t)
+
+    def _spike_sum(self, trace: np.ndarray) -> np.ndarray:
+        return dynamics_fixed.woss_spike_sum_fixed(trace, self.params, self.proc_params["clip_record"])

@@ -13,11 +13,23 @@ from lava_spikedattn.procs.woss_neuron.process import WossNeuron
 
 
 class AbstractWossNeuronModel(TypedProcessModel):
-    """Ports and Vars of WossNeuron; the models differ in arithmetic only."""
+    """Ports, Vars and step of WossNeuron; the models differ in the arithmetic of ``_step``."""
 
     ports: ty.ClassVar = {"a_in": IN, "shift_in": IN, "theta_in": IN, "trace_in": IN,
                           "s_out": OUT, "trace_out": OUT, "v_out": OUT}
     variables: ty.ClassVar = {"v": VALUE, "fired": FLAG, "fire_step": STEP, "latched": VALUE}
+
+    def _step(self, t: int, x: np.ndarray, shift: np.ndarray, theta: np.generic, trace: np.generic) -> np.ndarray:
+        """Advance the Vars to step ``t`` (0-based); returns the spikes."""
+        raise NotImplementedError
+
+    def run_spk(self) -> None:
+        spikes = self._step(self.time_step - 1, self.a_in.recv(), self.shift_in.recv(), self.theta_in.recv()[0],
+                            self.trace_in.recv()[0])
+        self.proc_params["fire_record"][...] = self.fire_step
+        self.s_out.send(spikes)
+        self.trace_out.send(self.latched.copy())
+        self.v_out.send(self.v.copy())
 
 
 @implements(proc=WossNeuron, protocol=LoihiProtocol)
@@ -30,15 +42,9 @@ class PyWossNeuronModelFloat(AbstractWossNeuronModel, precision=FLOAT):
         super().__init__(proc_params)
         self.params = dynamics.WossParams.from_proc_params(proc_params)
 
-    def run_spk(self) -> None:
-        x, shift = self.a_in.recv(), self.shift_in.recv()
-        theta, trace = self.theta_in.recv()[0], self.trace_in.recv()[0]
-        spikes = dynamics.woss_neuron_step(self.v, self.fired, self.latched, self.fire_step, self.params,
-                                           self.time_step - 1, x, shift, theta, trace)
-        self.proc_params["fire_record"][...] = self.fire_step
-        self.s_out.send(spikes)
-        self.trace_out.send(self.latched.copy())
-        self.v_out.send(self.v.copy())
+    def _step(self, t: int, x: np.ndarray, shift: np.ndarray, theta: np.generic, trace: np.generic) -> np.ndarray:
+        return dynamics.woss_neuron_step(self.v, self.fired, self.latched, self.fire_step, self.params, t, x, shift,
+                                         theta, trace)
 
 
 @implements(proc=WossNeuron, protocol=LoihiProtocol)
@@ -52,13 +58,9 @@ class PyWossNeuronModelFixed(AbstractWossNeuronModel, precision=FIXED):
         self.params = dynamics_fixed.FixedWossParams.from_proc_params(proc_params)
         self._clips = np.zeros(proc_params["shape"], np.int64)
 
-    def run_spk(self) -> None:
-        x, shift = self.a_in.recv(), self.shift_in.recv().astype(np.int64)
-        theta, trace = int(self.theta_in.recv()[0]), int(self.trace_in.recv()[0])
+    def _step(self, t: int, x: np.ndarray, shift: np.ndarray, theta: np.generic, trace: np.generic) -> np.ndarray:
         spikes = dynamics_fixed.woss_neuron_step_fixed(self.v, self.fired, self.latched, self.fire_step, self._clips,
-                                                       self.params, self.time_step - 1, x, shift, theta, trace)
-        self.proc_params["fire_record"][...] = self.fire_step
+                                                       self.params, t, x, shift.astype(np.int64), int(theta),
+                                                       int(trace))
         self.proc_params["clip_record"][0] = self._clips.sum()
-        self.s_out.send(spikes)
-        self.trace_out.send(self.latched.copy())
-        self.v_out.send(self.v.copy())
+        return spikes
