@@ -213,6 +213,14 @@ class PhaseCode:
         return self.levels * self.midpoint
 
     # --- closed-form encode / decode ----------------------------------------------------------------
+    def encode(self, x: torch.Tensor, scale, signed: bool = True) -> PhaseEncoding:
+        """Fire steps, saturation and decoded values of neurons whose integrated values are ``x``,
+        from one pass over ``x`` (what the closed-form engine needs per layer; arguments as
+        :meth:`fire_step`)."""
+        x, scale = self._prepare(x, scale)
+        ratio = self._ratio(x, scale, signed)
+        return PhaseEncoding(self, x, scale, self._steps(ratio), ratio)
+
     def fire_step(self, x: torch.Tensor, scale, signed: bool = True) -> torch.Tensor:
         """First fire step of a neuron whose integrated value is ``x`` (ANN units).
 
@@ -223,7 +231,8 @@ class PhaseCode:
         Returns:
             LongTensor of the broadcast shape: fire step in [0, T), or −1 where silent.
         """
-        return self._fire_step(*self._prepare(x, scale), signed)
+        x, scale = self._prepare(x, scale)
+        return self._steps(self._ratio(x, scale, signed))
 
     def decode(self, k: torch.Tensor, sign, scale) -> torch.Tensor:
         """Decoded value sign·scale·level[k]; 0 where ``k`` is −1 (silent)."""
@@ -238,8 +247,7 @@ class PhaseCode:
 
     def quantize(self, x: torch.Tensor, scale, signed: bool = True) -> torch.Tensor:
         """Value the next layer decodes from this neuron: decode(fire_step(x)), closed form."""
-        x, scale = self._prepare(x, scale)
-        return self._decode(self._fire_step(x, scale, signed), torch.sign(x), scale)
+        return self.encode(x, scale, signed).decoded()
 
     def decode_spike_train(self, spikes, fire_start: int = 0) -> torch.Tensor:
         """Decode recorded graded spikes (steps, *shape), raw ``sign·scale``, into values.
@@ -259,12 +267,15 @@ class PhaseCode:
 
     def saturated(self, x: torch.Tensor, scale, signed: bool = True) -> torch.Tensor:
         """Mask of values above the top level (clipped to it by the code): count and report."""
-        x, scale = self._prepare(x, scale)
-        r = (x.abs() if signed else x) / scale
-        return r > self.max_level
+        return self.encode(x, scale, signed).saturated()
 
-    def _fire_step(self, x: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
-        r = (x.abs() if signed else x) / scale
+    @staticmethod
+    def _ratio(x: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
+        """|x|/scale (x/scale for unsigned neurons): what the thresholds are compared with."""
+        return (x.abs() if signed else x) / scale
+
+    def _steps(self, r: torch.Tensor) -> torch.Tensor:
+        """Fire step of each ratio ``r`` (−1: below the lowest threshold, silent)."""
         ascending = self.fire_thresholds.flip(0).to(dtype=r.dtype, device=r.device)
         k = self.timesteps - torch.searchsorted(ascending, r.contiguous(), right=True)
         return k.masked_fill_(k == self.timesteps, -1)
@@ -290,3 +301,23 @@ class PhaseCode:
             f"{self.max_level:.4g}..{self.min_level:.3g} x scale, relative error <= "
             f"{self.relative_error_bound:.2%}"
         )
+
+
+@dataclass(frozen=True)
+class PhaseEncoding:
+    """Neurons encoded by :meth:`PhaseCode.encode`: their fire steps, and on demand their
+    saturation and decoded values, sharing one ``|x|/scale``."""
+
+    code: PhaseCode
+    x: torch.Tensor
+    scale: torch.Tensor
+    fire_step: torch.Tensor  # long, −1 where silent
+    ratio: torch.Tensor  # |x|/scale (x/scale unsigned)
+
+    def saturated(self) -> torch.Tensor:
+        """Mask of values above the top level (clipped to it by the code)."""
+        return self.ratio > self.code.max_level
+
+    def decoded(self) -> torch.Tensor:
+        """sign·scale·level[k]; 0 where silent: what the next layer decodes."""
+        return self.code._decode(self.fire_step, torch.sign(self.x), self.scale)

@@ -183,17 +183,16 @@ class _SpikingEngine(Engine):
     def _record_neuron(self, name: str, x: torch.Tensor, scale: torch.Tensor, signed: bool,
                        present: torch.Tensor | None = None) -> None:
         """Statistics of a neuron layer; neurons outside ``present`` (absent keys) never fire."""
-        fire_step = self.code.fire_step(x, scale, signed)
-        saturated = self.code.saturated(x, scale, signed)
+        encoding = self.code.encode(x, scale, signed)
+        fire_step, saturated = encoding.fire_step, encoding.saturated()
         if present is not None:
             fire_step, saturated = fire_step.masked_fill(~present, -1), saturated & present
         self._record(name, fire_step, saturated.sum())
 
     def _closed_neuron(self, name: str, x: torch.Tensor, signed: bool) -> torch.Tensor:
-        scale = self.scale(name, x.shape)
-        k = self.code.fire_step(x, scale, signed)
-        self._record(name, k, self.code.saturated(x, scale, signed).sum())
-        return self.code.decode(k, torch.sign(x), scale.to(x.dtype))
+        encoding = self.code.encode(x, self.scale(name, x.shape), signed)
+        self._record(name, encoding.fire_step, encoding.saturated().sum())
+        return encoding.decoded()
 
     def _full_scale(self, x: torch.Tensor) -> float:
         """Full-scale value of the bit-serial input code; starts the ``input`` statistics."""

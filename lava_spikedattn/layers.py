@@ -118,8 +118,9 @@ class LayerStats:
         ``active_steps``: neuron updates in the fire window, the energy model's ``N·p``
         (spec §7.2): a neuron firing at step k was updated k + 1 times, a silent one T times.
         """
-        k = torch.as_tensor(fire_step)
-        fired = k >= 0
-        active = torch.where(fired, k + 1, torch.full_like(k, timesteps))
-        return cls(int(k.numel()), int(fired.sum()), int(saturated), int(active.sum()))
+        k = torch.as_tensor(fire_step).reshape(-1)
+        counts = torch.bincount(k + 1, minlength=timesteps + 1)  # silent, then fire steps 0..T−1
+        silent = int(counts[0])
+        updates = int((counts[1:] * torch.arange(1, counts.numel(), device=counts.device)).sum())
+        return cls(int(k.numel()), int(k.numel()) - silent, int(saturated), updates + silent * timesteps)
 
