@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ATTENTION_LAYERS", "LAYER_KINDS", "LayerSpec", "LayerStats", "fit_scale", "layer_count",
+__all__ = ["ATTENTION_LAYERS", "LAYER_KINDS", "LayerGraph", "LayerSpec", "LayerStats", "fit_scale", "layer_count",
            "steps_per_inference"]
 
 LAYER_KINDS = ("convert", "phase", "logits", "woss", "attention_out", "readout")
@@ -64,6 +64,20 @@ class LayerSpec:
         if self.seq_axis is not None:
             out["seq_axis"] = self.seq_axis
         return out
+
+
+class LayerGraph:
+    """A family's layer graph, built in pipeline order: each added layer takes the next pipeline
+    index, unless ``new_index=False`` puts it beside the previous one (k and v next to q)."""
+
+    def __init__(self) -> None:
+        self.layers: list[LayerSpec] = []
+
+    def add(self, name: str, kind: str, shape: tuple[int, ...] | None, *, signed: bool = True,
+            new_index: bool = True, seq_axis: int | None = None) -> None:
+        """Append layer ``name`` (arguments as :class:`LayerSpec`)."""
+        index = self.layers[-1].index + new_index if self.layers else 0
+        self.layers.append(LayerSpec(name, kind, index, signed, shape, seq_axis))
 
 
 def fit_scale(spec: LayerSpec | None, scale: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:

@@ -83,7 +83,7 @@ from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
-from lava_spikedattn.layers import LayerSpec
+from lava_spikedattn.layers import LayerGraph, LayerSpec
 from lava_spikedattn.models.folding import fold_linear
 
 __all__ = ["BertArchitecture", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",
@@ -183,35 +183,31 @@ def bert_layer_graph(config: BertArchitecture, convention: str) -> list[LayerSpe
     official = convention == "official"
     positions, hidden, heads = config.max_position_embeddings, config.hidden_size, config.num_attention_heads
     per_token, per_inter = (positions, hidden), (positions, config.intermediate_size)
-    layers: list[LayerSpec] = []
+    graph = LayerGraph()
+    add = graph.add
 
-    def add(name: str, kind: str, shape: tuple[int, ...] | None, seq_axis: int | None, signed: bool = True,
-            new_index: bool = True) -> None:
-        index = layers[-1].index + new_index if layers else 0
-        layers.append(LayerSpec(name, kind, index, signed, shape, seq_axis))
-
-    add("embeddings_if", "phase", per_token, 0)
+    add("embeddings_if", "phase", per_token, seq_axis=0)
     for i in range(config.num_hidden_layers):
         p = f"layers.{i}"
-        add(f"{p}.q_if", "phase", (1, positions, 1), 1)  # (batch, heads, N, d): per position
-        add(f"{p}.k_if", "phase", (1, positions, 1), 1, new_index=False)
-        add(f"{p}.v_if", "phase", (1, positions, 1), 1, new_index=False)
-        add(f"{p}.stdp_qk", "logits", (heads, positions, 1), 1)  # per (head, query row)
-        add(f"{p}.softmax_if", "woss", None, None)
-        add(f"{p}.stdp_av", "attention_out", (heads, positions, 1), 1)  # per (head, position)
+        add(f"{p}.q_if", "phase", (1, positions, 1), seq_axis=1)  # (batch, heads, N, d): per position
+        add(f"{p}.k_if", "phase", (1, positions, 1), seq_axis=1, new_index=False)
+        add(f"{p}.v_if", "phase", (1, positions, 1), seq_axis=1, new_index=False)
+        add(f"{p}.stdp_qk", "logits", (heads, positions, 1), seq_axis=1)  # per (head, query row)
+        add(f"{p}.softmax_if", "woss", None)
+        add(f"{p}.stdp_av", "attention_out", (heads, positions, 1), seq_axis=1)  # per (head, position)
         if official:
-            add(f"{p}.attention.neuron_1_if", "phase", per_token, 0)
-            add(f"{p}.attention.neuron_2_if", "phase", per_token, 0)
-            add(f"{p}.intermediate_if", "phase", per_inter, 0, signed=False)
-            add(f"{p}.output.neuron_1_if", "phase", per_token, 0)
-            add(f"{p}.output.neuron_2_if", "phase", per_token, 0)
+            add(f"{p}.attention.neuron_1_if", "phase", per_token, seq_axis=0)
+            add(f"{p}.attention.neuron_2_if", "phase", per_token, seq_axis=0)
+            add(f"{p}.intermediate_if", "phase", per_inter, seq_axis=0, signed=False)
+            add(f"{p}.output.neuron_1_if", "phase", per_token, seq_axis=0)
+            add(f"{p}.output.neuron_2_if", "phase", per_token, seq_axis=0)
         else:
-            add(f"{p}.attn_out_if", "phase", per_token, 0)
-            add(f"{p}.intermediate_if", "phase", per_inter, 0, signed=False)
-            add(f"{p}.out_if", "phase", per_token, 0)
-    add("pooler_if", "phase", (hidden,), None, signed=False)
-    add("classifier", "readout", None, None)
-    return layers
+            add(f"{p}.attn_out_if", "phase", per_token, seq_axis=0)
+            add(f"{p}.intermediate_if", "phase", per_inter, seq_axis=0, signed=False)
+            add(f"{p}.out_if", "phase", per_token, seq_axis=0)
+    add("pooler_if", "phase", (hidden,), signed=False)
+    add("classifier", "readout", None)
+    return graph.layers
 
 
 def bert_weight_shapes(config: BertArchitecture, convention: str) -> dict[str, tuple[int, ...]]:

@@ -36,7 +36,7 @@ from lava_spikedattn.ann import UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
-from lava_spikedattn.layers import LayerSpec
+from lava_spikedattn.layers import LayerGraph, LayerSpec
 from lava_spikedattn.models.folding import fold_linear
 
 __all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "merge_heads", "merge_patches",
@@ -228,11 +228,8 @@ def swin_layer_graph(config: SwinConfig, convention: str) -> list[LayerSpec]:
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     official = convention == "official"
-    layers: list[LayerSpec] = []
-
-    def add(name: str, kind: str, shape: tuple[int, ...] | None, signed: bool = True, new_index: bool = True):
-        index = layers[-1].index + new_index if layers else 0
-        layers.append(LayerSpec(name, kind, index, signed, shape))
+    graph = LayerGraph()
+    add = graph.add
 
     stages = config.stages()
     h, w = stages[0].resolution
@@ -262,7 +259,7 @@ def swin_layer_graph(config: SwinConfig, convention: str) -> list[LayerSpec]:
         add("last_norm_if", "phase", (h, w, 1))
     add("pool_if", "phase", (config.num_features,))
     add("last_fc", "readout", None)
-    return layers
+    return graph.layers
 
 
 def swin_weight_shapes(config: SwinConfig, convention: str) -> dict[str, tuple[int, ...]]:
