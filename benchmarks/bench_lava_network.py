@@ -31,8 +31,16 @@ I/O, step synchronisation with the runtime service and the rest of Lava's loop; 
 Process class from psutil. cProfile inflates Python call costs: the profile gives shares, psutil
 the absolute CPU. Timings depend on machine load (printed): the workers share the CPUs.
 
+``--bars`` measures instead, side by side in one run, the real-size bars of issue 14 (each row:
+what is measured, the target, the value, whether it is met): Swin-T (random init, T=40, B=1.15)
+and a MiniLM-sized BERT (random init, 6 layers, hidden 384, 12 heads, 32 tokens, T=16, B=1.4)
+one input through Lava fused and through ``LavaNetwork.simulate`` (the in-process stepper); the
+shipped Swin one image fused, decomposed and simulated; the closed-form engine vs the ANN on
+Swin-T at batch 8; and every Lava run's logits against the stepped reference (1e-9 relative).
+About 5 minutes on 2 cores; writes benchmarks/results/bench_lava_bars.json.
+
 Usage: python benchmarks/bench_lava_network.py [--timesteps 12] [--base 1.25] [--batch 8]
-       [--convention exact] [--modes fused,decomposed] [--no-profile] [--no-swin-t]
+       [--convention exact] [--modes fused,decomposed] [--no-profile] [--no-swin-t] [--bars]
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from pathlib import Path
 import psutil
 import torch
 import torch.nn.functional as F
-from common import report
+from common import best_time, report
 from lava.magma.compiler.builders.py_builder import PyProcessBuilder
 from lava.magma.core.model.py.model import AbstractPyProcessModel
 from lava.magma.runtime.runtime_services.runtime_service import PyRuntimeService
@@ -326,6 +334,89 @@ def profiled_run(cm, x: torch.Tensor, mode: str) -> dict:
     return profile
 
 
+# --- issue 14's bars, at real size ------------------------------------------------------------------
+
+def _lava_vs_simulate(cm, x: ty.Any, modes: ty.Sequence[str]) -> dict:
+    """Wall seconds of one Lava run per mode (build to stop) and of simulate, and the largest
+    relative logit difference of any of them against the stepped reference."""
+    with torch.no_grad():
+        expected = cm.to_reference("stepped").double()(x if isinstance(x, dict) else x.double())
+    seconds, worst = {}, 0.0
+    for mode in modes:
+        net = build_lava_network(cm, mode=mode)
+        start = time.perf_counter()
+        logits = net.run(x)
+        seconds[mode] = time.perf_counter() - start
+        worst = max(worst, ((logits - expected).abs().max() / expected.abs().max()).item())
+    net = build_lava_network(cm)
+    start = time.perf_counter()
+    logits = net.simulate(x)
+    seconds["simulate"] = time.perf_counter() - start
+    worst = max(worst, ((logits - expected).abs().max() / expected.abs().max()).item())
+    return {"seconds": seconds, "max_rel_diff": worst}
+
+
+def _bar(what: str, target: str, value: float, met: bool) -> dict:
+    return {"bar": what, "target": target, "measured": float(f"{value:.4g}"), "met": "yes" if met else "no"}
+
+
+def bars() -> None:
+    """Issue 14's bars, measured side by side in one run (module docstring)."""
+    import timm
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lava_spikedattn.converted_model import ConvertedModel
+    from lava_spikedattn.data import fit_images, load_fashion_mnist
+    from lava_spikedattn.demo import DEFAULT_MODEL
+
+    start, load, rows, meta = time.perf_counter(), os.getloadavg()[0], [], {}
+    torch.manual_seed(0)
+    swin = prepare_swin(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=10)).eval()
+    images = torch.randn(8, 3, 224, 224)
+    swin_cm = convert(swin, [images[:2]], PhaseCode(1.15, 40, "exact"))
+    closed = swin_cm.to_reference("closed")
+    with torch.no_grad():
+        ann_s = best_time(lambda: swin(images), repeat=2)
+        closed_s = best_time(lambda: closed(images), repeat=2)
+    rows.append(_bar("Swin-T batch 8: closed-form / ANN time", "<= 2.0", closed_s / ann_s, closed_s / ann_s <= 2.0))
+    meta["swin_t"] = {"ann_s": ann_s, "closed_s": closed_s, **_lava_vs_simulate(swin_cm, images[:1], ["fused"])}
+    swin_t = meta["swin_t"]["seconds"]
+    rows.append(_bar("Swin-T 1 image: Lava fused s", "<= 25", swin_t["fused"], swin_t["fused"] <= 25))
+    ratio = swin_t["fused"] / swin_t["simulate"]
+    rows.append(_bar("Swin-T: Lava fused / simulate", "<= 1.5", ratio, ratio <= 1.5))
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    bert = prepare_bert(BertForSequenceClassification(config)).train()
+    tokens = {"input_ids": torch.randint(1000, config.vocab_size, (8, 32)), "attention_mask": torch.ones(8, 32,
+                                                                                                         dtype=torch.long)}
+    with torch.no_grad():
+        bert(**tokens)  # running statistics of the norms
+    bert_cm = convert(bert.eval(), [tokens], PhaseCode(1.4, 16, "exact"))
+    meta["minilm_sized_bert"] = _lava_vs_simulate(bert_cm, {k: v[:1] for k, v in tokens.items()}, ["fused"])
+    bert_s = meta["minilm_sized_bert"]["seconds"]
+    rows.append(_bar("MiniLM-sized BERT 1 sentence: Lava fused s", "<= 1.0", bert_s["fused"], bert_s["fused"] <= 1.0))
+    ratio = bert_s["fused"] / bert_s["simulate"]
+    rows.append(_bar("MiniLM-sized BERT: Lava fused / simulate", "<= 1.5", ratio, ratio <= 1.5))
+
+    shipped = ConvertedModel.load(DEFAULT_MODEL)
+    architecture = shipped.config["architecture"]
+    image = fit_images(load_fashion_mnist("test")[0][:1], architecture["img_size"], architecture["in_chans"])
+    meta["shipped_swin"] = _lava_vs_simulate(shipped, image, ["fused", "decomposed"])
+    shipped_s = meta["shipped_swin"]["seconds"]
+    rows.append(_bar("shipped Swin 1 image: Lava fused s", "<= 1.0", shipped_s["fused"], shipped_s["fused"] <= 1.0))
+    rows.append(_bar("shipped Swin 1 image: Lava decomposed s", "<= 20", shipped_s["decomposed"],
+                     shipped_s["decomposed"] <= 20))
+    ratio = shipped_s["fused"] / shipped_s["simulate"]
+    rows.append(_bar("shipped Swin: Lava fused / simulate", "<= 4", ratio, ratio <= 4))
+    worst = max(meta[key]["max_rel_diff"] for key in ("swin_t", "minilm_sized_bert", "shipped_swin"))
+    rows.append(_bar("every Lava run vs the stepped reference (max rel. logit diff)", "<= 1e-9", worst, worst <= 1e-9))
+    meta.update(cpus=len(os.sched_getaffinity(0)), load_average_at_start=load,
+                timing="one run each (wall, build to stop; simulate in process); closed/ANN best of 2 after warm-up")
+    report("bench_lava_bars", rows, meta)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timesteps", type=int, default=12)
@@ -335,7 +426,11 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated builder modes, of {MODES}")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
     parser.add_argument("--no-swin-t", action="store_true", help="skip building full-size Swin-T")
+    parser.add_argument("--bars", action="store_true", help="measure issue 14's real-size bars instead")
     args = parser.parse_args()
+    if args.bars:
+        bars()
+        return
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
