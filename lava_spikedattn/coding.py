@@ -267,7 +267,8 @@ class PhaseCode:
 
     def saturated(self, x: torch.Tensor, scale, signed: bool = True) -> torch.Tensor:
         """Mask of values above the top level (clipped to it by the code): count and report."""
-        return self.encode(x, scale, signed).saturated()
+        x, scale = self._prepare(x, scale)
+        return self._ratio(x, scale, signed) > self.max_level
 
     @staticmethod
     def _ratio(x: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
@@ -315,7 +316,7 @@ class PhaseEncoding:
     ratio: torch.Tensor  # |x|/scale (x/scale unsigned)
 
     def saturated(self) -> torch.Tensor:
-        """Mask of values above the top level (clipped to it by the code)."""
+        """Mask of values above the top level (clipped to it by the code), as :meth:`PhaseCode.saturated`."""
         return self.ratio > self.code.max_level
 
     def decoded(self) -> torch.Tensor:

@@ -3,31 +3,25 @@
 ``network.py``: the architecture, the layer graph, norm folding and the spiking network;
 ``lava_builder.py``: the same network as Lava processes. This module names them, the preparation
 (``ann.prepare_bert``) and what the command line builds (``bert``, ``bert-base``: random init;
-``minilm``: the bundled pre-trained all-MiniLM-L6-v2), and the text data sets.
+``minilm``: the bundled pre-trained all-MiniLM-L6-v2), and the text data sets. transformers and
+``network.py`` are imported on use: the command line reads the registry before it parses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
 
-from lava_spikedattn import ann
-from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.data import RANDOM_SAMPLES, Batches, batch_generator
-from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.models import ModelFamily, register_family
-from lava_spikedattn.models.bert.network import (
-    INPUT_KEYS,
-    BertArchitecture,
-    SpikingBert,
-    bert_layer_graph,
-    bert_weight_shapes,
-    fold_bert,
-)
+
+if TYPE_CHECKING:
+    from lava_spikedattn.coding import PhaseCode
+    from lava_spikedattn.layers import LayerSpec
+    from lava_spikedattn.models.bert.network import SpikingBert
 
 __all__ = ["BertFamily"]
 
@@ -45,26 +39,41 @@ class BertFamily(ModelFamily):
     model_options = ("num_classes",)
 
     def matches(self, model: nn.Module) -> bool:
+        from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
+
         return isinstance(model, (BertForSequenceClassification, BertModel))
 
     def architecture(self, model: nn.Module) -> dict[str, Any]:
-        return BertArchitecture.from_model(model).to_json()
+        from lava_spikedattn.models.bert import network
+
+        return network.BertArchitecture.from_model(model).to_json()
 
     def check_architecture(self, architecture: Mapping[str, Any]) -> None:
-        BertArchitecture.from_json(architecture)
+        from lava_spikedattn.models.bert import network
+
+        network.BertArchitecture.from_json(architecture)
 
     def layer_graph(self, architecture: Mapping[str, Any], convention: str) -> list[LayerSpec]:
-        return bert_layer_graph(BertArchitecture.from_json(architecture), convention)
+        from lava_spikedattn.models.bert import network
+
+        return network.bert_layer_graph(network.BertArchitecture.from_json(architecture), convention)
 
     def weight_shapes(self, architecture: Mapping[str, Any], convention: str) -> dict[str, tuple[int, ...]]:
-        return bert_weight_shapes(BertArchitecture.from_json(architecture), convention)
+        from lava_spikedattn.models.bert import network
+
+        return network.bert_weight_shapes(network.BertArchitecture.from_json(architecture), convention)
 
     def fold(self, model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
-        return fold_bert(model, convention)
+        from lava_spikedattn.models.bert import network
+
+        return network.fold_bert(model, convention)
 
     def network(self, architecture: Mapping[str, Any], convention: str, weights: Mapping[str, torch.Tensor],
                 code: PhaseCode | None = None, engine: str = "ann") -> SpikingBert:
-        return SpikingBert(BertArchitecture.from_json(architecture), convention, weights, code, engine)
+        from lava_spikedattn.models.bert import network
+
+        return network.SpikingBert(network.BertArchitecture.from_json(architecture), convention, weights, code,
+                                   engine)
 
     def model_input(self, batch: Any) -> dict[str, torch.Tensor]:
         """The tokenizer tensors of a batch (a dict, or a tuple whose first item is one); labels and
@@ -74,6 +83,8 @@ class BertFamily(ModelFamily):
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
             raise ValueError(f"a BERT batch must be a dict with 'input_ids' (as HF tokenizers return), got "
                              f"{type(batch).__name__}")
+        from lava_spikedattn.models.bert.network import INPUT_KEYS
+
         return {key: batch[key] for key in INPUT_KEYS if batch.get(key) is not None}
 
     def ann_output(self, model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -91,7 +102,9 @@ class BertFamily(ModelFamily):
         return {"input_ids": torch.zeros(1, seq_len, dtype=torch.long)}
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return ann.prepare_bert(model)
+        from lava_spikedattn.ann import prepare_bert
+
+        return prepare_bert(model)
 
     def lava_builder(self) -> type:
         from lava_spikedattn.models.bert.lava_builder import BertBuilder
@@ -105,7 +118,7 @@ class BertFamily(ModelFamily):
         """``minilm``: the bundled pre-trained MiniLM (kwargs: ``num_labels``); ``bert``/``bert-base``:
         a random-init ``BertForSequenceClassification`` of ``BertConfig(**kwargs)`` (BERT-base sizes
         by default). The stored kwargs are always the full config (rebuilt as ``bert``)."""
-        from transformers import BertConfig
+        from transformers import BertConfig, BertForSequenceClassification
 
         kwargs = dict(kwargs)
         if "num_classes" in kwargs:

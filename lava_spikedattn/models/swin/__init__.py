@@ -3,23 +3,24 @@
 ``network.py``: the architecture, the layer graph, norm folding and the spiking network;
 ``lava_builder.py``: the same network as Lava processes. This module names them, the preparation
 (``ann.prepare_swin``) and what the command line builds (timm ``swin_*`` names, image data sets).
+timm and ``network.py`` are imported on use: the command line reads the registry before it parses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from lava_spikedattn import ann
-from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.data import RANDOM_SAMPLES, Batches, batch_generator
-from lava_spikedattn.layers import LayerSpec
 from lava_spikedattn.models import ModelFamily, register_family
-from lava_spikedattn.models.swin.network import SpikingSwin, SwinConfig, fold_swin, swin_layer_graph, swin_weight_shapes
+
+if TYPE_CHECKING:
+    from lava_spikedattn.coding import PhaseCode
+    from lava_spikedattn.layers import LayerSpec
+    from lava_spikedattn.models.swin.network import SpikingSwin
 
 __all__ = ["SwinFamily"]
 
@@ -34,33 +35,49 @@ class SwinFamily(ModelFamily):
     model_options = ("num_classes", "img_size", "in_chans")
 
     def matches(self, model: nn.Module) -> bool:
+        from timm.models.swin_transformer import SwinTransformer
+
         return isinstance(model, SwinTransformer)
 
     def architecture(self, model: nn.Module) -> dict[str, Any]:
-        return SwinConfig.from_model(model).to_json()
+        from lava_spikedattn.models.swin import network
+
+        return network.SwinConfig.from_model(model).to_json()
 
     def check_architecture(self, architecture: Mapping[str, Any]) -> None:
-        SwinConfig.from_json(architecture)
+        from lava_spikedattn.models.swin import network
+
+        network.SwinConfig.from_json(architecture)
 
     def layer_graph(self, architecture: Mapping[str, Any], convention: str) -> list[LayerSpec]:
-        return swin_layer_graph(SwinConfig.from_json(architecture), convention)
+        from lava_spikedattn.models.swin import network
+
+        return network.swin_layer_graph(network.SwinConfig.from_json(architecture), convention)
 
     def weight_shapes(self, architecture: Mapping[str, Any], convention: str) -> dict[str, tuple[int, ...]]:
-        return swin_weight_shapes(SwinConfig.from_json(architecture), convention)
+        from lava_spikedattn.models.swin import network
+
+        return network.swin_weight_shapes(network.SwinConfig.from_json(architecture), convention)
 
     def fold(self, model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
-        return fold_swin(model, convention)
+        from lava_spikedattn.models.swin import network
+
+        return network.fold_swin(model, convention)
 
     def network(self, architecture: Mapping[str, Any], convention: str, weights: Mapping[str, torch.Tensor],
                 code: PhaseCode | None = None, engine: str = "ann") -> SpikingSwin:
-        return SpikingSwin(SwinConfig.from_json(architecture), convention, weights, code, engine)
+        from lava_spikedattn.models.swin import network
+
+        return network.SpikingSwin(network.SwinConfig.from_json(architecture), convention, weights, code, engine)
 
     def example_input(self, architecture: Mapping[str, Any], *, seq_len: int | None = None) -> torch.Tensor:
         """A blank image (1, C, H, W): a Swin's size does not depend on the input."""
         return torch.zeros(1, architecture["in_chans"], *architecture["img_size"])
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return ann.prepare_swin(model)
+        from lava_spikedattn.ann import prepare_swin
+
+        return prepare_swin(model)
 
     def lava_builder(self) -> type:
         from lava_spikedattn.models.swin.lava_builder import SwinBuilder
