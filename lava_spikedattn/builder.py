@@ -9,7 +9,9 @@ The network is pipelined in time exactly as the spec describes (§1.5, W = T): t
 pipeline index n integrates in ``[n·T, (n+1)·T)`` and fires in ``[(n+1)·T, (n+2)·T)``; Lava
 delivers a message within the step it is sent, so a layer's spikes reach the next layer's input
 window directly, and a stream that skips layers (residuals, V) waits in a DelayLine for
-``(n_destination − n_source − 1)·T`` steps. One TraceHolder serves every population.
+``(n_destination − n_source − 1)·T`` steps. Each block has its own TraceHolder (the trace is a
+function of the step; a message carrying it to every block every step would cost more than the
+block's spikes), one more serves the populations outside blocks.
 
 Populations are tensor-shaped (batch, windows, heads, tokens, dims), so the process count grows
 with depth, not width. Layouts (window partition with the cyclic shift, head split/merge, window
@@ -41,15 +43,16 @@ from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.fixed_point import FixedFormat
 from lava_spikedattn.layers import LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.loihi import neuron_units
-from lava_spikedattn.procs import fused
+from lava_spikedattn.procs import fused, windows
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
+from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
-from lava_spikedattn.runtime import run_processes
+from lava_spikedattn.runtime import LavaSession
 from lava_spikedattn.wiring import connect, probe, wire_scores, wire_values
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
@@ -102,6 +105,7 @@ class Graph:
     populations: dict[str, ty.Any] = field(default_factory=dict)
     trace: ty.Any = None
     head: TokenLinear | None = None  # the classifier read-out synapse, once built
+    source: SpikeSource | None = None  # the input, once built
     input_stats: LayerStats | None = None  # spikes of the input code (None: the input enters as values)
 
     def __post_init__(self) -> None:
@@ -119,9 +123,16 @@ class Graph:
         self.processes.append(process)
         return process
 
+    def input(self, data: np.ndarray) -> SpikeSource:
+        """The graph's input: a SpikeSource playing ``data`` (a compiled graph loads the next input into it)."""
+        self.source = self.add(SpikeSource(data=data))
+        return self.source
+
     def block(self) -> Graph:
-        """A graph for one block's members: same model and populations, the trace a boundary."""
-        return Graph(self.cm, self.batch, self.fmt, populations=self.populations, trace=_Boundary((1,)))
+        """A graph for one block's members: same model and populations, its own TraceHolder
+        (the trace is a function of the step: each block generates it, as each chip core would,
+        instead of receiving a message every step)."""
+        return Graph(self.cm, self.batch, self.fmt, populations=self.populations)
 
     def circuit(self, x: Stream, name: str,
                 build: ty.Callable[[Graph, Stream], PhaseNeuron]) -> Stream:
@@ -130,9 +141,8 @@ class Graph:
         final = build(g, Stream(boundary, None, x.index, x.shape, x.payload_exp))
         shape = tuple(final.s_out.shape)
         circuit = self.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=shape, feeds=boundary.feeds,
-                                   trace_feeds=g.trace.feeds, output=final.s_out, name=name))
+                                   trace_feeds=[], output=final.s_out, name=name))
         self.link(x.s_out, circuit.s_in)
-        self.link(self.trace.s_out, circuit.trace_in)
         return Stream(circuit.s_out, None, self.layers[final.name].index, shape, final.payload_exp)
 
     def link(self, source, destination) -> None:
@@ -254,7 +264,18 @@ class FamilyBuilder(ABC):
     @abstractmethod
     def build(self, x: ty.Any) -> tuple[TokenLinear, int]:
         """Every process for the input ``x`` (from :meth:`check_input`); returns the classifier
-        synapse and its pipeline index. Sets ``graph.input_stats`` if the input is spike-coded."""
+        synapse and its pipeline index. The input enters through ``graph.input(self.encode(x))``."""
+
+    @abstractmethod
+    def encode(self, x: ty.Any) -> np.ndarray:
+        """The data of the graph's SpikeSource for ``x`` (steps, *shape); sets ``graph.input_stats``
+        if the input is spike-coded. A compiled graph calls it for each new input of its layout."""
+
+    @classmethod
+    def layout(cls, cm: ConvertedModel, x: ty.Any) -> ty.Hashable:
+        """What of the input (from :meth:`check_input`), besides its values, the graph depends on:
+        a compiled graph runs every input of the same layout. Default: the shapes."""
+        return tuple(x.shape)
 
 
 def attention_core(g: Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarray | None = None,
@@ -313,6 +334,7 @@ class LavaNetwork:
         self.family = cm.family
         self.builder_class: type[FamilyBuilder] = cm.family.lava_builder()
         self.last_graph: Graph | None = None  # the graph of the last build (run, simulate), for inspection
+        self._compiled: _Compiled | None = None  # the graph whose workers are up
 
     @property
     def steps_per_sample(self) -> int:
@@ -320,7 +342,9 @@ class LavaNetwork:
 
     def build(self, x: ty.Any) -> tuple[Graph, SpikeSink, int]:
         """Processes for one batch; raises :class:`LavaBuildError` before any worker starts."""
-        x, batch = self.builder_class.check_input(self.cm, x)
+        return self._build(*self.builder_class.check_input(self.cm, x))
+
+    def _build(self, x: ty.Any, batch: int) -> tuple[Graph, SpikeSink, int]:
         graph = Graph(self.cm, batch=batch, fmt=self.fixed_format)
         graph.head, readout_index = self.builder_class(graph).build(x)
         sink = probe(graph.head.a_out, self.steps_per_sample)
@@ -336,16 +360,53 @@ class LavaNetwork:
         """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W)) for Swin,
         of a tokenizer dict (input_ids, attention_mask, token_type_ids) for BERT.
 
-        ``timings``, if given, is filled with build_s and run_processes' compile/init/run/stop.
+        The first input compiles the graph and starts its workers; they stay up for every later
+        input of the same layout (batch size; for BERT the padding), which only loads the new
+        input and runs (the models reset their state between inputs). Another layout closes
+        them and compiles anew. :meth:`close` (or ``with``) stops them.
+
+        ``timings``, if given, gets build_s (building, or encoding the input into a compiled
+        graph) and run_s; compile_s and init_s when this input compiled the graph (stop_s when
+        that graph is closed).
         """
         start = time.perf_counter()
-        graph, sink, readout_index = self.build(x)
-        if timings is not None:
-            timings["build_s"] = time.perf_counter() - start
-        tag = "floating_pt" if self.fixed_format is None else "fixed_pt"
-        current = run_processes({"readout": sink}, self.steps_per_sample, timings=timings, select_tag=tag,
-                                select_sub_proc_model=self.mode == "decomposed")["readout"]
-        return self._logits(current, graph, readout_index)
+        x, batch = self.builder_class.check_input(self.cm, x)
+        layout = self.builder_class.layout(self.cm, x)
+        if self._compiled is not None and self._compiled.layout == layout:
+            graph = self.last_graph = self._compiled.graph
+            graph.source.load(self.builder_class(graph).encode(x))
+            if timings is not None:
+                timings["build_s"] = time.perf_counter() - start
+        else:
+            self.close()
+            graph, sink, readout_index = self._build(x, batch)
+            windows.assign_windows(graph.processes)
+            for process in (*graph.processes, *_leaves(graph.processes)):
+                process.proc_params.overwrite("period", self.steps_per_sample)
+            if timings is not None:
+                timings["build_s"] = time.perf_counter() - start
+            tag = "floating_pt" if self.fixed_format is None else "fixed_pt"
+            session = LavaSession({"readout": sink}, select_tag=tag, timings=timings,
+                                  select_sub_proc_model=self.mode == "decomposed")
+            self._compiled = _Compiled(layout, graph, readout_index, session)
+        current = self._compiled.session.run(self.steps_per_sample, timings=timings)["readout"]
+        return self._logits(current, graph, self._compiled.readout_index)
+
+    def close(self) -> None:
+        """Stop the workers of the compiled graph, if any (idempotent)."""
+        compiled, self._compiled = self._compiled, None
+        if compiled is not None:
+            compiled.session.close()
+
+    def __enter__(self) -> LavaNetwork:
+        return self
+
+    def __exit__(self, exc_type: ty.Any, exc: ty.Any, tb: ty.Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_compiled", None) is not None:
+            self.close()
 
     def simulate(self, x: ty.Any) -> torch.Tensor:
         """The logits of :meth:`run` (bit for bit), computed by stepping the same graph in this
@@ -442,6 +503,16 @@ class LavaNetwork:
         if self.mode == "fused":
             return len(graph.processes)
         return len(_leaves(graph.processes))
+
+
+@dataclass
+class _Compiled:
+    """A graph running in a :class:`LavaSession`, for inputs of one layout."""
+
+    layout: ty.Hashable
+    graph: Graph
+    readout_index: int
+    session: LavaSession
 
 
 def _leaves(processes: list) -> list:

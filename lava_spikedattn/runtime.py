@@ -23,6 +23,7 @@ SIGTERM and SIGHUP stop a run like ^C (:mod:`lava_spikedattn.termination`).
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import multiprocessing as mp
@@ -30,6 +31,7 @@ import multiprocessing.connection
 import pickle
 import time
 import typing as ty
+import weakref
 
 import numpy as np
 import psutil
@@ -44,7 +46,7 @@ import lava_spikedattn.procs  # noqa: F401 (first: lets Lava set its start metho
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
 from lava_spikedattn.termination import SIGNAL_GUARD, handle_termination_signals
 
-__all__ = ["LavaRunError", "live_workers", "run_processes"]
+__all__ = ["LavaRunError", "LavaSession", "live_workers", "run_processes"]
 
 #: Seconds a failing worker gets to report its traceback before the others
 #: are terminated.
@@ -126,69 +128,134 @@ def run_processes(
         SIGTERM or SIGHUP arrived during the call (see
         :func:`handle_termination_signals`); raised after the same cleanup.
     """
-    named = _named_sinks(sinks)
-    if (isinstance(num_steps, bool)
-            or not isinstance(num_steps, (int, np.integer)) or num_steps < 1):
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    num_steps = int(num_steps)
-    for name, sink in named.items():
-        if sink.num_steps < num_steps:
-            raise ValueError(
-                f"sink {name!r} records {sink.num_steps} steps, fewer than "
-                f"num_steps={num_steps}")
-    root = next(iter(named.values()))
-    graph = find_processes(root)
-    missing = [n for n, s in named.items() if s not in graph]
-    if missing:
-        raise ValueError(f"sinks {missing} are not connected to the graph of "
-                         f"sink {next(iter(named))!r}")
-    if mp.get_start_method() != "fork":
-        raise RuntimeError("SpikeSink needs the 'fork' start method (Lava "
-                           "sets it on import on Linux/macOS)")
-
-    with handle_termination_signals():
-        _compile_and_run(root, num_steps, select_tag, select_sub_proc_model, timeout, stop_timeout,
-                         _PhaseClock(timings))
-    return {name: sink.data()[:num_steps] for name, sink in named.items()}
+    _check_steps(_named_sinks(sinks), num_steps)
+    with LavaSession(sinks, select_tag=select_tag, select_sub_proc_model=select_sub_proc_model,
+                     stop_timeout=stop_timeout, timings=timings) as session:
+        return session.run(num_steps, timeout=timeout, timings=timings)
 
 
-def _compile_and_run(root: SpikeSink, num_steps: int, select_tag: str, select_sub_proc_model: bool,
-                     timeout: float | None, stop_timeout: float, clock: _PhaseClock) -> None:
-    """The body of :func:`run_processes` after validation: compile, fork, run, tear down."""
-    executable = root.compile(Loihi2SimCfg(select_tag=select_tag, select_sub_proc_model=select_sub_proc_model))
-    clock.lap("compile_s")
-    runtime = Runtime(executable, ActorType.MultiProcessing,
-                      loglevel=logging.WARNING)
-    executable.assign_runtime_to_all_processes(runtime)
-    finished = False
-    try:
+class LavaSession:
+    """A compiled Lava graph whose workers stay up between runs: compile and fork once, then
+    :meth:`run` input after input (the models reset their state between inputs, see
+    ``TypedProcessModel.begin_step``; ``SpikeSource.load`` gives the next input).
+
+    :meth:`close` stops every worker; so do ``with LavaSession(...)``, a failed run (the session
+    is then closed), SIGTERM/SIGHUP while it is open (:class:`LavaTerminated` is raised after the
+    cleanup) and the interpreter's exit. Arguments as :func:`run_processes`; ``timings`` gets
+    compile_s and init_s here, run_s from :meth:`run`, stop_s from :meth:`close`.
+    """
+
+    def __init__(self, sinks: ty.Mapping[str, SpikeSink] | ty.Sequence[SpikeSink], *,
+                 select_tag: str = "floating_pt", select_sub_proc_model: bool = False,
+                 stop_timeout: float = 10.0, timings: dict[str, float] | None = None) -> None:
+        self.sinks = _named_sinks(sinks)
+        root = next(iter(self.sinks.values()))
+        graph = find_processes(root)
+        missing = [n for n, s in self.sinks.items() if s not in graph]
+        if missing:
+            raise ValueError(f"sinks {missing} are not connected to the graph of "
+                             f"sink {next(iter(self.sinks))!r}")
+        if mp.get_start_method() != "fork":
+            raise RuntimeError("SpikeSink needs the 'fork' start method (Lava "
+                               "sets it on import on Linux/macOS)")
+        self.stop_timeout, self.timings = stop_timeout, timings
+        self.runtime: Runtime | None = None
+        self.executable = None
+        self._signals = handle_termination_signals()
+        self._signals.__enter__()
+        clock = _PhaseClock(timings)
         try:
-            # Forks the workers. A worker's build error is print()ed by Lava
-            # and re-raised here with its traceback text in ``exc.trace``.
-            # (No stdout redirection here: the workers would inherit it.)
-            runtime.initialize()
-        except Exception as exc:
-            raise _failure(
-                runtime, f"building the ProcessModels failed: "
-                         f"{type(exc).__name__}: {exc}",
-                fallback=[getattr(exc, "trace", "")]) from exc
-        clock.lap("init_s")
-        runtime.start(RunSteps(num_steps=num_steps, blocking=False))
-        _wait_until_done(runtime, timeout)
+            self.executable = root.compile(Loihi2SimCfg(select_tag=select_tag,
+                                                        select_sub_proc_model=select_sub_proc_model))
+            clock.lap("compile_s")
+            self.runtime = Runtime(self.executable, ActorType.MultiProcessing, loglevel=logging.WARNING)
+            self.executable.assign_runtime_to_all_processes(self.runtime)
+            try:
+                # Forks the workers. A worker's build error is print()ed by Lava
+                # and re-raised here with its traceback text in ``exc.trace``.
+                # (No stdout redirection here: the workers would inherit it.)
+                self.runtime.initialize()
+            except Exception as exc:
+                raise _failure(self.runtime, f"building the ProcessModels failed: {type(exc).__name__}: {exc}",
+                               fallback=[getattr(exc, "trace", "")]) from exc
+            clock.lap("init_s")
+        except BaseException:
+            self._close(graceful=False)
+            raise
+        _OPEN_SESSIONS.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._signals is None
+
+    def run(self, num_steps: int, *, timeout: float | None = None,
+            timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """Run ``num_steps`` more steps; returns ``{name: float64 array (num_steps, *sink.shape)}``
+        (what each sink received in these steps). A failure closes the session and raises
+        :class:`LavaRunError` (``KeyboardInterrupt``, :class:`LavaTerminated` after the cleanup)."""
+        if self.closed:
+            raise RuntimeError("this LavaSession is closed; open a new one")
+        num_steps = _check_steps(self.sinks, num_steps)
+        clock = _PhaseClock(timings)
+        try:
+            self.runtime.start(RunSteps(num_steps=num_steps, blocking=False))
+            _wait_until_done(self.runtime, timeout)
+        except BaseException:
+            self._close(graceful=False)
+            raise
         clock.lap("run_s")
-        finished = True
-    finally:
+        return {name: sink.data()[:num_steps] for name, sink in self.sinks.items()}
+
+    def close(self) -> None:
+        """Stop every worker (Lava's stop protocol, killing them as a last resort); idempotent."""
+        self._close(graceful=True)
+
+    def __enter__(self) -> LavaSession:
+        return self
+
+    def __exit__(self, exc_type: ty.Any, exc: ty.Any, tb: ty.Any) -> None:
+        self._close(graceful=exc_type is None)
+
+    def _close(self, graceful: bool) -> None:
+        if self.closed:
+            return
+        _OPEN_SESSIONS.discard(self)
         # A SIGTERM/SIGHUP from here on is raised when the workers are gone (a graceful stop
         # gives up at once); its exception must not cut their killing short.
-        with SIGNAL_GUARD.deferred():
-            try:
-                clock.restart()  # stop_s is the teardown alone, also after a failure
-                _teardown(runtime, graceful=finished, stop_timeout=stop_timeout)
-                clock.lap("stop_s")
-            finally:
-                # Process.__del__ calls runtime.stop(); make that a no-op.
-                for proc in executable.process_list:
-                    proc.runtime = None
+        try:
+            with SIGNAL_GUARD.deferred():
+                clock = _PhaseClock(self.timings)
+                try:
+                    if self.runtime is not None:
+                        _teardown(self.runtime, graceful=graceful, stop_timeout=self.stop_timeout)
+                    clock.lap("stop_s")
+                finally:
+                    # Process.__del__ calls runtime.stop(); make that a no-op.
+                    for proc in getattr(self.executable, "process_list", ()):
+                        proc.runtime = None
+        finally:
+            signals, self._signals = self._signals, None
+            signals.__exit__(None, None, None)
+
+
+#: Sessions still open: closed at the interpreter's exit (no worker outlives it).
+_OPEN_SESSIONS: weakref.WeakSet[LavaSession] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_sessions() -> None:
+    for session in list(_OPEN_SESSIONS):
+        session._close(graceful=False)
+
+
+def _check_steps(sinks: dict[str, SpikeSink], num_steps: ty.Any) -> int:
+    """``num_steps`` as an int, if every sink records that many steps; else ValueError."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    for name, sink in sinks.items():
+        if sink.num_steps < num_steps:
+            raise ValueError(f"sink {name!r} records {sink.num_steps} steps, fewer than num_steps={num_steps}")
+    return int(num_steps)
 
 
 class _PhaseClock:

@@ -28,7 +28,7 @@ from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 
-__all__ = ["FIXED", "FLAG", "FLOAT", "IN", "OUT", "SIGN", "STEP", "VALUE", "Precision", "TypedProcessModel"]
+__all__ = ["RECORDS", "FIXED", "FLAG", "FLOAT", "IN", "OUT", "SIGN", "STEP", "VALUE", "Precision", "TypedProcessModel"]
 
 # Roles of ports and Vars.
 IN, OUT = "in", "out"  # dense ports carrying values (currents, spikes, traces)
@@ -62,6 +62,9 @@ class Precision:
         raise ValueError(f"unknown role {role!r}; expected one of {IN}, {OUT}, {VALUE}, {SIGN}, {FLAG}, {STEP}")
 
 
+#: proc_params entries a model writes for the parent to read (shared memory): reset between inputs.
+RECORDS = ("fire_record", "saturation_record", "clip_record")
+
 FLOAT = Precision(float)
 FIXED = Precision(np.int32, bits=24, sign_bits=2)
 
@@ -72,6 +75,10 @@ class TypedProcessModel(PyLoihiProcessModel):
 
     ports: ty.ClassVar[dict[str, str]] = {}
     variables: ty.ClassVar[dict[str, str]] = {}
+    #: Model attributes (besides the Vars) that hold state, reset with them between inputs.
+    transient: ty.ClassVar[tuple[str, ...]] = ()
+    #: 0-based step within the current input (``begin_step``).
+    t: int = 0
 
     def __init_subclass__(cls, precision: Precision | None = None, **kwargs: ty.Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -80,3 +87,73 @@ class TypedProcessModel(PyLoihiProcessModel):
         cls.precision = precision
         for name, role in {**cls.ports, **cls.variables}.items():
             setattr(cls, name, precision.lava_type(role))
+
+    # --- many inputs in one compiled graph ----------------------------------------------------------------
+    def begin_step(self) -> int:
+        """Start a step; returns (and sets ``self.t``) the 0-based step within the current input.
+
+        With ``proc_params["period"]`` (set by the builder: the steps of one inference) the
+        graph runs input after input: at the first step of each input after the first, every
+        state (Vars, ``transient`` attributes, the records in ``RECORDS``, held port values)
+        goes back to what it was at step 0, as a Loihi 2 core resets its neurons every reset
+        interval. Without it, time runs on from the first step."""
+        step, period = self.time_step - 1, self.proc_params.get("period")
+        if period is None:
+            self.t = step
+        else:
+            self.t = step % period
+            if step == 0:
+                self._initial = self._state_copy()
+            elif self.t == 0:
+                self.reset()
+        return self.t
+
+    def _state(self) -> dict[str, np.ndarray]:
+        names = (*self.variables, *self.transient)
+        state = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        state.update({key: self.proc_params[key] for key in RECORDS if self.proc_params.get(key) is not None})
+        return state
+
+    def _state_copy(self) -> dict[str, np.ndarray]:
+        return {name: np.array(value, copy=True) for name, value in self._state().items()}
+
+    def reset(self) -> None:
+        """Every state back to its step-0 value (in place: the records are shared with the parent)."""
+        for name, value in self._state().items():
+            value[...] = self._initial[name]
+        self.__dict__.pop("_held", None)
+
+    # --- quiet ports (``procs.windows``): a port sends and receives only inside its window ----------------
+    @property
+    def windows(self) -> dict:
+        """{port name: procs.windows.Window} assigned by ``assign_windows``; a port without one
+        sends and receives every step."""
+        return self.proc_params.get("windows") or {}
+
+    def in_window(self, name: str) -> bool:
+        """Whether port ``name`` carries a message this step."""
+        window = self.windows.get(name)
+        return window is None or self.t in window
+
+    def receive(self, name: str) -> np.ndarray:
+        """What InPort ``name`` reads this step: the message inside its window; outside, zeros,
+        or after a latched window the last message (what an every-step message would hold)."""
+        port = getattr(self, name)
+        window = self.windows.get(name)
+        if window is None:
+            return port.recv()
+        held = self.__dict__.setdefault("_held", {})
+        if self.t in window:
+            value = port.recv()
+            if window.latched:
+                held[name] = value
+            return value
+        if window.latched and name in held:
+            return held[name]
+        return np.zeros(port._shape, port._d_type)
+
+    def emit(self, name: str, value: np.ndarray | ty.Callable[[], np.ndarray]) -> None:
+        """Send on OutPort ``name`` if this step is in its window (``value`` may be a callable,
+        called only then)."""
+        if self.in_window(name):
+            getattr(self, name).send(value() if callable(value) else value)

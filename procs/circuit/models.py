@@ -12,7 +12,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
-from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
+from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, RECORDS, TypedProcessModel
 
 
 @implements(proc=Circuit, protocol=LoihiProtocol)
@@ -40,17 +40,32 @@ class AbstractCircuitModelFused(TypedProcessModel):
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        members = proc_params["members"]
-        sources = fused.member_sources(members, {"s_in": proc_params["feeds"],
-                                                 "trace_in": proc_params["trace_feeds"]})
-        self.stepper = fused.Stepper(members, sources, fixed=self.precision == FIXED)
+        self.stepper = self._stepper()
         self.output = id(proc_params["output"])
 
+    def _stepper(self) -> fused.Stepper:
+        members = self.proc_params["members"]
+        sources = fused.member_sources(members, {"s_in": self.proc_params["feeds"],
+                                                 "trace_in": self.proc_params["trace_feeds"]})
+        return fused.Stepper(members, sources, fixed=self.precision == FIXED)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """The members' records (their other state lives in the stepper)."""
+        return {f"{i}.{key}": member.proc_params[key] for i, member in enumerate(self.proc_params["members"])
+                for key in RECORDS if member.proc_params.get(key) is not None}
+
+    def reset(self) -> None:
+        """A new stepper (fresh member state), then the records as they were at step 0 (its
+        construction counted the bias clips again)."""
+        self.stepper = self._stepper()
+        super().reset()
+
     def run_spk(self) -> None:
-        external = {name: (x if x.any() else None) for name, x in (("s_in", self.s_in.recv()),
-                                                                   ("trace_in", self.trace_in.recv()))}
-        out = self.stepper.step(self.time_step - 1, external)[self.output]
-        self.s_out.send(np.zeros(self.s_out.shape) if out is None else out)
+        t = self.begin_step()
+        external = {name: (x if x.any() else None) for name, x in (("s_in", self.receive("s_in")),
+                                                                   ("trace_in", self.receive("trace_in")))}
+        out = self.stepper.step(t, external)[self.output]
+        self.emit("s_out", lambda: np.zeros(self.s_out.shape) if out is None else out)
 
 
 @implements(proc=Circuit, protocol=LoihiProtocol)

@@ -19,9 +19,9 @@ class AbstractDelayLineModel(TypedProcessModel):
     variables: ty.ClassVar = {"buffer": VALUE}
 
     def run_spk(self) -> None:
-        t = self.time_step - 1
-        self.a_out.send(dynamics.delay_output(self.buffer, t))
-        dynamics.delay_input(self.buffer, t, self.s_in.recv())
+        t = self.begin_step()
+        self.emit("a_out", dynamics.delay_output(self.buffer, t))
+        dynamics.delay_input(self.buffer, t, self.receive("s_in"))
 
 
 @implements(proc=DelayLine, protocol=LoihiProtocol)

@@ -17,17 +17,20 @@ class AbstractPhaseNeuronModel(TypedProcessModel):
 
     ports: ty.ClassVar = {"a_in": IN, "trace_in": IN, "div_in": IN, "s_out": OUT, "trace_out": OUT, "v_out": OUT}
     variables: ty.ClassVar = {"v": VALUE, "fired": FLAG, "fire_step": STEP, "sign": SIGN, "latched": VALUE}
+    transient = ("_divisor",)
 
     def _step(self, t: int, x: np.ndarray, trace: np.generic, divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance the Vars to step ``t`` (0-based); returns (spikes, decoded trace)."""
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        spikes, decoded = self._step(self.time_step - 1, self.a_in.recv(), self.trace_in.recv()[0], self.div_in.recv())
+        t = self.begin_step()
+        spikes, decoded = self._step(t, self.receive("a_in"), self.receive("trace_in")[0],
+                                     self.receive("div_in"))
         self.proc_params["fire_record"][...] = self.fire_step
-        self.s_out.send(spikes)
-        self.trace_out.send(decoded)
-        self.v_out.send(self.v.copy())
+        self.emit("s_out", spikes)
+        self.emit("trace_out", decoded)
+        self.emit("v_out", self.v.copy)
 
 
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)

@@ -12,7 +12,7 @@ from lava_spikedattn.procs.spike_sink.process import SpikeSink
 
 
 class AbstractSpikeSinkModel(TypedProcessModel):
-    """Writes the received tensor into row ``time_step - 1`` of the record (float64; integer
+    """Writes the received tensor into row ``t`` (the step within the input) of the record (float64; integer
     payloads are exact below 2^53). The record is shared with the parent through the inherited
     MAP_SHARED mapping."""
 
@@ -23,8 +23,8 @@ class AbstractSpikeSinkModel(TypedProcessModel):
         self._record: np.ndarray = proc_params["record"]
 
     def run_spk(self) -> None:
-        x = self.a_in.recv()
-        t = self.time_step - 1
+        t = self.begin_step()
+        x = self.receive("a_in")
         if t >= self._record.shape[0]:
             raise RuntimeError(f"SpikeSink: step {t} exceeds num_steps={self._record.shape[0]}")
         self._record[t] = x

@@ -13,16 +13,23 @@ from lava_spikedattn.procs.spike_source.process import SpikeSource
 
 
 class AbstractSpikeSourceModel(TypedProcessModel):
-    """Sends ``data[time_step - 1]`` each step, zeros after the data ends; the models differ in
-    how they read the data."""
+    """Sends ``data[t]`` at step ``t`` of each input, zeros after the data ends; the models
+    differ in the payload type. The data is read from memory shared with the parent at every
+    step, so ``SpikeSource.load`` changes the input of the next run."""
 
     ports: ty.ClassVar = {"s_out": OUT}
-    _data: np.ndarray
-    _zeros: np.ndarray
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self._data: np.ndarray = proc_params["data"]
+        self._zeros = np.zeros(self._data.shape[1:], dtype=self.precision.value)
+
+    def _payload(self, row: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def run_spk(self) -> None:
-        t = self.time_step - 1
-        self.s_out.send(self._data[t] if t < self._data.shape[0] else self._zeros)
+        t = self.begin_step()
+        self.emit("s_out", lambda: self._payload(self._data[t]) if t < self._data.shape[0] else self._zeros)
 
 
 @implements(proc=SpikeSource, protocol=LoihiProtocol)
@@ -31,10 +38,8 @@ class AbstractSpikeSourceModel(TypedProcessModel):
 class PySpikeSourceModelFloat(AbstractSpikeSourceModel, precision=FLOAT):
     """The data as float64."""
 
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        self._data = proc_params["data"]
-        self._zeros = np.zeros(self._data.shape[1:], dtype=np.float64)
+    def _payload(self, row: np.ndarray) -> np.ndarray:
+        return row
 
 
 @implements(proc=SpikeSource, protocol=LoihiProtocol)
@@ -44,8 +49,5 @@ class PySpikeSourceModelFixed(AbstractSpikeSourceModel, precision=FIXED):
     """Integer payloads as int32 (24-bit). The data must hold integers in [−2^23, 2^23 − 1];
     anything else raises (no silent rounding)."""
 
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        data = dynamics_fixed.integer_payloads(proc_params["data"])
-        self._data = data.astype(np.int32)
-        self._zeros = np.zeros(data.shape[1:], dtype=np.int32)
+    def _payload(self, row: np.ndarray) -> np.ndarray:
+        return dynamics_fixed.integer_payloads(row).astype(np.int32)

@@ -6,6 +6,8 @@ import numpy as np
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 
+from lava_spikedattn.procs import params
+
 
 class SpikeSource(AbstractProcess):
     """Plays back ``data[t]`` on ``s_out`` at time step ``t``.
@@ -22,9 +24,10 @@ class SpikeSource(AbstractProcess):
     ----------
     data : numpy.ndarray
         Shape ``(steps, *shape)`` with ``ndim >= 2``; finite real values.
-        It is copied (as float64) and handed to the ProcessModel as a
-        Process parameter, not as a Var, because Lava moves Var values one
-        element at a time.
+        It is copied (as float64) into memory shared with the ProcessModel
+        and handed to it as a Process parameter, not as a Var, because Lava
+        moves Var values one element at a time; :meth:`load` replaces it
+        between runs of a compiled graph.
 
     Ports
     -----
@@ -44,8 +47,19 @@ class SpikeSource(AbstractProcess):
         log_config: LogConfig | None = None,
     ) -> None:
         data = _validated_data(data)
-        super().__init__(data=data, name=name, log_config=log_config)
+        shared = params.shared_array(data.shape)
+        shared[...] = data
+        super().__init__(data=shared, name=name, log_config=log_config)
         self.s_out = OutPort(shape=data.shape[1:])
+
+    def load(self, data: np.ndarray) -> None:
+        """Replace the data (same shape) for the next run of a compiled graph; call it between
+        runs only (the ProcessModel reads the shared memory while it runs)."""
+        data = _validated_data(data)
+        if data.shape != self.proc_params["data"].shape:
+            raise ValueError(f"SpikeSource: new data of shape {data.shape} does not match the compiled "
+                             f"{self.proc_params['data'].shape}")
+        self.proc_params["data"][...] = data
 
     @property
     def num_steps(self) -> int:
@@ -59,7 +73,7 @@ class SpikeSource(AbstractProcess):
 
 
 def _validated_data(data: ty.Any) -> np.ndarray:
-    """Return ``data`` as a read-only float64 copy or raise ValueError."""
+    """Return ``data`` as a float64 copy or raise ValueError."""
     if not isinstance(data, np.ndarray):
         raise ValueError(
             f"SpikeSource: data must be a numpy.ndarray, got "
@@ -78,5 +92,4 @@ def _validated_data(data: ty.Any) -> np.ndarray:
     out = np.array(data, dtype=np.float64, copy=True)
     if not np.all(np.isfinite(out)):
         raise ValueError("SpikeSource: data must be finite (found NaN or inf)")
-    out.setflags(write=False)
     return out

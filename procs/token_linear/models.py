@@ -22,7 +22,8 @@ class AbstractTokenLinearModel(TypedProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        self.a_out.send(self._step(self.time_step - 1, self.s_in.recv()))
+        t = self.begin_step()
+        self.emit("a_out", self._step(t, self.receive("s_in")))
 
 
 @implements(proc=TokenLinear, protocol=LoihiProtocol)

@@ -22,8 +22,9 @@ class AbstractTraceHolderModel(TypedProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        self.value[:] = self._trace(self.time_step - 1)
-        self.s_out.send(self.value.copy())
+        t = self.begin_step()
+        self.value[:] = self._trace(t)
+        self.emit("s_out", self.value.copy)
 
 
 @implements(proc=TraceHolder, protocol=LoihiProtocol)

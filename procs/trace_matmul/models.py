@@ -22,8 +22,9 @@ class AbstractTraceMatMulModel(TypedProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        self.a_out.send(self._step(self.time_step - 1, self.a_in.recv(), self.a_trace_in.recv(), self.b_in.recv(),
-                                   self.b_trace_in.recv()))
+        t = self.begin_step()
+        self.emit("a_out", self._step(t, self.receive("a_in"), self.receive("a_trace_in"),
+                                      self.receive("b_in"), self.receive("b_trace_in")))
 
 
 @implements(proc=TraceMatMul, protocol=LoihiProtocol)

@@ -32,11 +32,11 @@ class AbstractWossInhibitorModel(TypedProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        t = self.time_step - 1
-        self.shift_out.send(self._shift(t, self.a_in.recv()))
-        self.theta_out.send(np.array([self._threshold(t)]))
-        self.spike_sum[:] = self._spike_sum(self.trace_in.recv())
-        self.norm_out.send(self.spike_sum.copy())
+        t = self.begin_step()
+        self.emit("shift_out", self._shift(t, self.receive("a_in")))
+        self.emit("theta_out", np.array([self._threshold(t)]))
+        self.spike_sum[:] = self._spike_sum(self.receive("trace_in"))
+        self.emit("norm_out", self.spike_sum.copy)
 
 
 @implements(proc=WossInhibitor, protocol=LoihiProtocol)

@@ -24,12 +24,13 @@ class AbstractWossNeuronModel(TypedProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        spikes = self._step(self.time_step - 1, self.a_in.recv(), self.shift_in.recv(), self.theta_in.recv()[0],
-                            self.trace_in.recv()[0])
+        t = self.begin_step()
+        spikes = self._step(t, self.receive("a_in"), self.receive("shift_in"),
+                            self.receive("theta_in")[0], self.receive("trace_in")[0])
         self.proc_params["fire_record"][...] = self.fire_step
-        self.s_out.send(spikes)
-        self.trace_out.send(self.latched.copy())
-        self.v_out.send(self.v.copy())
+        self.emit("s_out", spikes)
+        self.emit("trace_out", self.latched.copy)
+        self.emit("v_out", self.v.copy)
 
 
 @implements(proc=WossNeuron, protocol=LoihiProtocol)
@@ -52,6 +53,8 @@ class PyWossNeuronModelFloat(AbstractWossNeuronModel, precision=FLOAT):
 @tag("fixed_pt")
 class PyWossNeuronModelFixed(AbstractWossNeuronModel, precision=FIXED):
     """``dynamics_fixed.woss_neuron_step_fixed``: the neuron part of ``reference.fixed.FixedWossSim``."""
+
+    transient = ("_clips",)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)

@@ -9,7 +9,7 @@ attention core's ``key_mask``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,6 @@ from lava_spikedattn.builder import FamilyBuilder, Graph, LavaBuildError, Stream
 from lava_spikedattn.coding import check_finite
 from lava_spikedattn.converted_model import ConvertedModel
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
-from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.wiring import one_shot
 
@@ -47,16 +46,27 @@ class BertBuilder(FamilyBuilder):
         check_finite("input", cm.family.model_input(x))
         return x, ids.shape[0]
 
-    def build(self, inputs: Mapping[str, Any]) -> tuple[TokenLinear, int]:
+    @classmethod
+    def layout(cls, cm: ConvertedModel, x: Mapping[str, Any]) -> Hashable:
+        """The padding shapes the graph (the attention's key mask): the batch's mask."""
+        ids = torch.as_tensor(x["input_ids"])
+        mask = x.get("attention_mask")
+        return tuple(ids.shape), None if mask is None else torch.as_tensor(mask).numpy().tobytes()
+
+    def encode(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """The embeddings, injected at step 0 into the embedding neurons (sets the key mask)."""
         g = self.g
         try:
             x, present = self.network.embed(inputs, g.code)  # validates the tokenizer tensors
         except ValueError as error:
             raise LavaBuildError(str(error)) from None
-        x = x.detach().double()
         self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
-        embeddings = g.neuron("embeddings_if", tuple(x.shape))
-        source = g.add(SpikeSource(data=one_shot(x, g.code, g.cm.steps_per_inference, neuron=embeddings)))
+        return one_shot(x.detach().double(), g.code, 1, neuron=g.populations["embeddings_if"])
+
+    def build(self, inputs: Mapping[str, Any]) -> tuple[TokenLinear, int]:
+        g = self.g
+        embeddings = g.neuron("embeddings_if", (*torch.as_tensor(inputs["input_ids"]).shape, self.config.hidden_size))
+        source = g.input(self.encode(inputs))
         g.link(source.s_out, embeddings.a_in)
         s = g.stream(embeddings)
         for i in range(self.config.num_hidden_layers):

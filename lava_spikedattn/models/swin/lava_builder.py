@@ -28,7 +28,6 @@ from lava_spikedattn.models.swin.network import (
     split_heads,
 )
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
-from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
 
@@ -70,16 +69,22 @@ class SwinBuilder(FamilyBuilder):
                 x = self._block(x, block)
         return self._head(x)
 
-    def _patch_embed(self, images: torch.Tensor) -> Stream:
-        g, cfg, b = self.g, self.config, self.g.batch
+    def encode(self, images: torch.Tensor) -> np.ndarray:
+        """The bit-serial input code (T, batch, C, H, W): ±full scale (payloads ±1 in fixed
+        point, the first weights absorb the full scale)."""
+        g = self.g
         full_scale = float(g.cm.weights["input_max"])
         encoder = BitSerialEncoderSim(images.double(), g.T, full_scale)
-        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])  # (T, batch, C, H, W): ±full scale
+        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])
         g.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
+        return bits if g.fmt is None else bits / full_scale
+
+    def _patch_embed(self, images: torch.Tensor) -> Stream:
+        g, cfg, b = self.g, self.config, self.g.batch
         weight = g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1)
-        if g.fmt is not None:  # integer payloads ±1; the weights absorb the full scale
-            bits, weight = bits / full_scale, weight * full_scale
-        source = g.add(SpikeSource(data=bits))
+        if g.fmt is not None:
+            weight = weight * float(g.cm.weights["input_max"])
+        source = g.input(self.encode(images))
         rows, cols = cfg.img_size[0] // cfg.patch_size[0], cfg.img_size[1] // cfg.patch_size[1]
         neuron = g.neuron("patch_embed_if", (b, rows, cols, cfg.embed_dim), bit_serial_input=True)
         in_index = patchify(index_positions(images.shape), cfg.patch_size).numpy()
