@@ -56,8 +56,7 @@ from lava_spikedattn.runtime import LavaSession
 from lava_spikedattn.wiring import connect, probe, wire_scores, wire_values
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
-#: weights) synchronised on every step (~0.1–0.3 ms per process per step on 2 cores): 400 processes
-#: take ~3 GB and ≥ 40 ms per step.
+#: weights) with a message channel per connection: 400 processes take ~3 GB.
 MAX_PROCESSES = 400
 #: Widest integer state a Lava network accepts: fixed_pt ports are int32 and an InPort adds up
 #: to 3 currents (a residual, a synapse, a bias), which must not wrap.
@@ -303,10 +302,11 @@ def attention_core(g: Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarr
 
 
 class LavaNetwork:
-    """A converted model as a Lava network on ``Loihi2SimCfg``; one graph is built per run.
+    """A converted model as a Lava network on ``Loihi2SimCfg``, compiled once per input layout.
 
-    ``run(x)`` phase-encodes the input, runs exactly ``steps_per_sample`` steps, decodes the
-    classifier read-out (the integrated membrane of ``last_fc``, spec §6) and stops every worker.
+    ``run(x)`` phase-encodes the input, runs exactly ``steps_per_sample`` steps and decodes the
+    classifier read-out (the integrated membrane of ``last_fc``, spec §6); the workers stay up
+    for the next input until :meth:`close` (or the end of a ``with`` block).
     Every block is a :class:`Circuit`: ``mode="fused"`` runs each block in one OS process (fast
     simulation), ``mode="decomposed"`` runs every population and synapse as its own Lava process
     (the porting path); both produce identical spikes.
@@ -352,7 +352,7 @@ class LavaNetwork:
         count = self._os_processes(graph)
         if count > MAX_PROCESSES:
             raise LavaBuildError(f"the graph has {count} Lava processes in {self.mode} mode, more than the simulator "
-                                 f"limit of {MAX_PROCESSES} (each is a forked OS process synchronised every step)")
+                                 f"limit of {MAX_PROCESSES} (each is a forked OS process)")
         self.last_graph = graph
         return graph, sink, readout_index
 

@@ -24,7 +24,7 @@ import typing as ty
 from dataclasses import dataclass
 
 import numpy as np
-from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.model import PyAsyncProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 
@@ -69,7 +69,7 @@ FLOAT = Precision(float)
 FIXED = Precision(np.int32, bits=24, sign_bits=2)
 
 
-class TypedProcessModel(PyLoihiProcessModel):
+class TypedProcessModel(PyAsyncProcessModel):
     """Base of the ProcessModels: ``ports`` and ``variables`` (name → role) declared once per
     Process; a concrete model passes ``precision=`` and gets their LavaPyTypes."""
 
@@ -79,6 +79,21 @@ class TypedProcessModel(PyLoihiProcessModel):
     transient: ty.ClassVar[tuple[str, ...]] = ()
     #: 0-based step within the current input (``begin_step``).
     t: int = 0
+    #: 1-based step since the start, as Lava's PyLoihiProcessModel counts it.
+    time_step: int = 0
+
+    def run_async(self) -> None:
+        """Lava's AsyncProtocol: step ``num_steps`` times. A step blocks only on the messages it
+        receives, so the processes keep in step through their data (dataflow), the spikes of a
+        LoihiProtocol run (where a runtime service synchronises every process on every step, a
+        round trip per process and step that dominated every run here); tested."""
+        for _ in range(self.num_steps):
+            self.time_step += 1
+            self.run_spk()
+
+    def run_spk(self) -> None:
+        """One step: receive, update, send."""
+        raise NotImplementedError
 
     def __init_subclass__(cls, precision: Precision | None = None, **kwargs: ty.Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -12,7 +12,6 @@ import pathlib
 
 import numpy as np
 import pytest
-from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.process import AbstractProcess
 
@@ -88,7 +87,7 @@ def _models(process: type) -> dict[str, list[type]]:
     module = importlib.import_module(process.__module__.rsplit(".", 1)[0] + ".models")
     by_tag: dict[str, list[type]] = {}
     for _, cls in inspect.getmembers(module, inspect.isclass):
-        if getattr(cls, "implements_process", None) is process and issubclass(cls, PyLoihiProcessModel):
+        if getattr(cls, "implements_process", None) is process and issubclass(cls, TypedProcessModel):
             for tag in cls.tags:
                 by_tag.setdefault(tag, []).append(cls)
     return by_tag

@@ -8,14 +8,14 @@ import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.sub.model import AbstractSubProcessModel
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import fused
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, RECORDS, TypedProcessModel
 
 
-@implements(proc=Circuit, protocol=LoihiProtocol)
+@implements(proc=Circuit, protocol=AsyncProtocol)
 @tag("floating_pt", "fixed_pt")
 class SubCircuitModel(AbstractSubProcessModel):
     """Decomposed: the members run as their own Lava processes (the porting path), each with
@@ -68,14 +68,14 @@ class AbstractCircuitModelFused(TypedProcessModel):
         self.emit("s_out", lambda: np.zeros(self.s_out.shape) if out is None else out)
 
 
-@implements(proc=Circuit, protocol=LoihiProtocol)
+@implements(proc=Circuit, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyCircuitModelFused(AbstractCircuitModelFused, precision=FLOAT):
     """Fused, floating point: the members' ``dynamics`` updates."""
 
 
-@implements(proc=Circuit, protocol=LoihiProtocol)
+@implements(proc=Circuit, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyCircuitModelFusedFixed(AbstractCircuitModelFused, precision=FIXED):

@@ -4,7 +4,7 @@ import typing as ty
 
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics
 from lava_spikedattn.procs.delay_line.process import DelayLine
@@ -24,14 +24,14 @@ class AbstractDelayLineModel(TypedProcessModel):
         dynamics.delay_input(self.buffer, t, self.receive("s_in"))
 
 
-@implements(proc=DelayLine, protocol=LoihiProtocol)
+@implements(proc=DelayLine, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyDelayLineModelFloat(AbstractDelayLineModel, precision=FLOAT):
     """Float values."""
 
 
-@implements(proc=DelayLine, protocol=LoihiProtocol)
+@implements(proc=DelayLine, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyDelayLineModelFixed(AbstractDelayLineModel, precision=FIXED):

@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLAG, FLOAT, IN, OUT, SIGN, STEP, VALUE, TypedProcessModel
@@ -33,7 +33,7 @@ class AbstractPhaseNeuronModel(TypedProcessModel):
         self.emit("v_out", self.v.copy)
 
 
-@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
+@implements(proc=PhaseNeuron, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel, precision=FLOAT):
@@ -52,7 +52,7 @@ class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel, precision=FLOAT):
         return spikes, state.decoded(self.params.scale)
 
 
-@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
+@implements(proc=PhaseNeuron, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyPhaseNeuronModelFixed(AbstractPhaseNeuronModel, precision=FIXED):

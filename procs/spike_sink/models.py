@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, TypedProcessModel
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
@@ -30,14 +30,14 @@ class AbstractSpikeSinkModel(TypedProcessModel):
         self._record[t] = x
 
 
-@implements(proc=SpikeSink, protocol=LoihiProtocol)
+@implements(proc=SpikeSink, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PySpikeSinkModelFloat(AbstractSpikeSinkModel, precision=FLOAT):
     """Float tensors."""
 
 
-@implements(proc=SpikeSink, protocol=LoihiProtocol)
+@implements(proc=SpikeSink, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PySpikeSinkModelFixed(AbstractSpikeSinkModel, precision=FIXED):

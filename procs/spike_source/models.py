@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLOAT, OUT, TypedProcessModel
@@ -32,7 +32,7 @@ class AbstractSpikeSourceModel(TypedProcessModel):
         self.emit("s_out", lambda: self._payload(self._data[t]) if t < self._data.shape[0] else self._zeros)
 
 
-@implements(proc=SpikeSource, protocol=LoihiProtocol)
+@implements(proc=SpikeSource, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PySpikeSourceModelFloat(AbstractSpikeSourceModel, precision=FLOAT):
@@ -42,7 +42,7 @@ class PySpikeSourceModelFloat(AbstractSpikeSourceModel, precision=FLOAT):
         return row
 
 
-@implements(proc=SpikeSource, protocol=LoihiProtocol)
+@implements(proc=SpikeSource, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PySpikeSourceModelFixed(AbstractSpikeSourceModel, precision=FIXED):

@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
@@ -26,7 +26,7 @@ class AbstractTokenLinearModel(TypedProcessModel):
         self.emit("a_out", self._step(t, self.receive("s_in")))
 
 
-@implements(proc=TokenLinear, protocol=LoihiProtocol)
+@implements(proc=TokenLinear, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyTokenLinearModelFloat(AbstractTokenLinearModel, precision=FLOAT):
@@ -38,7 +38,7 @@ class PyTokenLinearModelFloat(AbstractTokenLinearModel, precision=FLOAT):
         return dynamics.token_linear(x, p["weight_t"], p["in_index"], p["out_index"], bias)
 
 
-@implements(proc=TokenLinear, protocol=LoihiProtocol)
+@implements(proc=TokenLinear, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyTokenLinearModelFixed(AbstractTokenLinearModel, precision=FIXED):

@@ -4,7 +4,7 @@ import typing as ty
 
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLOAT, OUT, VALUE, TypedProcessModel
@@ -27,7 +27,7 @@ class AbstractTraceHolderModel(TypedProcessModel):
         self.emit("s_out", self.value.copy)
 
 
-@implements(proc=TraceHolder, protocol=LoihiProtocol)
+@implements(proc=TraceHolder, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyTraceHolderModelFloat(AbstractTraceHolderModel, precision=FLOAT):
@@ -38,7 +38,7 @@ class PyTraceHolderModelFloat(AbstractTraceHolderModel, precision=FLOAT):
         return dynamics.global_trace(t, p["phase"], p["timesteps"], p["base"], p["trace_start"])
 
 
-@implements(proc=TraceHolder, protocol=LoihiProtocol)
+@implements(proc=TraceHolder, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyTraceHolderModelFixed(AbstractTraceHolderModel, precision=FIXED):

@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
@@ -27,7 +27,7 @@ class AbstractTraceMatMulModel(TypedProcessModel):
                                       self.receive("b_in"), self.receive("b_trace_in")))
 
 
-@implements(proc=TraceMatMul, protocol=LoihiProtocol)
+@implements(proc=TraceMatMul, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyTraceMatMulModelFloat(AbstractTraceMatMulModel, precision=FLOAT):
@@ -37,7 +37,7 @@ class PyTraceMatMulModelFloat(AbstractTraceMatMulModel, precision=FLOAT):
         return dynamics.trace_matmul(self.proc_params, t, a, a_hat, b, b_hat)
 
 
-@implements(proc=TraceMatMul, protocol=LoihiProtocol)
+@implements(proc=TraceMatMul, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyTraceMatMulModelFixed(AbstractTraceMatMulModel, precision=FIXED):

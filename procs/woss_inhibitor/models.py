@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLAG, FLOAT, IN, OUT, VALUE, TypedProcessModel
@@ -39,7 +39,7 @@ class AbstractWossInhibitorModel(TypedProcessModel):
         self.emit("norm_out", self.spike_sum.copy)
 
 
-@implements(proc=WossInhibitor, protocol=LoihiProtocol)
+@implements(proc=WossInhibitor, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyWossInhibitorModelFloat(AbstractWossInhibitorModel, precision=FLOAT):
@@ -59,7 +59,7 @@ class PyWossInhibitorModelFloat(AbstractWossInhibitorModel, precision=FLOAT):
         return trace.sum(axis=-1, keepdims=True)
 
 
-@implements(proc=WossInhibitor, protocol=LoihiProtocol)
+@implements(proc=WossInhibitor, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyWossInhibitorModelFixed(AbstractWossInhibitorModel, precision=FIXED):

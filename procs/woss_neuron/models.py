@@ -5,7 +5,7 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.resources import CPU
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed
 from lava_spikedattn.procs.model_types import FIXED, FLAG, FLOAT, IN, OUT, STEP, VALUE, TypedProcessModel
@@ -33,7 +33,7 @@ class AbstractWossNeuronModel(TypedProcessModel):
         self.emit("v_out", self.v.copy)
 
 
-@implements(proc=WossNeuron, protocol=LoihiProtocol)
+@implements(proc=WossNeuron, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyWossNeuronModelFloat(AbstractWossNeuronModel, precision=FLOAT):
@@ -48,7 +48,7 @@ class PyWossNeuronModelFloat(AbstractWossNeuronModel, precision=FLOAT):
                                          theta, trace)
 
 
-@implements(proc=WossNeuron, protocol=LoihiProtocol)
+@implements(proc=WossNeuron, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyWossNeuronModelFixed(AbstractWossNeuronModel, precision=FIXED):
