@@ -44,6 +44,7 @@ from lava_spikedattn.fixed_point import FixedFormat
 from lava_spikedattn.layers import LayerSpec, LayerStats, fit_scale
 from lava_spikedattn.loihi import neuron_units
 from lava_spikedattn.procs import fused, windows
+from lava_spikedattn.procs import graph as procs_graph
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
@@ -342,11 +343,13 @@ class LavaNetwork:
 
     def build(self, x: ty.Any) -> tuple[Graph, SpikeSink, int]:
         """Processes for one batch; raises :class:`LavaBuildError` before any worker starts."""
-        return self._build(*self.builder_class.check_input(self.cm, x))
+        graph, sink, readout_index, _ = self._build(*self.builder_class.check_input(self.cm, x))
+        return graph, sink, readout_index
 
-    def _build(self, x: ty.Any, batch: int) -> tuple[Graph, SpikeSink, int]:
+    def _build(self, x: ty.Any, batch: int) -> tuple[Graph, SpikeSink, int, FamilyBuilder]:
         graph = Graph(self.cm, batch=batch, fmt=self.fixed_format)
-        graph.head, readout_index = self.builder_class(graph).build(x)
+        family_builder = self.builder_class(graph)
+        graph.head, readout_index = family_builder.build(x)
         sink = probe(graph.head.a_out, self.steps_per_sample)
         graph.processes.append(sink)
         count = self._os_processes(graph)
@@ -354,7 +357,7 @@ class LavaNetwork:
             raise LavaBuildError(f"the graph has {count} Lava processes in {self.mode} mode, more than the simulator "
                                  f"limit of {MAX_PROCESSES} (each is a forked OS process)")
         self.last_graph = graph
-        return graph, sink, readout_index
+        return graph, sink, readout_index, family_builder
 
     def run(self, x: ty.Any, timings: dict | None = None) -> torch.Tensor:
         """Logits (batch, classes) of images (batch, C, H, W) (or one image (C, H, W)) for Swin,
@@ -374,12 +377,12 @@ class LavaNetwork:
         layout = self.builder_class.layout(self.cm, x)
         if self._compiled is not None and self._compiled.layout == layout:
             graph = self.last_graph = self._compiled.graph
-            graph.source.load(self.builder_class(graph).encode(x))
+            graph.source.load(self._compiled.builder.encode(x))
             if timings is not None:
                 timings["build_s"] = time.perf_counter() - start
         else:
             self.close()
-            graph, sink, readout_index = self._build(x, batch)
+            graph, sink, readout_index, family_builder = self._build(x, batch)
             windows.assign_windows(graph.processes)
             for process in (*graph.processes, *_leaves(graph.processes)):
                 process.proc_params.overwrite("period", self.steps_per_sample)
@@ -388,7 +391,7 @@ class LavaNetwork:
             tag = "floating_pt" if self.fixed_format is None else "fixed_pt"
             session = LavaSession({"readout": sink}, select_tag=tag, timings=timings,
                                   select_sub_proc_model=self.mode == "decomposed")
-            self._compiled = _Compiled(layout, graph, readout_index, session)
+            self._compiled = _Compiled(layout, graph, readout_index, family_builder, session)
         current = self._compiled.session.run(self.steps_per_sample, timings=timings)["readout"]
         return self._logits(current, graph, self._compiled.readout_index)
 
@@ -413,7 +416,7 @@ class LavaNetwork:
         process (``procs.fused.Stepper``): no Lava runtime and no worker processes, so whole
         batches of a data set go through in one graph. :meth:`stats` then describes this run."""
         graph, sink, readout_index = self.build(x)
-        leaves, sources = fused.flatten(graph.processes)
+        leaves, sources = procs_graph.flatten(graph.processes)
         stepper = fused.Stepper(leaves, sources, self.fixed_format is not None)
         for t in range(self.steps_per_sample):
             stepper.step(t)
@@ -512,6 +515,7 @@ class _Compiled:
     layout: ty.Hashable
     graph: Graph
     readout_index: int
+    builder: FamilyBuilder  # encodes the next input
     session: LavaSession
 
 

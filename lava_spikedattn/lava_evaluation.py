@@ -77,26 +77,27 @@ def evaluate_lava(cm: ConvertedModel, batches: Iterable[Any], *, mode: str = "fu
     result = LavaEvaluation(fixed_point=fixed)
     last_batch = -1  # index (over all ranks) of the last batch this rank ran
     bar = tqdm(distributed.shard(batches), desc="Lava", unit="batch", disable=not progress or rank != 0)
-    for i, batch in enumerate(bar):
-        inputs, labels = split_batch(batch)
-        logits = net.run(inputs)
-        expected = reference(inputs if isinstance(inputs, dict) else inputs.double())
-        if fixed:  # the same integer graph stepped in this process must give the same logits
-            for name, count in net.stats()["clips"].items():  # this batch's run
-                result.clips[name] = result.clips.get(name, 0) + count
-            result.equal_to_simulation += int((logits == simulator.simulate(inputs)).all(-1).sum())
-        result.same_class += int((logits.argmax(-1) == expected.argmax(-1)).sum())
-        difference = float((logits - expected).abs().max() / expected.abs().max().clamp(min=1e-300))
-        result.max_relative_difference = max(result.max_relative_difference, difference)
-        result.samples += len(logits)
-        result.steps_simulated += len(logits) * net.steps_per_sample
-        if labels is not None:
-            result.labeled += len(labels)
-            result.correct += int((logits.argmax(-1) == torch.as_tensor(labels)).sum())
-        last_batch = rank + i * world_size  # shard() gives this rank batches rank, rank + N, ...
-    if last_batch >= 0:
-        stats = net.stats()
-        result.processes, result.neurons, result.synapses = stats["processes"], stats["neurons"], stats["synapses"]
+    with net:  # one compiled graph for every batch of one size; its workers stop at the end
+        for i, batch in enumerate(bar):
+            inputs, labels = split_batch(batch)
+            logits = net.run(inputs)
+            expected = reference(inputs if isinstance(inputs, dict) else inputs.double())
+            if fixed:  # the same integer graph stepped in this process must give the same logits
+                for name, count in net.stats()["clips"].items():  # this batch's run
+                    result.clips[name] = result.clips.get(name, 0) + count
+                result.equal_to_simulation += int((logits == simulator.simulate(inputs)).all(-1).sum())
+            result.same_class += int((logits.argmax(-1) == expected.argmax(-1)).sum())
+            difference = float((logits - expected).abs().max() / expected.abs().max().clamp(min=1e-300))
+            result.max_relative_difference = max(result.max_relative_difference, difference)
+            result.samples += len(logits)
+            result.steps_simulated += len(logits) * net.steps_per_sample
+            if labels is not None:
+                result.labeled += len(labels)
+                result.correct += int((logits.argmax(-1) == torch.as_tensor(labels)).sum())
+            last_batch = rank + i * world_size  # shard() gives this rank batches rank, rank + N, ...
+        if last_batch >= 0:
+            stats = net.stats()
+            result.processes, result.neurons, result.synapses = stats["processes"], stats["neurons"], stats["synapses"]
     shards = distributed.gather_objects((last_batch, result))
     combined = max(shards, key=lambda shard: shard[0])[1]  # its graph size: the run of the last batch
     total = LavaEvaluation(fixed_point=fixed, processes=combined.processes, neurons=combined.neurons,

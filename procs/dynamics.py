@@ -79,18 +79,17 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
     Rows with S = 0 never fire either way (the dividing path clears their membrane).
     """
     t_rel = t - p.start
-    spikes = np.zeros_like(s.v)
     if not 0 <= t_rel < p.timesteps + p.wait:
-        return spikes
+        return np.zeros_like(s.v)
     if p.normalized and t_rel == p.wait:
         if p.divide_free:
             s.divisor[...] = divisor
         else:
             safe = np.where(divisor == 0, 1.0, divisor)
             s.v[:] = np.where(divisor == 0, 0.0, s.v / safe)
-    s.v[:] = p.gain * s.v
+    s.v *= p.gain
     if t_rel < p.timesteps:
-        s.v[:] = s.v + x / p.scale
+        s.v += x / p.scale
     scaled = p.normalized and p.divide_free
     if t_rel == p.wait:
         limit = p.saturation * SATURATION_RTOL
@@ -99,22 +98,23 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
         s.saturated[:] = np.abs(s.v) > limit if p.signed else s.v > limit
         if scaled:
             s.saturated[s.divisor == 0] = False  # a cleared row (the dividing path zeroes it)
-    if t_rel >= p.wait:
-        theta = p.thresholds[t_rel - p.wait]
-        if scaled:
-            theta = theta * s.divisor
-        fire = (s.v >= theta).astype(float)
-        if p.signed:
-            fire -= s.v <= -theta
-        fire[s.fired] = 0.0
-        if scaled:
-            fire[s.divisor == 0] = 0.0
-        new = fire != 0
-        s.latched[new] = trace
-        s.sign[new] = fire[new]
-        s.fire_step[new] = t_rel - p.wait
-        s.fired[new] = True
-        spikes = fire * p.scale
+    spikes = np.zeros_like(s.v)
+    if t_rel < p.wait:
+        return spikes
+    theta = p.thresholds[t_rel - p.wait]
+    if scaled:
+        theta = theta * s.divisor
+    up = s.v >= theta
+    fire = (up ^ (s.v <= -theta)) if p.signed else up  # both: ±1 cancel, as 1 − 1 = 0
+    fire &= ~s.fired
+    if scaled:
+        fire &= s.divisor != 0
+    new = np.flatnonzero(fire)  # the few neurons firing now: update them only (flat views)
+    if new.size:
+        sign = np.where(up.reshape(-1)[new], 1.0, -1.0)
+        for state, value in ((s.latched, trace), (s.sign, sign), (s.fire_step, t_rel - p.wait), (s.fired, True)):
+            state.reshape(-1)[new] = value
+        spikes.reshape(-1)[new] = sign * np.broadcast_to(p.scale, s.v.shape)[np.unravel_index(new, s.v.shape)]
     return spikes
 
 

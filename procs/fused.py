@@ -18,8 +18,7 @@ import typing as ty
 
 import numpy as np
 
-from lava_spikedattn.procs import dynamics, dynamics_fixed
-from lava_spikedattn.procs.circuit.process import Circuit
+from lava_spikedattn.procs import dynamics, dynamics_fixed, windows
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
@@ -42,15 +41,25 @@ class Stage(ty.NamedTuple):
     inputs: tuple
     outputs: tuple
     run: ty.Callable[[int, Reader], dict]
+    runs: str = "outputs"  # in the steps its outputs can change, or its "inputs" can, or "always" (Stepper)
 
 
 def stages(member, fixed: bool) -> list[Stage]:
-    """The leaf's update as stages (``fixed``: its fixed_pt equations, else floating_pt)."""
+    """The leaf's update as stages (``fixed``: its fixed_pt equations, else floating_pt), its
+    records (shared with the parent) set to their initial values: new stages start a new input."""
     builders = _FIXED if fixed else _FLOAT
     for kind, build in builders.items():
         if isinstance(member, kind):
+            _initial_records(member.proc_params)
             return build(member, member.proc_params)
     raise ValueError(f"no fused update for {type(member).__name__} {member.name!r}")
+
+
+def _initial_records(p) -> None:
+    """Fire steps −1 (silent), nothing saturated, nothing clipped (as the Processes create them)."""
+    for key, initial in (("fire_record", -1), ("saturation_record", False), ("clip_record", 0)):
+        if p.get(key) is not None:
+            p[key].fill(initial)
 
 
 # --- stages shared by both precisions --------------------------------------------------------------------
@@ -101,7 +110,7 @@ def _inhibitor(member: WossInhibitor, shift: ty.Callable, ramp: ty.Callable, tot
             clip_record[0] += last["clips"]
         return {member.norm_out: last["out"]}
     return [Stage((member.a_in,), (member.shift_out, member.theta_out), shift_and_ramp),
-            Stage((member.trace_in,), (member.norm_out,), normaliser)]
+            Stage((member.trace_in,), (member.norm_out,), normaliser, runs="always")]
 
 
 def _synapse(member, p, inputs: tuple, output, compute: ty.Callable, drive: tuple) -> list[Stage]:
@@ -129,7 +138,7 @@ def _delay(member: DelayLine, p) -> list[Stage]:
     def store(t, read):
         dynamics.delay_input(slots, t, None if read.quiet(member.s_in) else read(member.s_in))
         return {}
-    return [Stage((), (member.a_out,), send), Stage((member.s_in,), (), store)]
+    return [Stage((), (member.a_out,), send), Stage((member.s_in,), (), store, runs="inputs")]
 
 
 def _source(member: SpikeSource, data: np.ndarray) -> list[Stage]:
@@ -146,7 +155,7 @@ def _sink(member: SpikeSink, p) -> list[Stage]:
             raise RuntimeError(f"SpikeSink: step {t} exceeds num_steps={record.shape[0]}")
         record[t] = read(member.a_in)
         return {}
-    return [Stage((member.a_in,), (), run)]
+    return [Stage((member.a_in,), (), run, runs="always")]
 
 
 # --- floating point -----------------------------------------------------------------------------------
@@ -286,26 +295,47 @@ _FIXED: dict[type, ty.Callable[..., list[Stage]]] = {
 class Stepper:
     """Steps ``members`` (leaf Processes) in one Python process.
 
-    ``sources`` maps ``id(InPort)`` of a member to the keys of what feeds it: ``id(OutPort)`` of
-    a member, or an external key whose value :meth:`step` is given. Ports absent from it read
-    zeros (an unconnected Lava InPort).
+    ``sources`` (``procs.graph``) maps ``id(InPort)`` of a member to the keys of what feeds it:
+    ``id(OutPort)`` of a member, or an external key whose value :meth:`step` is given (its
+    window in ``external_windows``, default every step). Ports absent from it read zeros (an
+    unconnected Lava InPort).
+
+    A stage runs only in the steps where one of its outputs can change (``procs.windows``):
+    before them its outputs are zeros, after them zeros or, for a latched output (a decoded
+    trace, a membrane), the value of its last step; outside its windows a pipelined network is
+    mostly silent, so most stages of a step cost nothing. A DelayLine stores only the steps its
+    input can carry something (the others are never sent); a sink records, and the WOSS
+    normaliser recounts its clips, every step, as their Lava models do.
     """
 
     def __init__(self, members: ty.Sequence, sources: ty.Mapping[int, ty.Sequence[ty.Hashable]],
-                 fixed: bool) -> None:
+                 fixed: bool, external_windows: ty.Mapping[ty.Hashable, windows.Window] | None = None) -> None:
         self.sources = {port: list(keys) for port, keys in sources.items()}
         self.dtype = np.int64 if fixed else np.float64
         self._zeros: dict[tuple, np.ndarray] = {}
-        self.stages = _schedule([stage for member in members for stage in stages(member, fixed)], self.sources)
+        natural = windows.natural_windows(members, self.sources, external_windows)
+        self._plan = []
+        for stage in _schedule([stage for member in members for stage in stages(member, fixed)], self.sources):
+            keys = {"outputs": [id(port) for port in stage.outputs],
+                    "inputs": [key for port in stage.inputs for key in self.sources.get(id(port), ())]}
+            active = windows.ALWAYS if stage.runs == "always" else windows.EMPTY
+            for key in keys.get(stage.runs, ()):
+                active = active.hull(natural[key])
+            latched = tuple(key for key in keys["outputs"] if natural[key].latched)
+            self._plan.append((stage, active.first, active.end, latched))
+        self._held: dict[int, np.ndarray | None] = {}  # latched outputs of stages past their window
 
     def step(self, t: int, external: ty.Mapping[ty.Hashable, np.ndarray] | None = None) -> dict:
-        """Run every stage for step ``t`` (0-based); returns the outputs by ``id(OutPort)``
-        (None: all zeros)."""
-        values: dict[ty.Hashable, np.ndarray | None] = dict(external or {})
+        """Run the stages of step ``t`` (0-based); returns the outputs by ``id(OutPort)`` (absent
+        or None: all zeros)."""
+        values: dict[ty.Hashable, np.ndarray | None] = {**self._held, **(external or {})}
         read = Reader(self, values)
-        for stage in self.stages:
-            for port, value in stage.run(t, read).items():
-                values[id(port)] = value
+        for stage, first, end, latched in self._plan:
+            if first <= t < end:
+                for port, value in stage.run(t, read).items():
+                    values[id(port)] = value
+                if t == end - 1:
+                    self._held.update((key, values[key]) for key in latched)
         return values
 
     def zeros(self, port) -> np.ndarray:
@@ -355,42 +385,3 @@ def _schedule(all_stages: list[Stage], sources: ty.Mapping[int, list]) -> list[S
         order.extend(ready)
         done.update(ready)
     return [all_stages[i] for i in order]
-
-
-def member_sources(members: ty.Sequence, feeds: ty.Mapping[ty.Hashable, ty.Sequence]) -> dict[int, list]:
-    """``sources`` for :class:`Stepper` of a closed set of members: each member InPort's
-    connections from other members, plus the external key of every ``feeds`` entry listing it."""
-    inside = {id(member) for member in members}
-    sources: dict[int, list] = {}
-    for member in members:
-        for port in member.in_ports:
-            sources[id(port)] = [id(src) for src in port.in_connections if id(src.process) in inside]
-    for key, ports in feeds.items():
-        for port in ports:
-            sources[id(port)].append(key)
-    return sources
-
-
-def flatten(processes: ty.Sequence) -> tuple[list, dict[int, list]]:
-    """A whole graph's leaf Processes (Circuits expanded into their members) and the
-    :class:`Stepper` ``sources`` that wire them as Lava would (a Circuit's input reaches its
-    feeds, its output is its output member's port)."""
-    circuits = [p for p in processes if isinstance(p, Circuit)]
-    leaves = [leaf for p in processes for leaf in (p.members if isinstance(p, Circuit) else [p])]
-    output_of = {id(c.s_out): c.proc_params["output"] for c in circuits}
-
-    def origin(port) -> int:
-        return id(output_of.get(id(port), port))
-
-    fed: dict[int, list] = {}
-    for c in circuits:
-        for outer, inner in ((c.s_in, c.proc_params["feeds"]), (c.trace_in, c.proc_params["trace_feeds"])):
-            for port in inner:
-                fed.setdefault(id(port), []).extend(origin(src) for src in outer.in_connections)
-    sources = {}
-    for leaf in leaves:
-        for port in leaf.in_ports:
-            # a Circuit's own s_in (connected to its feeds once a decomposed run built it) is in ``fed``
-            inner = [src for src in port.in_connections if not isinstance(src.process, Circuit) or id(src) in output_of]
-            sources[id(port)] = [origin(src) for src in inner] + fed.get(id(port), [])
-    return leaves, sources

@@ -165,7 +165,22 @@ class TypedProcessModel(PyAsyncProcessModel):
             return value
         if window.latched and name in held:
             return held[name]
-        return np.zeros(port._shape, port._d_type)
+        return self._zeros(port)
+
+    def receive_nonzero(self, name: str) -> np.ndarray | None:
+        """:meth:`receive`, or None where InPort ``name`` reads all zeros (no scan outside its window)."""
+        value = self.receive(name)
+        if value is self._zeros(getattr(self, name)) or not value.any():
+            return None
+        return value
+
+    def _zeros(self, port) -> np.ndarray:
+        """A read-only zero array of the port's shape and type (what a quiet port reads)."""
+        cache = self.__dict__.setdefault("_zero_arrays", {})
+        if port not in cache:
+            cache[port] = np.zeros(port._shape, port._d_type)
+            cache[port].setflags(write=False)
+        return cache[port]
 
     def emit(self, name: str, value: np.ndarray | ty.Callable[[], np.ndarray]) -> None:
         """Send on OutPort ``name`` if this step is in its window (``value`` may be a callable,

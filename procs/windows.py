@@ -22,7 +22,7 @@ from __future__ import annotations
 import typing as ty
 from dataclasses import dataclass
 
-from lava_spikedattn.procs import fused
+from lava_spikedattn.procs import graph
 from lava_spikedattn.procs.circuit.process import Circuit
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
@@ -134,12 +134,12 @@ _RULES: dict[type, ty.Callable[[ty.Any, dict[str, Window]], dict[str, Window]]] 
 
 # --- the whole graph ---------------------------------------------------------------------------------------
 def assign_windows(processes: ty.Sequence) -> None:
-    """Give every port of a built graph (leaves and Circuits, as ``procs.fused.flatten`` wires
+    """Give every port of a built graph (leaves and Circuits, as ``procs.graph.flatten`` wires
     them) its window, in ``proc_params["windows"]`` ({port name: Window}), which the models
     obey (``TypedProcessModel.receive`` / ``emit``). A port connected outside ``processes``
     keeps sending every step; an OutPort nobody receives sends nothing."""
-    leaves, sources = fused.flatten(processes)
-    send = _natural_windows(leaves, sources)
+    leaves, sources = graph.flatten(processes)
+    send = natural_windows(leaves, sources)
     receivers: dict[int, int] = {}
     for keys in sources.values():
         for key in keys:
@@ -165,11 +165,17 @@ def assign_windows(processes: ty.Sequence) -> None:
         circuit.proc_params.overwrite("windows", windows)
 
 
-def _natural_windows(leaves: ty.Sequence, sources: ty.Mapping[int, list]) -> dict[int, Window]:
-    """Each OutPort's window from its Process's rule and its inputs' windows, iterated from
-    "never" until nothing widens (the rules only widen; a WOSS neuron and its inhibitor feed
-    each other)."""
-    send = {id(port): EMPTY for leaf in leaves for port in leaf.out_ports}
+def natural_windows(leaves: ty.Sequence, sources: ty.Mapping[int, list],
+                    external: ty.Mapping[ty.Hashable, Window] | None = None) -> dict[ty.Hashable, Window]:
+    """Each leaf OutPort's window (by id) from its Process's rule and its inputs' windows,
+    iterated from "never" until nothing widens (the rules only widen; a WOSS neuron and its
+    inhibitor feed each other). ``external``: the windows of external source keys (default
+    every step)."""
+    send: dict[ty.Hashable, Window] = {id(port): EMPTY for leaf in leaves for port in leaf.out_ports}
+    for keys in sources.values():
+        for key in keys:
+            if key not in send:
+                send[key] = (external or {}).get(key, ALWAYS)
     for leaf in leaves:
         if type(leaf) not in _RULES:
             raise ValueError(f"no port windows for {type(leaf).__name__} {leaf.name!r}")

@@ -19,6 +19,7 @@ from lava_spikedattn.convert import convert
 from lava_spikedattn.fixed_point import FixedFormat
 from lava_spikedattn.loihi import quantize_for_loihi
 from lava_spikedattn.procs import fused
+from lava_spikedattn.procs import graph as procs_graph
 from lava_spikedattn.procs.delay_line.process import DelayLine
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_source.process import SpikeSource
@@ -107,7 +108,7 @@ def test_fixed_swin_processes_carry_integer_units(swin_cm):
     current unit; a residual is an identity synapse (weight 1 exactly representable)."""
     net = build_lava_network(swin_cm, fixed_format=FMT)
     graph, _, _ = net.build(grey_task(1, 0)[0])
-    leaves, sources = fused.flatten(graph.processes)
+    leaves, sources = procs_graph.flatten(graph.processes)
     neurons = [p for p in leaves if isinstance(p, PhaseNeuron)]
     report = {row.name: (row.payload_exp, row.current_exp) for row in quantize_for_loihi(swin_cm, FMT).neurons}
     assert len(neurons) == len(report)  # the units quantize_for_loihi reports are the ones built
@@ -161,7 +162,7 @@ def test_clipping_attention_core_counts_the_same_in_lava_and_in_process():
     cores = [attention_core(q, k, v, PhaseCode(1.25, 12), *scales, probes=("logits", "woss"), fixed_format=FMT)
              for _ in range(2)]
     _, lava = cores[0].run()
-    leaves, sources = fused.flatten(list(cores[1].processes.values()) + list(cores[1].sinks.values()))
+    leaves, sources = procs_graph.flatten(list(cores[1].processes.values()) + list(cores[1].sinks.values()))
     stepper = fused.Stepper(leaves, sources, fixed=True)
     for t in range(cores[1].num_steps):
         stepper.step(t)

@@ -50,7 +50,7 @@ def _discover() -> list[type]:
 
 PROCESSES = _discover()
 # What a Circuit can hold (and LavaNetwork.simulate steps): every leaf. A Circuit is not a leaf:
-# Circuits are not nested, and fused.flatten expands a top-level one into its members.
+# Circuits are not nested, and graph.flatten expands a top-level one into its members.
 LEAVES = [process for process in PROCESSES if process is not Circuit]
 
 

@@ -10,9 +10,9 @@ from lava.magma.core.model.sub.model import AbstractSubProcessModel
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 
-from lava_spikedattn.procs import fused
+from lava_spikedattn.procs import fused, graph
 from lava_spikedattn.procs.circuit.process import Circuit
-from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, RECORDS, TypedProcessModel
+from lava_spikedattn.procs.model_types import FIXED, FLOAT, IN, OUT, TypedProcessModel
 
 
 @implements(proc=Circuit, protocol=AsyncProtocol)
@@ -45,26 +45,25 @@ class AbstractCircuitModelFused(TypedProcessModel):
 
     def _stepper(self) -> fused.Stepper:
         members = self.proc_params["members"]
-        sources = fused.member_sources(members, {"s_in": self.proc_params["feeds"],
+        sources = graph.member_sources(members, {"s_in": self.proc_params["feeds"],
                                                  "trace_in": self.proc_params["trace_feeds"]})
-        return fused.Stepper(members, sources, fixed=self.precision == FIXED)
+        external = {name: window for name, window in self.windows.items() if name in ("s_in", "trace_in")}
+        return fused.Stepper(members, sources, fixed=self.precision == FIXED, external_windows=external)
 
     def _state(self) -> dict[str, np.ndarray]:
-        """The members' records (their other state lives in the stepper)."""
-        return {f"{i}.{key}": member.proc_params[key] for i, member in enumerate(self.proc_params["members"])
-                for key in RECORDS if member.proc_params.get(key) is not None}
+        """None besides the stepper: its members' state lives in it, their records are set back
+        when it is built."""
+        return {}
 
     def reset(self) -> None:
-        """A new stepper (fresh member state), then the records as they were at step 0 (its
-        construction counted the bias clips again)."""
+        """A new stepper: fresh member state and records."""
         self.stepper = self._stepper()
         super().reset()
 
     def run_spk(self) -> None:
         t = self.begin_step()
-        external = {name: (x if x.any() else None) for name, x in (("s_in", self.receive("s_in")),
-                                                                   ("trace_in", self.receive("trace_in")))}
-        out = self.stepper.step(t, external)[self.output]
+        external = {name: self.receive_nonzero(name) for name in ("s_in", "trace_in")}
+        out = self.stepper.step(t, external).get(self.output)
         self.emit("s_out", lambda: np.zeros(self.s_out.shape) if out is None else out)
 
 

@@ -48,7 +48,7 @@ class SpikeSource(AbstractProcess):
     ) -> None:
         data = _validated_data(data)
         shared = params.shared_array(data.shape)
-        shared[...] = data
+        shared[...] = data  # copied (as float64)
         super().__init__(data=shared, name=name, log_config=log_config)
         self.s_out = OutPort(shape=data.shape[1:])
 
@@ -73,7 +73,7 @@ class SpikeSource(AbstractProcess):
 
 
 def _validated_data(data: ty.Any) -> np.ndarray:
-    """Return ``data`` as a float64 copy or raise ValueError."""
+    """Return ``data`` (finite, real, (steps, *shape)) or raise ValueError."""
     if not isinstance(data, np.ndarray):
         raise ValueError(
             f"SpikeSource: data must be a numpy.ndarray, got "
@@ -89,7 +89,6 @@ def _validated_data(data: ty.Any) -> np.ndarray:
             or data.dtype == np.bool_) or np.iscomplexobj(data):
         raise ValueError(
             f"SpikeSource: data must be real numeric, got dtype {data.dtype}")
-    out = np.array(data, dtype=np.float64, copy=True)
-    if not np.all(np.isfinite(out)):
+    if not np.all(np.isfinite(data)):
         raise ValueError("SpikeSource: data must be finite (found NaN or inf)")
-    return out
+    return data

@@ -75,7 +75,9 @@ class SwinBuilder(FamilyBuilder):
         g = self.g
         full_scale = float(g.cm.weights["input_max"])
         encoder = BitSerialEncoderSim(images.double(), g.T, full_scale)
-        bits = np.stack([encoder.step().numpy() for _ in range(g.T)])
+        bits = np.empty((g.T, *images.shape))
+        for step in bits:
+            step[...] = encoder.step().numpy()
         g.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
         return bits if g.fmt is None else bits / full_scale
 
