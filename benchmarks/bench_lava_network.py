@@ -27,7 +27,7 @@ each mode and report the OS process count (parsed from the LavaBuildError when a
 the parent (compile, init, waiting) and cProfile with a thread-CPU timer inside every forked worker
 (Lava's ``ProcessModel.start`` / ``RuntimeService.start`` are wrapped before the fork; each worker
 writes its profile when it stops), split into neuron/synapse math (our ``run_spk`` code), data-port
-I/O, step synchronisation with the runtime service and the rest of Lava's loop; plus CPU per
+I/O, the runtime service's commands and the rest of Lava's loop; plus CPU per
 Process class from psutil. cProfile inflates Python call costs: the profile gives shares, psutil
 the absolute CPU. Timings depend on machine load (printed): the workers share the CPUs.
 
@@ -201,7 +201,7 @@ def split_worker_profiles(folder: Path) -> dict[str, float]:
     math: our ``run_spk`` code (numpy included) minus the port calls it makes; ports: data-port
     ``send``/``recv`` (channel copies included), entered from our code or Lava's loop (a builtin
     caller such as ``functools.reduce`` inside ``PyInPort.recv`` is not an entry); sync: the
-    channel calls of Lava's model loop itself (the runtime service's phase commands and the DONE
+    channel calls of Lava's model loop itself (the runtime service's run commands and the DONE
     answers); loop: the rest."""
     def in_model(f): return "lava_spikedattn/procs/" in f[0]
     def in_ports(f): return f[0].endswith("core/model/py/ports.py")
@@ -547,7 +547,7 @@ def where_the_time_goes(rows: list[dict], cpu_records: dict, profiles: dict, big
             f"{kind} x{count[kind]}: {seconds:.2f} s, {_pct(seconds, worker_s)}, "
             f"{1e6 * seconds / steps / count[kind]:.0f} us" for kind, seconds in ranked) + ".")
         if service_s:
-            print(f"  The one runtime service (a command to and a DONE from every worker every step) used "
+            print(f"  The runtime service (AsyncProtocol: a run command to and a DONE from every worker per run) used "
                   f"{service_s:.2f} CPU-s = {_pct(service_s, worker_s)} of worker CPU, "
                   f"{1e6 * service_s / steps:.0f} us per step = {1e6 * service_s / steps / processes:.0f} us per "
                   f"process-step, serially.")
@@ -578,12 +578,7 @@ def where_the_time_goes(rows: list[dict], cpu_records: dict, profiles: dict, big
             limit = "over" if big["over_limit"][mode] else "under"
             line = (f"Full Swin-T, {mode}: {processes} processes ({limit} the builder limit of "
                     f"{lava_builder.MAX_PROCESSES}), {big['steps']} steps per sample")
-            if mode in firsts:
-                per = firsts[mode]["ms/step/proc"] * 1e-3
-                line += (f"; at the tiny Swin's {per * 1e6:.0f} us per process-step one image needs at least "
-                         f"~{per * processes * big['steps'] / 60:.0f} min (per-process cost only, extrapolated, not "
-                         f"measured; Swin-T's 56x56x96 populations add their math on top)")
-            print(line + ".")
+            print(line + " (run at real size by --bars).")
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ import numpy as np
 
 from lava_spikedattn.procs import dynamics, dynamics_fixed, windows
 from lava_spikedattn.procs.delay_line.process import DelayLine
+from lava_spikedattn.procs.model_types import RECORDS
 from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
 from lava_spikedattn.procs.spike_source.process import SpikeSource
@@ -56,8 +57,8 @@ def stages(member, fixed: bool) -> list[Stage]:
 
 
 def _initial_records(p) -> None:
-    """Fire steps −1 (silent), nothing saturated, nothing clipped (as the Processes create them)."""
-    for key, initial in (("fire_record", -1), ("saturation_record", False), ("clip_record", 0)):
+    """The records back to their start values (``model_types.RECORDS``, as the Processes create them)."""
+    for key, initial in RECORDS.items():
         if p.get(key) is not None:
             p[key].fill(initial)
 

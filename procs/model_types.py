@@ -28,7 +28,7 @@ from lava.magma.core.model.py.model import PyAsyncProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 
-__all__ = ["RECORDS", "FIXED", "FLAG", "FLOAT", "IN", "OUT", "SIGN", "STEP", "VALUE", "Precision", "TypedProcessModel"]
+__all__ = ["FIXED", "FLAG", "FLOAT", "IN", "OUT", "RECORDS", "SIGN", "STEP", "VALUE", "Precision", "TypedProcessModel"]
 
 # Roles of ports and Vars.
 IN, OUT = "in", "out"  # dense ports carrying values (currents, spikes, traces)
@@ -62,8 +62,9 @@ class Precision:
         raise ValueError(f"unknown role {role!r}; expected one of {IN}, {OUT}, {VALUE}, {SIGN}, {FLAG}, {STEP}")
 
 
-#: proc_params entries a model writes for the parent to read (shared memory): reset between inputs.
-RECORDS = ("fire_record", "saturation_record", "clip_record")
+#: proc_params entries a model writes for the parent to read (shared memory), reset between inputs,
+#: and the value they start from (fire step −1: silent; nothing saturated; nothing clipped).
+RECORDS = {"fire_record": -1, "saturation_record": False, "clip_record": 0}
 
 FLOAT = Precision(float)
 FIXED = Precision(np.int32, bits=24, sign_bits=2)
