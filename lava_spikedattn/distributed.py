@@ -27,6 +27,7 @@ Without an initialised process group every helper is the 1-process identity.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
@@ -91,7 +92,16 @@ def init_from_env(device: str | torch.device = "cpu") -> torch.device:
         if not dist.is_available():
             raise RuntimeError(f"WORLD_SIZE={world_size} but this torch build has no torch.distributed")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave_process_group)
     return device
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group before the interpreter tears down: left to the interpreter's
+    shutdown, gloo's threads can abort a rank at exit ("terminate called without an active
+    exception", seen once in a loaded full test run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _collective_device() -> torch.device:
