@@ -378,16 +378,15 @@ class LavaNetwork:
         if self._compiled is not None and self._compiled.layout == layout:
             graph = self.last_graph = self._compiled.graph
             graph.source.load(self._compiled.builder.encode(x))
-            if timings is not None:
-                timings["build_s"] = time.perf_counter() - start
         else:
             self.close()
             graph, sink, readout_index, family_builder = self._build(x, batch)
             windows.assign_windows(graph.processes)
             for process in (*graph.processes, *_leaves(graph.processes)):
                 process.proc_params.overwrite("period", self.steps_per_sample)
-            if timings is not None:
-                timings["build_s"] = time.perf_counter() - start
+        if timings is not None:
+            timings["build_s"] = time.perf_counter() - start
+        if self._compiled is None:  # built above: compile it and start its workers
             tag = "floating_pt" if self.fixed_format is None else "fixed_pt"
             session = LavaSession({"readout": sink}, select_tag=tag, timings=timings,
                                   select_sub_proc_model=self.mode == "decomposed")
