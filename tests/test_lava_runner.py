@@ -518,8 +518,8 @@ def test_killed_run_lava_command_leaves_nothing_behind(tmp_path, signum):
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # multiprocessing's pymp-* folder goes here
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         process = subprocess.Popen([sys.executable, "-m", "lava_spikedattn.cli", "run-lava",
-                                    "weights/swin_fashion_mnist", "--data", "fashion-mnist", "--limit", "8",
-                                    "--no-progress"],
+                                    "weights/swin_fashion_mnist", "--data", "fashion-mnist", "--limit", "200",
+                                    "--no-progress"],  # ~40 s of runs: the kill lands mid-run
                                    cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, stdout=out, stderr=err,
                                    # as from a terminal: under nohup (or a CI runner) SIGHUP would be ignored
                                    preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
@@ -541,6 +541,8 @@ def test_killed_run_lava_command_leaves_nothing_behind(tmp_path, signum):
             process.kill()
     assert status == 1
     assert f"spikedattn run-lava: error: stopped by {signal.Signals(signum).name}" in (tmp_path / "err").read_text()
-    assert all(_gone(worker) for worker in workers)
+    # multiprocessing's resource tracker (a child too) ends on its own once this parent is gone
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert all(_gone(worker) for worker in alive)
     assert not {path for path in segments if os.path.exists(path)}
     assert not list(tmp_path.glob("pymp-*"))
