@@ -180,19 +180,10 @@ class _SpikingEngine(Engine):
     def _record(self, name: str, fire_step: torch.Tensor, saturated: torch.Tensor | int) -> None:
         self.stats[name] = LayerStats.from_fire_steps(fire_step, self.code.timesteps, int(saturated))
 
-    def _record_neuron(self, name: str, x: torch.Tensor, scale: torch.Tensor, signed: bool,
-                       present: torch.Tensor | None = None) -> None:
-        """Statistics of a neuron layer; neurons outside ``present`` (absent keys) never fire."""
-        encoding = self.code.encode(x, scale, signed)
-        fire_step, saturated = encoding.fire_step, encoding.saturated()
-        if present is not None:
-            fire_step, saturated = fire_step.masked_fill(~present, -1), saturated & present
-        self._record(name, fire_step, saturated.sum())
-
     def _closed_neuron(self, name: str, x: torch.Tensor, signed: bool) -> torch.Tensor:
-        encoding = self.code.encode(x, self.scale(name, x.shape), signed)
-        self._record(name, encoding.fire_step, encoding.saturated().sum())
-        return encoding.decoded()
+        decoded, counts = self.code.quantize_counted(x, self.scale(name, x.shape), signed)
+        self.stats[name] = LayerStats.from_counts(counts, self.code.timesteps)
+        return decoded
 
     def _full_scale(self, x: torch.Tensor) -> float:
         """Full-scale value of the bit-serial input code; starts the ``input`` statistics."""
@@ -211,13 +202,16 @@ class _SpikingEngine(Engine):
         n_q, n_k, n_v, n_logits, n_woss, n_out = _attention_names(prefix)
         code = self.code
         s_q, s_k = self.scale(n_q, q.shape), self.scale(n_k, k.shape)
-        self._record_neuron(n_q, q, s_q, True)
-        self._record_neuron(n_k, k, s_k, True)
-        logits = closed.attention_logits(q, k, code, s_q, s_k, bias)
+        decoded = self._closed_neuron(n_q, q, True), self._closed_neuron(n_k, k, True)
+        logits = closed.attention_logits(q, k, code, s_q, s_k, bias, decoded)
         s_logits = self.scale(n_logits, logits.shape)
-        present = None if key_mask is None else key_mask.expand_as(logits)
-        self._record_neuron(n_logits, logits, s_logits, True, present)
-        woss = closed.woss(logits, code, s_logits, key_mask=present)
+        if key_mask is None:
+            present, l_hat = None, self._closed_neuron(n_logits, logits, True)
+        else:  # absent keys never fire: counted from the fire steps
+            present, encoding = key_mask.expand_as(logits), code.encode(logits, s_logits)
+            l_hat = encoding.decoded()
+            self._record(n_logits, encoding.fire_step.masked_fill(~present, -1), (encoding.saturated() & present).sum())
+        woss = closed.woss(logits, code, s_logits, key_mask=present, decoded=l_hat)
         self._record(n_woss, woss.fire_step, 0)
         if self.attention_maps is not None:
             self.attention_maps[prefix] = woss.probabilities

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from lava_spikedattn.kernels import SpikeCounts
+
 __all__ = ["ATTENTION_LAYERS", "LAYER_KINDS", "LayerGraph", "LayerSpec", "LayerStats", "fit_scale", "layer_count",
            "steps_per_inference"]
 
@@ -137,4 +139,11 @@ class LayerStats:
         silent = int(counts[0])
         updates = int((counts[1:] * torch.arange(1, counts.numel(), device=counts.device)).sum())
         return cls(int(k.numel()), int(k.numel()) - silent, int(saturated), updates + silent * timesteps)
+
+    @classmethod
+    def from_counts(cls, counts: SpikeCounts, timesteps: int) -> LayerStats:
+        """Statistics of a population from the counts of :meth:`PhaseCode.quantize_counted`
+        (the same numbers :meth:`from_fire_steps` gives)."""
+        silent = counts.neurons - counts.fired
+        return cls(counts.neurons, counts.fired, counts.saturated, counts.fire_step_sum + silent * timesteps)
 

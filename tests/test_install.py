@@ -27,7 +27,8 @@ def locked_versions() -> dict[str, str]:
 
 def test_lock_pins_the_packages_the_numbers_depend_on():
     pins = locked_versions()
-    for name in ("torch", "timm", "transformers", "numpy", "lava-nc", "safetensors", "pytest", "pip", "setuptools"):
+    for name in ("torch", "timm", "transformers", "numpy", "numba", "llvmlite", "lava-nc", "safetensors", "pytest",
+                 "pip", "setuptools"):
         assert re.fullmatch(r"\d+(\.\d+)+\S*", pins[name]), name
 
 

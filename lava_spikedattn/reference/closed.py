@@ -13,16 +13,18 @@ from dataclasses import dataclass
 import torch
 
 from lava_spikedattn.coding import PhaseCode
+from lava_spikedattn.kernels import kernel_applies, woss_fire
 
 
-def trace_matmul(a, b, code: PhaseCode, scale_a, scale_b) -> torch.Tensor:
+def trace_matmul(a, b, code: PhaseCode, scale_a, scale_b, decoded=None) -> torch.Tensor:
     """Decoded product â·b̂ᵀ of two bipolar phase-coded tensors (ANN units).
 
     a: (..., N, d), b: (..., M, d) → (..., N, M). In the official convention the release's
     third-term slip (spec §3.1) adds 2·â·b̂ for every pair where a negative â fires in the same
-    step as b̂; it is reproduced here term by term.
+    step as b̂; it is reproduced here term by term. ``decoded``: (â, b̂) if the caller has
+    quantised them already.
     """
-    a_hat, b_hat = code.quantize(a, scale_a), code.quantize(b, scale_b)
+    a_hat, b_hat = decoded or (code.quantize(a, scale_a), code.quantize(b, scale_b))
     out = a_hat @ b_hat.transpose(-1, -2)
     if code.official:
         ka = code.fire_step(a, scale_a)
@@ -54,7 +56,8 @@ def normalise_rows(decoded: torch.Tensor, spike_sum: torch.Tensor) -> torch.Tens
     return torch.where(total > 0, decoded / torch.where(total > 0, total, 1.0), 0.0)
 
 
-def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None, key_mask=None) -> WossResult:
+def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None, key_mask=None,
+         decoded=None) -> WossResult:
     """WOSS softmax of logits encoded with one scale per row (spec §4.4, closed form).
 
     Entry j fires at ``k_j = max(0, ⌈ramp_start + unit_gain·(m − l̂_j)/ln B⌉)`` if k_j < T, where
@@ -62,21 +65,34 @@ def woss(logits, code: PhaseCode, scale, ramp_start: float | None = None, key_ma
     spike (0 for rows without one; a row whose entries all fire negative in one step shifts by
     that common value, as the release does). ``key_mask`` (bool, broadcastable, True = key
     present) disables absent keys (padding): their logit and WOSS neurons never fire.
+    ``decoded``: l̂ if the caller has quantised the logits already.
     """
-    l_hat = code.quantize(logits, scale)
-    present = torch.ones_like(l_hat, dtype=torch.bool) if key_mask is None else key_mask.expand_as(l_hat)
-    l_hat = torch.where(present, l_hat, torch.zeros_like(l_hat))
-    m = torch.where(present, l_hat, torch.full_like(l_hat, -math.inf)).amax(dim=-1, keepdim=True)
-    any_present = present.any(dim=-1, keepdim=True)
-    all_same_negative = ((l_hat == m) | ~present).all(dim=-1, keepdim=True) & (m < 0) & any_present
+    l_hat = code.quantize(logits, scale) if decoded is None else decoded
+    if key_mask is None:
+        present = None
+        m = l_hat.amax(dim=-1, keepdim=True)
+        all_same_negative = m < 0  # rare: then check that the row is all its maximum
+        if all_same_negative.any():
+            all_same_negative &= (l_hat == m).all(dim=-1, keepdim=True)
+    else:
+        present = key_mask.expand_as(l_hat)
+        l_hat = l_hat.masked_fill(~present, 0.0)
+        m = l_hat.masked_fill(~present, -math.inf).amax(dim=-1, keepdim=True)
+        all_same_negative = (((l_hat == m) | ~present).all(dim=-1, keepdim=True) & (m < 0)
+                             & present.any(dim=-1, keepdim=True))
     shift = torch.where((m > 0) | all_same_negative, m, torch.zeros_like(m))
     ramp = code.woss_ramp_start if ramp_start is None else float(ramp_start)
-    steps = torch.ceil(ramp + code.unit_gain * (shift - l_hat) / math.log(code.base))
-    k = steps.clamp(min=0).long()
-    fired = (k < code.timesteps) & present
-    k = torch.where(fired, k, torch.full_like(k, -1))
-    decoded = torch.where(fired, code.trace_start * code.base ** -k.clamp(min=0).double(), 0.0)
-    decoded = decoded.to(l_hat.dtype)
+    # ⌈ramp + unit_gain·(shift − l̂)/ln B⌉, in place
+    steps = (shift - l_hat).mul_(code.unit_gain).div_(math.log(code.base)).add_(ramp).ceil_().clamp_(min=0)
+    if present is not None:
+        steps.masked_fill_(~present, code.timesteps)
+    traces = code.trace_start * code.base ** -torch.arange(code.timesteps, dtype=torch.float64)
+    traces = torch.cat([traces, traces.new_zeros(1)]).to(l_hat.dtype)  # silent: the last, 0
+    if kernel_applies(steps):
+        k, decoded = woss_fire(steps, traces)
+    else:
+        k = torch.where(steps < code.timesteps, steps.long(), -1)
+        decoded = traces[k]
     return WossResult(fire_step=k, decoded=decoded, spike_sum=decoded.sum(-1))
 
 
@@ -108,15 +124,15 @@ def bit_serial(x, timesteps: int, max_value: float) -> tuple[torch.Tensor, torch
     return torch.sign(x) * max_value * ints.double() / full, bits.double()
 
 
-def attention_logits(q, k, code: PhaseCode, scale_q, scale_k, bias=None) -> torch.Tensor:
+def attention_logits(q, k, code: PhaseCode, scale_q, scale_k, bias=None, decoded=None) -> torch.Tensor:
     """Logits the QKᵀ neuron integrates, in ANN units: q̂k̂ᵀ·d^-1/2 + injected bias (§3.1, §3.2).
 
     The bias (relative-position bias, shift mask) is injected on each of the T input steps
     divided by ``code.bias_divisor``; it integrates to ``bias·S/(divisor·unit_gain)`` in ANN
     units: exactly ``bias`` in the exact convention, ≈ ``bias`` (×1.0006 at B=1.15, T=40) in the
-    official one.
+    official one. ``decoded``: (q̂, k̂) if the caller has quantised them already.
     """
-    logits = trace_matmul(q, k, code, scale_q, scale_k) * q.shape[-1] ** -0.5
+    logits = trace_matmul(q, k, code, scale_q, scale_k, decoded) * q.shape[-1] ** -0.5
     if bias is not None:
         logits = logits + torch.as_tensor(bias, dtype=logits.dtype) * code.bias_gain
     return logits

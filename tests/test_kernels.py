@@ -1,0 +1,97 @@
+"""The compiled closed-form kernels equal the torch path bit for bit (values, fire steps, counts)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
+from lava_spikedattn.layers import LayerStats
+from lava_spikedattn.reference import closed
+
+CODES = [PhaseCode(b, t, c) for b, t, c in itertools.product((1.15, 1.4, 2.0, 1.001), (1, 8, 40),
+                                                              ("exact", "official"))]
+SHAPE = (2, 3, 5, 41)  # batch, heads, rows, columns (more columns than steps)
+
+
+def hard_values(code: PhaseCode, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random values over eight decades, with every threshold, its neighbours one ulp away, zeros,
+    −0.0 and values above the top level planted in the first rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(SHAPE, generator=g, dtype=dtype) * torch.logspace(-6, 2, SHAPE[-1], dtype=dtype)
+    thresholds = code.fire_thresholds.to(dtype)
+    steps = code.timesteps
+    x[0, 0, 0, :steps] = thresholds
+    x[0, 0, 1, :steps] = -thresholds
+    x[0, 0, 2, :steps] = torch.nextafter(thresholds, torch.zeros_like(thresholds))
+    x[0, 0, 3, :steps] = torch.nextafter(thresholds, 2 * thresholds)
+    x[0, 0, 4, :4] = torch.tensor([0.0, -0.0, 1e30, -1e30], dtype=dtype)
+    return x
+
+
+def scales(dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
+    """Every scale layout the engines use, and one that needs expanding (varies over heads only)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(shape, generator=g, dtype=dtype) + 0.1  # noqa: E731
+    # scale 1 keeps the planted thresholds and their one-ulp neighbours as the ratios: at B = 2 the
+    # thresholds are float32 bucket starts, and a float64 ratio one ulp below rounds up into them
+    return {"unit": torch.tensor(1.0, dtype=dtype), "scalar": torch.tensor(0.7, dtype=dtype),
+            "per channel": rand(SHAPE[-1]), "per row": rand(SHAPE[-2], 1), "per element": rand(*SHAPE[-2:]),
+            "batch and rows": rand(*SHAPE[:-1], 1), "per head": rand(SHAPE[1], 1, 1)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("code", CODES, ids=str)
+def test_kernel_quantiser_equals_the_torch_path(code, dtype):
+    x = hard_values(code, dtype, seed=code.timesteps)
+    for (layout, scale), signed in itertools.product(scales(dtype, seed=1).items(), (True, False)):
+        decoded, counts = code.quantize_counted(x, scale, signed)
+        encoding = code.encode(x, scale, signed)
+        expected = LayerStats.from_fire_steps(encoding.fire_step, code.timesteps, int(encoding.saturated().sum()))
+        assert torch.equal(decoded, encoding.decoded()), (layout, signed)
+        assert torch.equal(decoded.signbit(), encoding.decoded().signbit()), (layout, signed)
+        assert LayerStats.from_counts(counts, code.timesteps) == expected, (layout, signed)
+
+
+def test_kernel_takes_non_contiguous_values():
+    code = PhaseCode(1.15, 40)
+    x = hard_values(code, torch.float32, seed=3).transpose(1, 2)  # (2, 5, 3, 41), not contiguous
+    scale = torch.rand(41) + 0.1
+    assert torch.equal(code.quantize(x, scale), code.encode(x, scale).decoded())
+
+
+def test_scale_larger_than_the_values_takes_the_torch_path():
+    code = PhaseCode(1.15, 8)
+    x, scale = torch.randn(4), torch.rand(3, 4) + 0.1  # broadcasts to (3, 4)
+    decoded, counts = code.quantize_counted(x, scale)
+    assert decoded.shape == (3, 4) and counts.neurons == 12
+    assert torch.equal(decoded, code.encode(x, scale).decoded())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_kernel_refuses_non_finite_values(bad):
+    x = torch.randn(3, 8)
+    x[1, 2] = bad
+    with pytest.raises(NonFiniteInputError, match="1 NaN/inf value"):
+        PhaseCode(1.15, 8).quantize_counted(x, torch.ones(8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_woss_equals_the_torch_path(monkeypatch, dtype, masked):
+    code = PhaseCode(1.15, 16)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 9, 9, generator=g, dtype=dtype) * 3
+    logits[0, 0, 0] = -1.0  # a row all the same negative value: shifted by it
+    key_mask = (torch.rand(3, 1, 1, 9, generator=g) > 0.3) if masked else None
+    scale = torch.rand(3, 4, 9, 1, generator=g, dtype=dtype) * 4 + 1
+    fast = closed.woss(logits, code, scale, key_mask=key_mask)
+    monkeypatch.setattr(closed, "kernel_applies", lambda tensor: False)
+    slow = closed.woss(logits, code, scale, key_mask=key_mask)
+    assert torch.equal(fast.fire_step, slow.fire_step)
+    assert torch.equal(fast.decoded, slow.decoded) and torch.equal(fast.spike_sum, slow.spike_sum)
+    present = key_mask[0, 0, 0] if masked else torch.ones(9, dtype=torch.bool)
+    assert (fast.fire_step[0, 0, 0][present] == 0).all()  # the shifted row fires at once
+    assert (fast.fire_step[0, 0, 0][~present] == -1).all()
