@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lava_spikedattn.procs.spike_kernels import matmul_spikes, spike_matmul
+
 # The membrane reaches B^W·u by W multiplications, so a value exactly at the top level (every
 # calibrated maximum is) lands a few ulp either side of B^W. Saturation means "above the top
 # level by more than that rounding", as the closed form (PhaseCode.saturated) decides it.
@@ -119,9 +121,10 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
 
 
 def trace_product(a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray, official: bool) -> np.ndarray:
-    """a @ B̂ + Â @ b − Â_new @ b (b, b̂ already in right-operand layout, (..., d, M))."""
+    """a @ B̂ + Â @ b − Â_new @ b (b, b̂ already in right-operand layout, (..., d, M)); each term
+    costs the spikes of its spike operand (a, b), not the dense product."""
     a_new = np.where(a != 0, np.abs(a_hat) if official else a_hat, 0.0)
-    return a @ b_hat + a_hat @ b - a_new @ b
+    return spike_matmul(a, b_hat) + matmul_spikes(a_hat, b) - spike_matmul(a_new, b)
 
 
 def trace_matmul(p, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
@@ -215,7 +218,7 @@ def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | Non
     if in_index is not None:
         x = x.reshape(-1)[in_index]
     if x.any():
-        y = x @ weight_t + bias
+        y = spike_matmul(x, weight_t) + bias  # one weight row per input spike
     else:  # no spike this step (most steps): skip the product
         y = np.zeros(x.shape[:-1] + weight_t.shape[-1:]) + bias
     return y if out_index is None else y.reshape(-1)[out_index]

@@ -17,6 +17,7 @@ import numpy as np
 
 from lava_spikedattn.fixed_point import FixedFormat, quantize_weights, round_half_up
 from lava_spikedattn.procs import dynamics
+from lava_spikedattn.procs.spike_kernels import matmul_spikes, spike_matmul
 
 
 def rshift_round(x: np.ndarray, shift: int) -> np.ndarray:
@@ -24,16 +25,6 @@ def rshift_round(x: np.ndarray, shift: int) -> np.ndarray:
     if shift > 0:
         return (x + (1 << (shift - 1))) >> shift
     return x << -shift if shift < 0 else x
-
-
-def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Integer ``a @ b`` (int64), through float64 BLAS when that is exact: every partial sum is
-    below Σ|a||b| ≤ max|a|·max column Σ|b| < 2^53 (numpy's int64 matmul has no BLAS)."""
-    if a.size == 0 or b.size == 0:
-        return a.astype(np.int64) @ b.astype(np.int64)
-    if float(np.abs(a).max()) * float(np.abs(b).sum(axis=-2).max()) < 2.0**53:
-        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
-    return a.astype(np.int64) @ b.astype(np.int64)
 
 
 def integer_payloads(data: np.ndarray) -> np.ndarray:
@@ -185,7 +176,7 @@ def token_linear_fixed(x: np.ndarray, p: FixedLinearParams, in_index: np.ndarray
     if in_index is not None:
         x = x.reshape(-1)[in_index]
     if x.any():
-        y = rshift_round(exact_matmul(x, p.mantissa_t), p.shift)
+        y = rshift_round(spike_matmul(x, p.mantissa_t), p.shift)
     else:  # no spike this step (most steps): skip the product
         y = np.zeros(x.shape[:-1] + p.mantissa_t.shape[-1:], np.int64)
     if bias_on and p.bias is not None:
@@ -227,7 +218,7 @@ def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clip
         b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
     if a.any() or b.any():
         a_new = np.where(a != 0, np.abs(a_hat) if p["official"] else a_hat, 0)
-        product = exact_matmul(a, b_hat) + exact_matmul(a_hat, b) - exact_matmul(a_new, b)
+        product = spike_matmul(a, b_hat) + matmul_spikes(a_hat, b) - spike_matmul(a_new, b)
     else:  # no spike this step: every term is 0
         product = np.zeros(p["shape_out"], np.int64)
     y = rshift_round(product * q.factor_mantissa, q.shift)

@@ -1,14 +1,17 @@
-"""The compiled closed-form kernels equal the torch path bit for bit (values, fire steps, counts)."""
+"""The compiled kernels: the closed form's equal the torch path bit for bit (values, fire steps,
+counts); the Lava models' event-driven products equal matmul and read only what spiked."""
 
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.layers import LayerStats
+from lava_spikedattn.procs.spike_kernels import matmul_spikes, spike_matmul
 from lava_spikedattn.reference import closed
 
 CODES = [PhaseCode(b, t, c) for b, t, c in itertools.product((1.15, 1.4, 2.0, 1.001), (1, 8, 40),
@@ -95,3 +98,52 @@ def test_kernel_woss_equals_the_torch_path(monkeypatch, dtype, masked):
     present = key_mask[0, 0, 0] if masked else torch.ones(9, dtype=torch.bool)
     assert (fast.fire_step[0, 0, 0][present] == 0).all()  # the shifted row fires at once
     assert (fast.fire_step[0, 0, 0][~present] == -1).all()
+
+
+# --- event-driven synapses (the Lava models' products) ----------------------------------------------
+def sparse_spikes(shape: tuple[int, ...], seed: int, integer: bool = False) -> np.ndarray:
+    """One entry in ten nonzero, as a step's spikes at T = 10."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-500, 500, shape) if integer else rng.standard_normal(shape)
+    return np.where(rng.random(shape) < 0.1, values, 0)
+
+
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize(("spike_shape", "weight_shape"), [
+    ((7,), (7, 5)), ((2, 3, 7), (7, 5)),  # a shared weight (TokenLinear), any leading axes
+    ((2, 3, 4, 7), (2, 3, 7, 5)), ((2, 3, 4, 7), (3, 7, 5)), ((1, 3, 4, 7), (2, 1, 7, 5)),  # batched, broadcast
+])
+def test_spike_matmul_equals_matmul(spike_shape, weight_shape, integer):
+    spikes = sparse_spikes(spike_shape, seed=0, integer=integer)
+    rng = np.random.default_rng(1)
+    weight = rng.integers(-127, 128, weight_shape) if integer else rng.standard_normal(weight_shape)
+    expected = spikes @ weight
+    got = spike_matmul(spikes, weight)
+    assert got.shape == expected.shape and got.dtype == (np.int64 if integer else np.float64)
+    if integer:
+        assert np.array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    dense = rng.standard_normal(spike_shape[:-1] + weight_shape[-2:-1]) if len(spike_shape) > 1 else None
+    if dense is not None and not integer:  # the right operand spiking: dense @ spikes
+        right = sparse_spikes(weight_shape, seed=2)
+        np.testing.assert_allclose(matmul_spikes(dense, right), dense @ right, rtol=1e-12, atol=1e-12)
+
+
+def test_spike_matmul_takes_non_contiguous_operands():
+    spikes, weight = sparse_spikes((3, 5, 8), seed=3), np.random.default_rng(4).standard_normal((3, 6, 5))
+    left, right = np.swapaxes(spikes, -1, -2), np.swapaxes(weight, -1, -2)  # (3, 8, 5) @ (3, 5, 6)
+    np.testing.assert_allclose(spike_matmul(left, right), left @ right, rtol=1e-12, atol=1e-12)
+
+
+def test_spike_matmul_reads_only_the_weight_rows_of_spiking_inputs():
+    """Event-driven: an input that did not spike costs nothing, so its weight row is never read (a
+    dense product would turn a NaN there into NaN outputs)."""
+    spikes = np.zeros((4, 6))
+    spikes[1, 2], spikes[3, 4] = 0.5, -2.0
+    weight = np.random.default_rng(5).standard_normal((6, 3))
+    weight[[0, 1, 3, 5]] = np.nan
+    got = spike_matmul(spikes, weight)
+    assert np.isfinite(got).all() and np.isnan(spikes @ weight).all()
+    np.testing.assert_array_equal(got[1], 0.5 * weight[2])
+    np.testing.assert_array_equal(got[3], -2.0 * weight[4])

@@ -30,7 +30,7 @@ class AbstractTokenLinearModel(TypedProcessModel):
 @requires(CPU)
 @tag("floating_pt")
 class PyTokenLinearModelFloat(AbstractTokenLinearModel, precision=FLOAT):
-    """One matmul over the whole tensor per step (graded spikes)."""
+    """One event-driven product per step (``dynamics.token_linear``): a weight row per input spike."""
 
     def _step(self, t: int, x: np.ndarray) -> np.ndarray:
         p = self.proc_params
