@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lava_spikedattn.procs.spike_kernels import matmul_spikes, spike_matmul
+from lava_spikedattn.procs.spike_kernels import gathered_spike_matmul, matmul_spikes, spike_matmul
 
 # The membrane reaches B^W·u by W multiplications, so a value exactly at the top level (every
 # calibrated maximum is) lands a few ulp either side of B^W. Saturation means "above the top
@@ -23,7 +23,8 @@ SATURATION_RTOL = 1.0 + 1e-9
 
 @dataclass
 class PhaseState:
-    """Phase-neuron population: membrane, first-spike mask, sign, latched trace, fire step."""
+    """Phase-neuron population: membrane, first-spike mask, sign, latched trace, fire step, and
+    the decoded trace it sends."""
 
     v: np.ndarray
     fired: np.ndarray
@@ -31,16 +32,8 @@ class PhaseState:
     latched: np.ndarray
     fire_step: np.ndarray
     saturated: np.ndarray  # value above the top level (clipped by the code): counted, never silent
+    trace: np.ndarray  # trace_out, sign·scale·latched of the fired neurons (ANN units): set when they fire
     divisor: np.ndarray | None = None  # divide_free: the latched row divisor S (population shape)
-
-    @classmethod
-    def zeros(cls, shape: tuple[int, ...]) -> PhaseState:
-        return cls(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
-                   np.full(shape, -1, dtype=int), np.zeros(shape, bool))
-
-    def decoded(self, scale: np.ndarray) -> np.ndarray:
-        """sign·scale·latched of fired neurons (trace_v, ANN units), 0 otherwise."""
-        return self.latched * self.sign * scale
 
 
 @dataclass(frozen=True)
@@ -114,9 +107,10 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
     new = np.flatnonzero(fire)  # the few neurons firing now: update them only (flat views)
     if new.size:
         sign = np.where(up.reshape(-1)[new], 1.0, -1.0)
-        for state, value in ((s.latched, trace), (s.sign, sign), (s.fire_step, t_rel - p.wait), (s.fired, True)):
+        spike = sign * np.broadcast_to(p.scale, s.v.shape)[np.unravel_index(new, s.v.shape)]
+        for state, value in ((s.latched, trace), (s.sign, sign), (s.fire_step, t_rel - p.wait), (s.fired, True),
+                             (spikes, spike), (s.trace, trace * spike)):
             state.reshape(-1)[new] = value
-        spikes.reshape(-1)[new] = sign * np.broadcast_to(p.scale, s.v.shape)[np.unravel_index(new, s.v.shape)]
     return spikes
 
 
@@ -214,13 +208,12 @@ def global_trace(t: int, phase: int, timesteps: int, base: float, trace_start: f
 
 def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | None,
                  out_index: np.ndarray | None, bias: np.ndarray | float = 0.0) -> np.ndarray:
-    """Gather the input layout, apply the weight along the last axis (+ bias), gather the output."""
-    if in_index is not None:
-        x = x.reshape(-1)[in_index]
-    if x.any():
-        y = spike_matmul(x, weight_t) + bias  # one weight row per input spike
-    else:  # no spike this step (most steps): skip the product
-        y = np.zeros(x.shape[:-1] + weight_t.shape[-1:]) + bias
+    """Gather the input layout, apply the weight along the last axis (+ bias), gather the output;
+    one weight row per input spike (the gather happens inside the product)."""
+    if in_index is None:
+        y = spike_matmul(x, weight_t) + bias
+    else:
+        y = gathered_spike_matmul(x, in_index, weight_t) + bias
     return y if out_index is None else y.reshape(-1)[out_index]
 
 

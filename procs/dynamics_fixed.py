@@ -17,7 +17,7 @@ import numpy as np
 
 from lava_spikedattn.fixed_point import FixedFormat, quantize_weights, round_half_up
 from lava_spikedattn.procs import dynamics
-from lava_spikedattn.procs.spike_kernels import matmul_spikes, spike_matmul
+from lava_spikedattn.procs.spike_kernels import gathered_spike_matmul, matmul_spikes, spike_matmul
 
 
 def rshift_round(x: np.ndarray, shift: int) -> np.ndarray:
@@ -173,12 +173,10 @@ def token_linear_fixed(x: np.ndarray, p: FixedLinearParams, in_index: np.ndarray
     """Integer synapse: gather, exact int64 accumulate, round-shift to the current unit, + bias,
     saturate (``clips[0]`` counts clipped outputs), gather the output layout."""
     x = x.astype(np.int64)
-    if in_index is not None:
-        x = x.reshape(-1)[in_index]
-    if x.any():
+    if in_index is None:
         y = rshift_round(spike_matmul(x, p.mantissa_t), p.shift)
-    else:  # no spike this step (most steps): skip the product
-        y = np.zeros(x.shape[:-1] + p.mantissa_t.shape[-1:], np.int64)
+    else:
+        y = rshift_round(gathered_spike_matmul(x, in_index, p.mantissa_t), p.shift)
     if bias_on and p.bias is not None:
         y = y + p.bias
     out = np.clip(y, p.lo, p.hi)

@@ -163,12 +163,12 @@ def _sink(member: SpikeSink, p) -> list[Stage]:
 def _phase(member: PhaseNeuron, p) -> list[Stage]:
     params, shape = dynamics.PhaseParams.from_proc_params(p), p["shape"]
     state = dynamics.PhaseState(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
-                                p["fire_record"], p["saturation_record"],
+                                p["fire_record"], p["saturation_record"], np.zeros(shape),
                                 np.zeros(shape) if params.divide_free else None)
 
     def advance(t, read):
         return dynamics.phase_step(state, params, t, read(member.a_in), read(member.trace_in)[0], read(member.div_in))
-    return _population(member, member.start, member.end, advance, lambda: state.decoded(params.scale), state.v)
+    return _population(member, member.start, member.end, advance, state.trace.copy, state.v)
 
 
 def _woss(member: WossNeuron, p) -> list[Stage]:

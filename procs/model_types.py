@@ -20,6 +20,7 @@ Lava's compiler reads.
 
 from __future__ import annotations
 
+import functools
 import typing as ty
 from dataclasses import dataclass
 
@@ -88,8 +89,9 @@ class TypedProcessModel(PyAsyncProcessModel):
         receives, so the processes keep in step through their data (dataflow), the spikes of a
         LoihiProtocol run (where a runtime service synchronises every process on every step, a
         round trip per process and step that dominated every run here); tested."""
+        counters = self.__dict__  # the per-step counters bypass Lava's __setattr__ (a port type check)
         for _ in range(self.num_steps):
-            self.time_step += 1
+            counters["time_step"] = self.time_step + 1
             self.run_spk()
 
     def run_spk(self) -> None:
@@ -113,16 +115,18 @@ class TypedProcessModel(PyAsyncProcessModel):
         state (Vars, ``transient`` attributes, the records in ``RECORDS``, held port values)
         goes back to what it was at step 0, as a Loihi 2 core resets its neurons every reset
         interval. Without it, time runs on from the first step."""
-        step, period = self.time_step - 1, self.proc_params.get("period")
-        if period is None:
-            self.t = step
-        else:
-            self.t = step % period
+        step, period = self.time_step - 1, self._period
+        t = self.__dict__["t"] = step if period is None else step % period
+        if period is not None:
             if step == 0:
                 self._initial = self._state_copy()
-            elif self.t == 0:
+            elif t == 0:
                 self.reset()
-        return self.t
+        return t
+
+    @functools.cached_property
+    def _period(self) -> int | None:
+        return self.proc_params.get("period")
 
     def _state(self) -> dict[str, np.ndarray]:
         names = (*self.variables, *self.transient)
@@ -140,7 +144,7 @@ class TypedProcessModel(PyAsyncProcessModel):
         self.__dict__.pop("_held", None)
 
     # --- quiet ports (``procs.windows``): a port sends and receives only inside its window ----------------
-    @property
+    @functools.cached_property
     def windows(self) -> dict:
         """{port name: procs.windows.Window} assigned by ``assign_windows``; a port without one
         sends and receives every step."""

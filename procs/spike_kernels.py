@@ -36,6 +36,18 @@ def spike_matmul(spikes: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return out.reshape(shape)
 
 
+def gathered_spike_matmul(spikes: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``spikes.reshape(-1)[index] @ weight`` (index (..., K) of flat positions, weight (K, N)),
+    gathering inside the product: no gathered copy, no work for the positions that did not spike."""
+    integer = np.issubdtype(spikes.dtype, np.integer)
+    dtype = np.int64 if integer else np.float64
+    flat = np.ascontiguousarray(spikes, dtype=dtype).reshape(-1)
+    rows = np.ascontiguousarray(index, dtype=np.int64).reshape(-1, index.shape[-1])
+    out = np.zeros((rows.shape[0], weight.shape[-1]), dtype)
+    _accumulate_gathered(flat, rows, np.ascontiguousarray(weight, dtype=dtype), out)
+    return out.reshape(index.shape[:-1] + weight.shape[-1:])
+
+
 def matmul_spikes(dense: np.ndarray, spikes: np.ndarray) -> np.ndarray:
     """``dense @ spikes`` from the nonzero entries of the right operand ``spikes`` only."""
     return np.swapaxes(spike_matmul(np.swapaxes(spikes, -1, -2), np.swapaxes(dense, -1, -2)), -1, -2)
@@ -61,3 +73,18 @@ def _accumulate(spikes, weight, out):  # pragma: no cover (compiled)
                 if value != 0:
                     for n in range(outputs):
                         out[g, i, n] += value * weight[w, k, n]
+
+
+@njit([void(types.Array(dtype, 1, "C", readonly=True), types.Array(types.int64, 2, "C", readonly=True),
+            types.Array(dtype, 2, "C", readonly=True), types.Array(dtype, 2, "C"))
+       for dtype in (types.float64, types.int64)], cache=True, nogil=True)
+def _accumulate_gathered(flat, index, weight, out):  # pragma: no cover (compiled)
+    """out += flat[index] @ weight, one weight row per nonzero gathered spike."""
+    rows, inputs = index.shape
+    outputs = out.shape[-1]
+    for i in range(rows):
+        for k in range(inputs):
+            value = flat[index[i, k]]
+            if value != 0:
+                for n in range(outputs):
+                    out[i, n] += value * weight[k, n]

@@ -760,7 +760,7 @@ def _normalised_float_runs(code, shape, scale, x, divisor, divide_free):
                                   saturation=code.saturation_membrane(code.timesteps), signed=True, normalized=True,
                                   divide_free=divide_free)
     state = dynamics.PhaseState(np.zeros(shape), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape),
-                                np.full(shape, -1), np.zeros(shape, bool), np.zeros(shape))
+                                np.full(shape, -1), np.zeros(shape, bool), np.zeros(shape), np.zeros(shape))
     spikes = [dynamics.phase_step(state, params, t, x[t], 1.0, divisor) for t in range(2 * code.timesteps)]
     return np.stack(spikes), state
 

@@ -11,7 +11,7 @@ import torch
 
 from lava_spikedattn.coding import NonFiniteInputError, PhaseCode
 from lava_spikedattn.layers import LayerStats
-from lava_spikedattn.procs.spike_kernels import matmul_spikes, spike_matmul
+from lava_spikedattn.procs.spike_kernels import gathered_spike_matmul, matmul_spikes, spike_matmul
 from lava_spikedattn.reference import closed
 
 CODES = [PhaseCode(b, t, c) for b, t, c in itertools.product((1.15, 1.4, 2.0, 1.001), (1, 8, 40),
@@ -128,6 +128,23 @@ def test_spike_matmul_equals_matmul(spike_shape, weight_shape, integer):
     if dense is not None and not integer:  # the right operand spiking: dense @ spikes
         right = sparse_spikes(weight_shape, seed=2)
         np.testing.assert_allclose(matmul_spikes(dense, right), dense @ right, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_gathered_spike_matmul_equals_gather_then_matmul(integer):
+    """TokenLinear's input layout (window partition, patch merging) gathered inside the product;
+    any index array, repeated positions included."""
+    spikes = sparse_spikes((2, 6, 7), seed=6, integer=integer)
+    rng = np.random.default_rng(7)
+    index = rng.integers(0, spikes.size, (3, 4, 5))
+    weight = rng.integers(-127, 128, (5, 9)) if integer else rng.standard_normal((5, 9))
+    expected = spikes.reshape(-1)[index] @ weight
+    got = gathered_spike_matmul(spikes, index, weight)
+    assert got.shape == expected.shape == (3, 4, 9)
+    if integer:
+        assert np.array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_spike_matmul_takes_non_contiguous_operands():

@@ -39,17 +39,19 @@ class AbstractPhaseNeuronModel(TypedProcessModel):
 class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel, precision=FLOAT):
     """float64 phase neurons: ``dynamics.phase_step`` (mirrors ``reference.stepped.PhaseNeuronSim``)."""
 
+    transient = ("_divisor", "_trace")
+
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         self.params = dynamics.PhaseParams.from_proc_params(proc_params)
         # divide_free: the row divisor latched at the fire-window start (a model attribute, not a Var)
         self._divisor = np.zeros(proc_params["shape"]) if self.params.divide_free else None
+        self._trace = np.zeros(proc_params["shape"])  # the decoded trace, kept by phase_step
 
     def _step(self, t: int, x: np.ndarray, trace: np.generic, divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step,
-                                    self.proc_params["saturation_record"], self._divisor)
-        spikes = dynamics.phase_step(state, self.params, t, x, trace, divisor)
-        return spikes, state.decoded(self.params.scale)
+                                    self.proc_params["saturation_record"], self._trace, self._divisor)
+        return dynamics.phase_step(state, self.params, t, x, trace, divisor), self._trace
 
 
 @implements(proc=PhaseNeuron, protocol=AsyncProtocol)
