@@ -443,8 +443,8 @@ def bars() -> None:
     swin_cm = convert(swin, [images[:2]], PhaseCode(1.15, 40, "exact"))
     closed = swin_cm.to_reference("closed")
     with torch.no_grad():
-        ann_s = best_time(lambda: swin(images), repeat=2)
-        closed_s = best_time(lambda: closed(images), repeat=2)
+        ann_s = best_time(lambda: swin(images), repeat=5)
+        closed_s = best_time(lambda: closed(images), repeat=5)
     rows.append(_bar("Swin-T batch 8: closed-form / ANN time", "<= 2.0", closed_s / ann_s, closed_s / ann_s <= 2.0))
     meta["swin_t"] = {"ann_s": ann_s, "closed_s": closed_s,
                       **_lava_vs_simulate(swin_cm, [images[:1], images[1:2]], ["fused"])}
@@ -463,7 +463,7 @@ def bars() -> None:
     meta.update(cpus=len(os.sched_getaffinity(0)), load_average_at_start=load,
                 timing=("wall; Lava and simulate in a fresh process per model (Lava first); Lava first input: "
                         "build, compile, start, run, stop; compiled: the other inputs through the same graph, "
-                        "per input; simulate: build and step in process, first input; closed/ANN best of 2 "
+                        "per input; simulate: build and step in process, first input; closed/ANN best of 5 "
                         "after warm-up"))
     report("bench_lava_bars", rows, meta)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
