@@ -3,7 +3,8 @@
 The leaf ProcessModels (one Process per population) and the fused block models (a whole block
 in one Process) call these same functions, so each equation exists once on the Lava side. They
 mirror ``lava_spikedattn.reference.stepped`` (the torch oracle) operation for operation. State
-arrays are updated in place (they are the models' Vars). numpy only: no torch in Lava workers.
+arrays are updated in place (they are the models' Vars). numpy and the numba kernels of
+``spike_kernels`` only: no torch in Lava workers.
 """
 
 from __future__ import annotations
