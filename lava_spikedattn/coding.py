@@ -266,10 +266,7 @@ class PhaseCode:
                 check_finite("x", x)
             return decoded, counts
         encoding = self.encode(x, scale, signed)
-        k = encoding.fire_step
-        fired = k >= 0
-        return encoding.decoded(), SpikeCounts(k.numel(), int(fired.sum()), int((k + 1)[fired].sum()),
-                                               int(encoding.saturated().sum()))
+        return encoding.decoded(), SpikeCounts.from_fire_steps(encoding.fire_step, int(encoding.saturated().sum()))
 
     def decode_spike_train(self, spikes, fire_start: int = 0) -> torch.Tensor:
         """Decode recorded graded spikes (steps, *shape), raw ``sign·scale``, into values.

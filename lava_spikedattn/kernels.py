@@ -42,6 +42,13 @@ class SpikeCounts:
     fire_step_sum: int
     saturated: int
 
+    @classmethod
+    def from_fire_steps(cls, fire_step: torch.Tensor, saturated: int = 0) -> SpikeCounts:
+        """Counts of a population from its fire steps (−1: silent)."""
+        k = torch.as_tensor(fire_step).reshape(-1)
+        # a silent neuron (−1) adds 0 to the sum of k + 1
+        return cls(k.numel(), int((k >= 0).sum()), int((k + 1).sum()), int(saturated))
+
 
 def kernel_applies(x: torch.Tensor) -> bool:
     """Whether :func:`phase_quantize` can take ``x``: a CPU float32/float64 tensor without grad."""

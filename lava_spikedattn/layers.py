@@ -134,16 +134,11 @@ class LayerStats:
         ``active_steps``: neuron updates in the fire window, the energy model's ``N·p``
         (spec §7.2): a neuron firing at step k was updated k + 1 times, a silent one T times.
         """
-        k = torch.as_tensor(fire_step).reshape(-1)
-        counts = torch.bincount(k + 1, minlength=timesteps + 1)  # silent, then fire steps 0..T−1
-        silent = int(counts[0])
-        updates = int((counts[1:] * torch.arange(1, counts.numel(), device=counts.device)).sum())
-        return cls(int(k.numel()), int(k.numel()) - silent, int(saturated), updates + silent * timesteps)
+        return cls.from_counts(SpikeCounts.from_fire_steps(fire_step, saturated), timesteps)
 
     @classmethod
     def from_counts(cls, counts: SpikeCounts, timesteps: int) -> LayerStats:
-        """Statistics of a population from the counts of :meth:`PhaseCode.quantize_counted`
-        (the same numbers :meth:`from_fire_steps` gives)."""
+        """Statistics of a population from its spike counts (:meth:`PhaseCode.quantize_counted`)."""
         silent = counts.neurons - counts.fired
         return cls(counts.neurons, counts.fired, counts.saturated, counts.fire_step_sum + silent * timesteps)
 

@@ -20,8 +20,7 @@ def spike_matmul(spikes: np.ndarray, weight: np.ndarray) -> np.ndarray:
     spikes: (..., R, K) or (K,)-last with any leading axes; weight: (K, N) or (..., K, N), the
     leading axes broadcast. Both float64 or both integer (computed in int64).
     """
-    integer = np.issubdtype(spikes.dtype, np.integer)
-    dtype = np.int64 if integer else np.float64
+    dtype = _dtype(spikes)
     spikes, weight = spikes.astype(dtype, copy=False), weight.astype(dtype, copy=False)
     if weight.ndim == 2:  # one weight for every row: rows of all leading axes at once
         left, right = spikes.reshape(1, -1, spikes.shape[-1]), weight[None]
@@ -39,8 +38,7 @@ def spike_matmul(spikes: np.ndarray, weight: np.ndarray) -> np.ndarray:
 def gathered_spike_matmul(spikes: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """``spikes.reshape(-1)[index] @ weight`` (index (..., K) of flat positions, weight (K, N)),
     gathering inside the product: no gathered copy, no work for the positions that did not spike."""
-    integer = np.issubdtype(spikes.dtype, np.integer)
-    dtype = np.int64 if integer else np.float64
+    dtype = _dtype(spikes)
     flat = np.ascontiguousarray(spikes, dtype=dtype).reshape(-1)
     rows = np.ascontiguousarray(index, dtype=np.int64).reshape(-1, index.shape[-1])
     out = np.zeros((rows.shape[0], weight.shape[-1]), dtype)
@@ -51,6 +49,11 @@ def gathered_spike_matmul(spikes: np.ndarray, index: np.ndarray, weight: np.ndar
 def matmul_spikes(dense: np.ndarray, spikes: np.ndarray) -> np.ndarray:
     """``dense @ spikes`` from the nonzero entries of the right operand ``spikes`` only."""
     return np.swapaxes(spike_matmul(np.swapaxes(spikes, -1, -2), np.swapaxes(dense, -1, -2)), -1, -2)
+
+
+def _dtype(spikes: np.ndarray) -> type:
+    """The kernels' dtype for these spikes: int64 for integer payloads, float64 otherwise."""
+    return np.int64 if np.issubdtype(spikes.dtype, np.integer) else np.float64
 
 
 def _operand(dtype) -> types.Array:
