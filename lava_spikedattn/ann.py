@@ -2,11 +2,11 @@
 
 One-spike phase coding can only carry layers whose inference-time computation is
 a fixed affine map followed by ReLU (plus the softmax attention, which the
-converter handles separately). This module turns pre-trained timm Swin and
-Hugging Face BERT models into that form:
+converter handles separately). This module turns pre-trained timm Swin and ViT/DeiT
+and Hugging Face BERT models into that form:
 
 * data-dependent LayerNorms become normalisations with frozen statistics that
-  fold into the neighbouring weights at inference (``ChannelBatchNorm`` for Swin,
+  fold into the neighbouring weights at inference (``ChannelBatchNorm`` for Swin and ViT,
   MA-BERT's ``RunningAffineNorm``/PowerNorm for BERT);
 * GELU/Tanh become ReLU;
 * the attention modules are kept as they are (only the fused/SDPA kernels are
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, WindowAttention
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.models.bert.modeling_bert import (
@@ -43,10 +45,8 @@ __all__ = [
     "finetune",
     "prepare_bert",
     "prepare_swin",
+    "prepare_vit",
 ]
-
-_SUPPORTED_MODELS = (SwinTransformer, BertModel, BertForSequenceClassification)
-_SUPPORTED_NAMES = "timm SwinTransformer, transformers BertModel, BertForSequenceClassification"
 
 # Norms whose statistics are computed per token at inference: not foldable into weights.
 _UNFOLDABLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
@@ -173,6 +173,33 @@ def prepare_swin(model: SwinTransformer) -> nn.Module:
     return model
 
 
+def prepare_vit(model: VisionTransformer) -> nn.Module:
+    """Return a deep copy of a timm ViT/DeiT with foldable norms and ReLU (as ``prepare_swin``).
+
+    Replaced: every LayerNorm of the embedding (``patch_embed.norm``, ``norm_pre``), of each
+    block (``norm1``/``norm2``) and of the head (``norm``, ``fc_norm``) -> ``ChannelBatchNorm``
+    (gamma/beta copied, running stats 0/1 until calibrated); ``mlp.act`` GELU -> ReLU; the empty
+    ``mlp.norm`` slot gets a ``ChannelBatchNorm(hidden)``, as in Swin. ``Attention`` is kept with
+    ``fused_attn`` False (same math, explicit logits). Variants the converter cannot run (register
+    tokens are fine; q/k norms, attention pooling, gated MLPs are not) are refused at conversion.
+    The input model is untouched (it can serve as distillation teacher).
+    """
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"prepare_vit() expects a timm VisionTransformer, got {type(model).__name__}")
+    model = copy.deepcopy(model)
+    for owner, attr in ((model.patch_embed, "norm"), (model, "norm_pre"), (model, "norm"), (model, "fc_norm")):
+        if isinstance(getattr(owner, attr), nn.LayerNorm):
+            setattr(owner, attr, _bn_from_ln(getattr(owner, attr)))
+    for block in model.blocks:
+        block.norm1 = _bn_from_ln(block.norm1)
+        block.norm2 = _bn_from_ln(block.norm2)
+        block.mlp.act = nn.ReLU()
+        block.mlp.norm = ChannelBatchNorm(block.mlp.fc1.out_features).to(block.mlp.fc1.weight.device)
+        block.attn.fused_attn = False
+    check_prepared(model)
+    return model
+
+
 def prepare_bert(model: BertModel | BertForSequenceClassification) -> nn.Module:
     """Return a deep copy of a HF BERT with foldable norms and ReLU (MA-BERT recipe).
 
@@ -206,12 +233,24 @@ def prepare_bert(model: BertModel | BertForSequenceClassification) -> nn.Module:
     return model
 
 
-def _is_known_attention(module: nn.Module, family: type) -> bool:
-    if family is SwinTransformer:
-        return isinstance(module, WindowAttention)
-    return isinstance(module, BertSelfAttention) or (
-        isinstance(module, BertAttention) and isinstance(module.self, BertSelfAttention)
-    )
+@dataclass(frozen=True)
+class _Preparation:
+    """What ``check_prepared`` tells the user of one model family: the function that prepares it,
+    the norm it uses instead of LayerNorm, and the attention modules the converter knows."""
+
+    models: tuple[type, ...]
+    prepare: str
+    norm: str
+    attention: tuple[type, ...]
+    attention_name: str
+
+
+_PREPARATIONS = (
+    _Preparation((SwinTransformer,), "prepare_swin()", "ChannelBatchNorm", (WindowAttention,), "timm WindowAttention"),
+    _Preparation((VisionTransformer,), "prepare_vit()", "ChannelBatchNorm", (Attention,), "timm Attention"),
+    _Preparation((BertModel, BertForSequenceClassification), "prepare_bert()", "RunningAffineNorm",
+                 (BertAttention, BertSelfAttention), "transformers BertSelfAttention"),
+)
 
 
 def check_prepared(model: nn.Module) -> None:
@@ -220,30 +259,27 @@ def check_prepared(model: nn.Module) -> None:
     Walks every submodule and raises ``UnsupportedModuleError`` (naming the dotted
     path, e.g. ``model.layers.0.blocks.1.mlp.act``, and the fix) on: a LayerNorm
     (or other per-token norm) left in place, an activation other than ReLU (the
-    attention's own softmax excepted), an attention class other than timm's
-    ``WindowAttention`` (Swin) or HF ``BertSelfAttention`` (BERT). Raises
-    ``TypeError`` for a model family other than Swin/BERT.
+    attention's own softmax excepted), an attention class the family's converter does not
+    know. Raises ``TypeError`` for a model of no supported family.
     """
-    family = next((cls for cls in _SUPPORTED_MODELS if isinstance(model, cls)), None)
+    family = next((entry for entry in _PREPARATIONS if isinstance(model, entry.models)), None)
     if family is None:
-        raise TypeError(f"{type(model).__name__} is not a supported model family; supported: {_SUPPORTED_NAMES}")
-    prepare = "prepare_swin()" if family is SwinTransformer else "prepare_bert()"
-    known_attention = "timm WindowAttention" if family is SwinTransformer else "transformers BertSelfAttention"
+        supported = ", ".join(cls.__name__ for entry in _PREPARATIONS for cls in entry.models)
+        raise TypeError(f"{type(model).__name__} is not a supported model family; supported: {supported}")
     attention_paths = set()
     for name, module in model.named_modules():
         path = f"model.{name}" if name else "model"
         cls = type(module).__name__
         if isinstance(module, _UNFOLDABLE_NORMS):
-            replacement = "ChannelBatchNorm" if family is SwinTransformer else "RunningAffineNorm"
             raise UnsupportedModuleError(
                 f"{path}: {cls} computes per-token statistics at inference, which cannot be folded into "
-                f"weights for one-spike phase coding; run {prepare} or replace it by {replacement}"
+                f"weights for one-spike phase coding; run {family.prepare} or replace it by {family.norm}"
             )
         if isinstance(module, nn.MultiheadAttention) or "attention" in cls.lower():
-            if not _is_known_attention(module, family):
+            if not isinstance(module, family.attention):
                 raise UnsupportedModuleError(
                     f"{path}: attention class {cls} is not supported by the SpikedAttention converter; "
-                    f"this model family needs {known_attention}"
+                    f"this model family needs {family.attention_name}"
                 )
             attention_paths.add(name)
             continue
@@ -252,14 +288,15 @@ def check_prepared(model: nn.Module) -> None:
             act_name = type(act).__name__ if isinstance(act, nn.Module) else getattr(act, "__name__", repr(act))
             raise UnsupportedModuleError(
                 f"{path}.intermediate_act_fn: {act_name} is not supported by one-spike phase coding; "
-                f"run {prepare} or replace it by nn.ReLU"
+                f"run {family.prepare} or replace it by nn.ReLU"
             )
         if type(module).__module__ in _ACTIVATION_MODULES and type(module) is not nn.ReLU:
             parent = name.rpartition(".")[0]
             if isinstance(module, nn.Softmax) and parent in attention_paths:
                 continue  # the attention's own softmax, converted by SpikedAttention
             raise UnsupportedModuleError(
-                f"{path}: {cls} is not supported by one-spike phase coding; run {prepare} or replace it by nn.ReLU"
+                f"{path}: {cls} is not supported by one-spike phase coding; run {family.prepare} or replace it "
+                f"by nn.ReLU"
             )
 
 
