@@ -212,20 +212,24 @@ class Graph:
         self.link(self.arrive(source.s_out, source.index, self.layers[destination.name].index), synapse.s_in)
         self.link(synapse.a_out, destination.a_in)
 
-    def readout(self, key: str, source: Stream) -> tuple[TokenLinear, int]:
+    def readout(self, key: str, source: Stream, in_index: np.ndarray | None = None) -> tuple[TokenLinear, int]:
         """The classifier synapse ``key`` whose current the host integrates (no neuron, spec §6),
-        and its pipeline index. Fixed point: its current unit holds the largest current
-        possible, Σ_i |w_oi|·scale_i + |b_o|/bias_divisor."""
+        and its pipeline index; ``in_index``: the input layout it reads (a class token).
+        Fixed point: its current unit holds the largest current possible,
+        Σ_i |w_oi|·scale_i + |b_o|/bias_divisor."""
         index = next(layer.index for layer in self.cm.layers if layer.kind == "readout")
         weight, bias = self.weight(f"{key}.weight"), self.weight(f"{key}.bias")
         units = {}
         if self.fmt is not None:
-            scale = np.broadcast_to(source.s_out.process.proc_params["scale"], source.shape)
+            layer = next(layer.name for layer in self.cm.layers if layer.index == source.index)
+            scale = np.broadcast_to(self.scale(layer, source.shape), source.shape)
+            if in_index is not None:
+                scale = scale.reshape(-1)[in_index]
             largest = (np.abs(scale.reshape(-1, scale.shape[-1])).max(0) @ np.abs(weight).T
                        + np.abs(bias) / self.code.bias_divisor).max()
             units = self.fixed(payload_exp=source.payload_exp, current_exp=self.fmt.current_exponent(largest))
         head = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
-                                    bias_start=index * self.T, name=key, **units))
+                                    bias_start=index * self.T, in_index=in_index, name=key, **units))
         connect(self.arrive(source.s_out, source.index, index), head.s_in)
         return head, index
 

@@ -12,7 +12,7 @@ transformer, in one place:
 * the command line: the ``--model`` names it builds (``owns_model_name`` / ``build_ann``), its
   data sets and their batches, its default phase code.
 
-Adding a family (ViT, RoBERTa) is one new package and one line in :data:`_BUILTIN_MODULES`.
+Adding a family is one new package and one line in :data:`_BUILTIN_MODULES`.
 Nothing outside the package branches on a family's name.
 """
 
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["ModelFamily", "family_for_model_name", "family_names", "family_of", "get_family", "register_family"]
 
 # Family name → package that defines (and registers) it.
-_BUILTIN_MODULES = {"swin": "lava_spikedattn.models.swin", "bert": "lava_spikedattn.models.bert"}
+_BUILTIN_MODULES = {"swin": "lava_spikedattn.models.swin", "vit": "lava_spikedattn.models.vit",
+                    "bert": "lava_spikedattn.models.bert"}
 _REGISTRY: dict[str, ModelFamily] = {}
 
 

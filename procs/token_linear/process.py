@@ -17,7 +17,7 @@ class TokenLinear(AbstractProcess):
     """Token-wise dense synapses (Lava's ``Dense`` only takes 1-D inputs)::
 
         x = s_in.flat[in_index]                        (optional input layout, shape (..., in))
-        y[..., o] = Σ_i weight[o, i]·x[..., i]  [+ bias[o]/bias_divisor for T steps from bias_start]
+        y[..., o] = Σ_i weight[o, i]·x[..., i]  [+ bias[..., o]/bias_divisor for T steps from bias_start]
         a_out = y.flat[out_index]                      (optional output layout)
 
     The layouts are gathers that cost no extra Process: window partition with the cyclic shift,
@@ -27,7 +27,8 @@ class TokenLinear(AbstractProcess):
     ``code.bias_divisor`` (S exact, S−1 official; spec §3.2, §5.3), so it integrates to the
     ANN's bias.
 
-    Args (keyword-only): shape_in (the s_in shape); weight (out, in); bias (out,) or None; code
+    Args (keyword-only): shape_in (the s_in shape); weight (out, in); bias (out,), or any shape that
+    broadcasts to y without enlarging it (a per-token bias, e.g. ViT's position embedding), or None; code
     (needed with a bias); bias_start; bias_divisor (default ``code.bias_divisor``; 1 for the first
     layer, whose bias the release adds undivided, spec §1.4); in_index (int array (..., in) of flat s_in positions);
     out_index (int array, the a_out shape, of flat positions of y).
@@ -79,7 +80,7 @@ class TokenLinear(AbstractProcess):
             divisor = code.bias_divisor if bias_divisor is None else float(bias_divisor)
             if not divisor > 0:
                 raise ValueError(f"{owner}: bias_divisor must be > 0, got {bias_divisor!r}")
-            bias = params.array(owner, "bias", np.asarray(bias) / divisor, (weight.shape[0],))
+            bias = params.array(owner, "bias", np.asarray(bias) / divisor, shape_y)
             timesteps = code.timesteps
         fixed = params.fixed_point(owner, fixed_format, payload_exp=payload_exp, current_exp=current_exp)
         super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),

@@ -2,7 +2,8 @@
 
 ``network.py``: the architecture, the layer graph, norm folding and the spiking network;
 ``lava_builder.py``: the same network as Lava processes. This module names them, the preparation
-(``ann.prepare_swin``) and what the command line builds (timm ``swin_*`` names, image data sets).
+(``ann.prepare_swin``) and what the command line builds (timm ``swin_*`` names; the image data
+sets and the rest of the command line's part are ``images.ImageFamily``'s).
 timm and ``network.py`` are imported on use: the command line reads the registry before it parses.
 """
 
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lava_spikedattn.data import RANDOM_SAMPLES, Batches, batch_generator
-from lava_spikedattn.models import ModelFamily, register_family
+from lava_spikedattn.models import register_family
+from lava_spikedattn.models.images import ImageFamily
 
 if TYPE_CHECKING:
     from lava_spikedattn.coding import PhaseCode
@@ -25,14 +26,11 @@ if TYPE_CHECKING:
 __all__ = ["SwinFamily"]
 
 
-class SwinFamily(ModelFamily):
+class SwinFamily(ImageFamily):
     """timm ``SwinTransformer`` prepared with ``ann.prepare_swin``."""
 
     name = "swin"
     model_names = "timm SwinTransformer models (swin_*, e.g. swin_tiny_patch4_window7_224; random init)"
-    datasets = ("fashion-mnist", "mnist-5k", "digits", "random")
-    default_code = (1.15, 40)
-    model_options = ("num_classes", "img_size", "in_chans")
 
     def matches(self, model: nn.Module) -> bool:
         from timm.models.swin_transformer import SwinTransformer
@@ -70,10 +68,6 @@ class SwinFamily(ModelFamily):
 
         return network.SpikingSwin(network.SwinConfig.from_json(architecture), convention, weights, code, engine)
 
-    def example_input(self, architecture: Mapping[str, Any], *, seq_len: int | None = None) -> torch.Tensor:
-        """A blank image (1, C, H, W): a Swin's size does not depend on the input."""
-        return torch.zeros(1, architecture["in_chans"], *architecture["img_size"])
-
     def prepare(self, model: nn.Module) -> nn.Module:
         from lava_spikedattn.ann import prepare_swin
 
@@ -86,39 +80,6 @@ class SwinFamily(ModelFamily):
 
     def owns_model_name(self, name: str) -> bool:
         return name.startswith("swin")
-
-    def build_ann(self, name: str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
-        import timm
-
-        return timm.create_model(name, pretrained=False, **kwargs), name, dict(kwargs)
-
-    def model_info(self, model: nn.Module) -> dict[str, Any]:
-        return {"img_size": list(model.patch_embed.img_size), "in_chans": model.patch_embed.proj.in_channels,
-                "num_classes": model.num_classes}
-
-    def architecture_info(self, architecture: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: architecture[key] for key in ("img_size", "in_chans", "num_classes")}
-
-    def batches(self, data: str, split: str, *, limit: int | None, batch_size: int, info: Mapping[str, Any],
-                seed: int, seq_len: int) -> Batches:
-        """Images resized to the model's input (``data.fit_images``), or Gaussian noise (``random``)."""
-        height, width = info["img_size"]
-        channels = info["in_chans"]
-        if data == "random":
-            def make_random(start: int, stop: int):
-                g = batch_generator(seed, split, start)
-                x = torch.randn(stop - start, channels, height, width, generator=g)
-                return x, torch.randint(0, info["num_classes"], (stop - start,), generator=g)
-
-            return Batches(RANDOM_SAMPLES if limit is None else limit, batch_size, make_random)
-        from lava_spikedattn.data import fit_images, load_image_dataset
-
-        images, labels = load_image_dataset(data, split, limit)
-
-        def make(start: int, stop: int):
-            return fit_images(images[start:stop], (height, width), channels), labels[start:stop]
-
-        return Batches(len(images), batch_size, make)
 
 
 register_family(SwinFamily())

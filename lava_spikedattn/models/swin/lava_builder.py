@@ -31,43 +31,39 @@ from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.reference.stepped import BitSerialEncoderSim
 
-__all__ = ["SwinBuilder"]
+__all__ = ["SwinBuilder", "WindowedBuilder", "check_images"]
 
 
-class SwinBuilder(FamilyBuilder):
-    """Block diagram of a converted Swin (mirrors ``SpikingSwin.run``)."""
+def check_images(cm: ConvertedModel, x: Any) -> tuple[torch.Tensor, int]:
+    """Images (batch, C, H, W) or one image (C, H, W), float, of the model's size (architecture
+    keys ``in_chans``, ``img_size``), as float64 on the CPU, and the batch size."""
+    architecture = cm.config["architecture"]
+    expected = (architecture["in_chans"], *architecture["img_size"])
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        dtype = f" {x.dtype}" if isinstance(x, torch.Tensor) else ""
+        raise LavaBuildError(f"input must be a float tensor of images (batch, {', '.join(map(str, expected))}), "
+                             f"got {type(x).__name__}{dtype}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise LavaBuildError(f"input must be images (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+    check_finite("input", x)
+    x = x.detach().cpu().double()
+    return x, x.shape[0]
+
+
+class WindowedBuilder(FamilyBuilder):
+    """Pre-norm blocks with (windowed) attention as Circuits, and the bit-serial image input:
+    the part of the block diagram Swin and ViT share (mirrors ``network.WindowedTransformer``)."""
 
     def __init__(self, graph: Graph) -> None:
         super().__init__(graph)
-        self.config = SwinConfig.from_json(graph.cm.config["architecture"])
         self.official = graph.code.official
 
     @classmethod
     def check_input(cls, cm: ConvertedModel, x: Any) -> tuple[torch.Tensor, int]:
         """Images (batch, C, H, W) or one image (C, H, W), float, of the model's size."""
-        cfg = SwinConfig.from_json(cm.config["architecture"])
-        expected = (cfg.in_chans, *cfg.img_size)
-        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
-            dtype = f" {x.dtype}" if isinstance(x, torch.Tensor) else ""
-            raise LavaBuildError(f"input must be a float tensor of images (batch, {', '.join(map(str, expected))}), "
-                                 f"got {type(x).__name__}{dtype}")
-        if x.dim() == 3:
-            x = x[None]
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise LavaBuildError(f"input must be images (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        check_finite("input", x)
-        x = x.detach().cpu().double()
-        return x, x.shape[0]
-
-    def build(self, images: torch.Tensor) -> tuple[TokenLinear, int]:
-        """All processes for ``images``; returns the classifier synapse and its pipeline index."""
-        x = self._patch_embed(images)
-        for stage in self.config.stages():
-            if stage.merge:
-                x = self._patch_merging(x, stage.index)
-            for block in stage.blocks:
-                x = self._block(x, block)
-        return self._head(x)
+        return check_images(cm, x)
 
     def encode(self, images: torch.Tensor) -> np.ndarray:
         """The bit-serial input code (T, batch, C, H, W): ±full scale (payloads ±1 in fixed
@@ -80,6 +76,78 @@ class SwinBuilder(FamilyBuilder):
             step[...] = encoder.step().numpy()
         g.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
         return bits if g.fmt is None else bits / full_scale
+
+    def _norm_neuron(self, g: Graph, norm: str, name: str, x: Stream) -> Stream:
+        """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
+        neuron = g.neuron(name, x.shape)
+        g.linear(norm, x, neuron, weight=np.diag(g.weight(f"{norm}.weight")))
+        return g.stream(neuron)
+
+    def _block(self, x: Stream, geometry: BlockGeometry) -> Stream:
+        """One block as a :class:`Circuit` (fused or decomposed at run time)."""
+        return self.g.circuit(x, geometry.prefix, lambda g, x_in: self._block_members(g, x_in, geometry))
+
+    def _block_members(self, g: Graph, x: Stream, geometry: BlockGeometry) -> PhaseNeuron:
+        p = geometry.prefix
+        h = self._norm_neuron(g, f"{p}.norm1", f"{p}.norm1_if", x) if self.official else x
+        attn_if = g.neuron(f"{p}.attn_if", x.shape)
+        g.residual(x, attn_if)
+        self._window_attention(g, h, geometry, attn_if)
+        x = g.stream(attn_if)
+        h = self._norm_neuron(g, f"{p}.norm2", f"{p}.norm2_if", x) if self.official else x
+        act = g.neuron(f"{p}.mlp_act", x.shape[:-1] + (geometry.hidden,))
+        g.linear(f"{p}.fc1", h, act)
+        h = g.stream(act)
+        if self.official:
+            h = self._norm_neuron(g, f"{p}.mlp_norm", f"{p}.mlp_if", h)
+        final = g.neuron(f"{p}.final_if", x.shape)
+        g.residual(x, final)
+        g.linear(f"{p}.fc2", h, final)
+        return final
+
+    def _window_attention(self, g: Graph, x: Stream, geo: BlockGeometry, destination: PhaseNeuron) -> None:
+        """q/k/v → QKᵀ (+ relative-position bias, shift mask, where stored) → WOSS → attention×V → proj."""
+        p, b = geo.prefix, g.batch
+        inner = geo.heads * geo.head_dim
+        head_shape = (b, geo.windows, geo.heads, geo.tokens, geo.head_dim)
+        logit_shape = head_shape[:-1] + (geo.tokens,)
+        windows = partition_windows(index_positions(x.shape), geo).numpy()
+        heads = split_heads(index_positions((b, geo.windows, geo.tokens, inner)), geo).numpy()
+        qkv_weight, qkv_bias = g.weight(f"{p}.qkv.weight"), g.weight(f"{p}.qkv.bias")
+        qkv = {}
+        for part, name in enumerate(("q_if", "k_if", "v_if")):
+            qkv[name] = g.neuron(f"{p}.{name}", head_shape)
+            rows = slice(part * inner, (part + 1) * inner)
+            g.linear(f"{p}.qkv", x, qkv[name], in_index=windows, out_index=heads, weight=qkv_weight[rows],
+                     bias=qkv_bias[rows])
+        bias = None
+        if f"{p}.rel_pos_bias" in g.cm.weights:
+            bias = g.weight(f"{p}.rel_pos_bias")
+            if geo.shifted:
+                bias = bias + g.weight(f"{p}.attn_mask")[:, None]
+            bias = np.broadcast_to(bias, logit_shape)
+        out = attention_core(g, p, qkv, bias)
+        merged = merge_heads(index_positions(head_shape)).numpy()
+        reverse = merge_windows(index_positions((b, geo.windows, geo.tokens, geo.dim)), geo).numpy()
+        g.linear(f"{p}.proj", g.stream(out), destination, in_index=merged, out_index=reverse)
+
+
+class SwinBuilder(WindowedBuilder):
+    """Block diagram of a converted Swin (mirrors ``SpikingSwin.run``)."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        self.config = SwinConfig.from_json(graph.cm.config["architecture"])
+
+    def build(self, images: torch.Tensor) -> tuple[TokenLinear, int]:
+        """All processes for ``images``; returns the classifier synapse and its pipeline index."""
+        x = self._patch_embed(images)
+        for stage in self.config.stages():
+            if stage.merge:
+                x = self._patch_merging(x, stage.index)
+            for block in stage.blocks:
+                x = self._block(x, block)
+        return self._head(x)
 
     def _patch_embed(self, images: torch.Tensor) -> Stream:
         g, cfg, b = self.g, self.config, self.g.batch
@@ -102,57 +170,6 @@ class SwinBuilder(FamilyBuilder):
         neuron = g.neuron(name, (b, height // 2, width // 2, out_dim))
         g.linear(f"layers.{stage}.downsample", x, neuron, in_index=merge_patches(index_positions(x.shape)).numpy())
         return g.stream(neuron)
-
-    def _norm_neuron(self, g: Graph, norm: str, name: str, x: Stream) -> Stream:
-        """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
-        neuron = g.neuron(name, x.shape)
-        g.linear(norm, x, neuron, weight=np.diag(g.weight(f"{norm}.weight")))
-        return g.stream(neuron)
-
-    def _block(self, x: Stream, geometry: BlockGeometry) -> Stream:
-        """One Swin block as a :class:`Circuit` (fused or decomposed at run time)."""
-        return self.g.circuit(x, geometry.prefix, lambda g, x_in: self._block_members(g, x_in, geometry))
-
-    def _block_members(self, g: Graph, x: Stream, geometry: BlockGeometry) -> PhaseNeuron:
-        p = geometry.prefix
-        h = self._norm_neuron(g, f"{p}.norm1", f"{p}.norm1_if", x) if self.official else x
-        attn_if = g.neuron(f"{p}.attn_if", x.shape)
-        g.residual(x, attn_if)
-        self._window_attention(g, h, geometry, attn_if)
-        x = g.stream(attn_if)
-        h = self._norm_neuron(g, f"{p}.norm2", f"{p}.norm2_if", x) if self.official else x
-        act = g.neuron(f"{p}.mlp_act", x.shape[:-1] + (geometry.hidden,))
-        g.linear(f"{p}.fc1", h, act)
-        h = g.stream(act)
-        if self.official:
-            h = self._norm_neuron(g, f"{p}.mlp_norm", f"{p}.mlp_if", h)
-        final = g.neuron(f"{p}.final_if", x.shape)
-        g.residual(x, final)
-        g.linear(f"{p}.fc2", h, final)
-        return final
-
-    def _window_attention(self, g: Graph, x: Stream, geo: BlockGeometry, destination: PhaseNeuron) -> None:
-        """q/k/v → QKᵀ (+ relative-position bias, shift mask) → WOSS → attention×V → proj."""
-        p, b = geo.prefix, g.batch
-        inner = geo.heads * geo.head_dim
-        head_shape = (b, geo.windows, geo.heads, geo.tokens, geo.head_dim)
-        logit_shape = head_shape[:-1] + (geo.tokens,)
-        windows = partition_windows(index_positions(x.shape), geo).numpy()
-        heads = split_heads(index_positions((b, geo.windows, geo.tokens, inner)), geo).numpy()
-        qkv_weight, qkv_bias = g.weight(f"{p}.qkv.weight"), g.weight(f"{p}.qkv.bias")
-        qkv = {}
-        for part, name in enumerate(("q_if", "k_if", "v_if")):
-            qkv[name] = g.neuron(f"{p}.{name}", head_shape)
-            rows = slice(part * inner, (part + 1) * inner)
-            g.linear(f"{p}.qkv", x, qkv[name], in_index=windows, out_index=heads, weight=qkv_weight[rows],
-                     bias=qkv_bias[rows])
-        bias = g.weight(f"{p}.rel_pos_bias")
-        if geo.shifted:
-            bias = bias + g.weight(f"{p}.attn_mask")[:, None]
-        out = attention_core(g, p, qkv, np.broadcast_to(bias, logit_shape))
-        merged = merge_heads(index_positions(head_shape)).numpy()
-        reverse = merge_windows(index_positions((b, geo.windows, geo.tokens, geo.dim)), geo).numpy()
-        g.linear(f"{p}.proj", g.stream(out), destination, in_index=merged, out_index=reverse)
 
     def _head(self, x: Stream) -> tuple[TokenLinear, int]:
         g, (b, height, width, channels) = self.g, x.shape

@@ -39,8 +39,9 @@ from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerGraph, LayerSpec
 from lava_spikedattn.models.folding import fold_linear
 
-__all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "merge_heads", "merge_patches",
-           "merge_windows", "partition_windows", "patchify", "split_heads", "swin_layer_graph"]
+__all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "WindowedTransformer", "batchnorm_affine",
+           "block_layers", "block_synapses", "block_weight_shapes", "diagonal", "fold_block", "merge_heads",
+           "merge_patches", "merge_windows", "partition_windows", "patchify", "split_heads", "swin_layer_graph"]
 
 
 # --- architecture -----------------------------------------------------------------------------------
@@ -239,27 +240,47 @@ def swin_layer_graph(config: SwinConfig, convention: str) -> list[LayerSpec]:
         if stage.merge:
             add(f"layers.{stage.index}.patch_merging_if", "phase", (h, w, 1))
         for g in stage.blocks:
-            p, per_head = g.prefix, (g.windows, g.heads, g.tokens, 1)
-            if official:
-                add(f"{p}.norm1_if", "phase", (h, w, 1))
-            add(f"{p}.q_if", "phase", per_head)
-            add(f"{p}.k_if", "phase", per_head, new_index=False)
-            add(f"{p}.v_if", "phase", per_head, new_index=False)
-            add(f"{p}.stdp_qk", "logits", per_head)
-            add(f"{p}.softmax_if", "woss", None)
-            add(f"{p}.stdp_av", "attention_out", per_head)
-            add(f"{p}.attn_if", "phase", (h, w, g.dim))
-            if official:
-                add(f"{p}.norm2_if", "phase", (h, w, g.dim))
-            add(f"{p}.mlp_act", "phase", (h, w, g.hidden), signed=False)
-            if official:
-                add(f"{p}.mlp_if", "phase", (h, w, g.hidden))
-            add(f"{p}.final_if", "phase", (h, w, 1))
+            block_layers(graph, g, official)
     if official:
         add("last_norm_if", "phase", (h, w, 1))
     add("pool_if", "phase", (config.num_features,))
     add("last_fc", "readout", None)
     return graph.layers
+
+
+def block_layers(graph: LayerGraph, g: BlockGeometry, official: bool) -> None:
+    """Add the neuron layers of one (windowed) pre-norm block to ``graph`` (module docstring);
+    shared by every family built from these blocks (Swin, ViT)."""
+    add, (h, w), p = graph.add, g.resolution, g.prefix
+    per_head = (g.windows, g.heads, g.tokens, 1)
+    if official:
+        add(f"{p}.norm1_if", "phase", (h, w, 1))
+    add(f"{p}.q_if", "phase", per_head)
+    add(f"{p}.k_if", "phase", per_head, new_index=False)
+    add(f"{p}.v_if", "phase", per_head, new_index=False)
+    add(f"{p}.stdp_qk", "logits", per_head)
+    add(f"{p}.softmax_if", "woss", None)
+    add(f"{p}.stdp_av", "attention_out", per_head)
+    add(f"{p}.attn_if", "phase", (h, w, g.dim))
+    if official:
+        add(f"{p}.norm2_if", "phase", (h, w, g.dim))
+    add(f"{p}.mlp_act", "phase", (h, w, g.hidden), signed=False)
+    if official:
+        add(f"{p}.mlp_if", "phase", (h, w, g.hidden))
+    add(f"{p}.final_if", "phase", (h, w, 1))
+
+
+def block_weight_shapes(g: BlockGeometry, official: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes of one block's linear layers and (official) norms; attention biases are the family's."""
+    p, inner, shapes = g.prefix, g.heads * g.head_dim, {}
+    for name, out_features, in_features in (("qkv", 3 * inner, g.dim), ("proj", g.dim, inner),
+                                            ("fc1", g.hidden, g.dim), ("fc2", g.dim, g.hidden)):
+        shapes[f"{p}.{name}.weight"] = (out_features, in_features)
+        shapes[f"{p}.{name}.bias"] = (out_features,)
+    if official:
+        for norm, width in (("norm1", g.dim), ("norm2", g.dim), ("mlp_norm", g.hidden)):
+            shapes[f"{p}.{norm}.weight"] = shapes[f"{p}.{norm}.bias"] = (width,)
+    return shapes
 
 
 def swin_weight_shapes(config: SwinConfig, convention: str) -> dict[str, tuple[int, ...]]:
@@ -280,17 +301,10 @@ def swin_weight_shapes(config: SwinConfig, convention: str) -> dict[str, tuple[i
             shapes[f"layers.{stage.index}.downsample.weight"] = (stage.dim, 4 * stage.in_dim)
             shapes[f"layers.{stage.index}.downsample.bias"] = (stage.dim,)
         for g in stage.blocks:
-            p, inner = g.prefix, g.heads * g.head_dim
-            for name, out_features, in_features in (("qkv", 3 * inner, g.dim), ("proj", g.dim, inner),
-                                                    ("fc1", g.hidden, g.dim), ("fc2", g.dim, g.hidden)):
-                shapes[f"{p}.{name}.weight"] = (out_features, in_features)
-                shapes[f"{p}.{name}.bias"] = (out_features,)
-            shapes[f"{p}.rel_pos_bias"] = (g.heads, g.tokens, g.tokens)
+            shapes.update(block_weight_shapes(g, official))
+            shapes[f"{g.prefix}.rel_pos_bias"] = (g.heads, g.tokens, g.tokens)
             if g.shifted:
-                shapes[f"{p}.attn_mask"] = (g.windows, g.tokens, g.tokens)
-            if official:
-                for norm, width in (("norm1", g.dim), ("norm2", g.dim), ("mlp_norm", g.hidden)):
-                    shapes[f"{p}.{norm}.weight"] = shapes[f"{p}.{norm}.bias"] = (width,)
+                shapes[f"{g.prefix}.attn_mask"] = (g.windows, g.tokens, g.tokens)
     if official:
         shapes["norm.weight"] = shapes["norm.bias"] = (config.num_features,)
     shapes["head.weight"] = (config.num_classes, config.num_features)
@@ -299,13 +313,13 @@ def swin_weight_shapes(config: SwinConfig, convention: str) -> dict[str, tuple[i
 
 
 # --- folding ----------------------------------------------------------------------------------------------
-def _affine(norm: nn.Module, width: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+def batchnorm_affine(norm: nn.Module, width: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, c) with norm(x) = a·x + c in eval mode, float64; identity for ``nn.Identity``."""
     if isinstance(norm, nn.Identity):
         return torch.ones(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_var is None:
         raise UnsupportedModuleError(f"model.{path}: {type(norm).__name__} cannot be folded; it must be a "
-                                     f"BatchNorm with running statistics (run prepare_swin())")
+                                     f"BatchNorm with running statistics (run the family's prepare_*())")
     a = torch.rsqrt(norm.running_var.double() + norm.eps)
     if norm.weight is not None:
         a = a * norm.weight.double()
@@ -315,37 +329,46 @@ def _affine(norm: nn.Module, width: int, path: str) -> tuple[torch.Tensor, torch
     return a.cpu(), c.cpu()
 
 
+def fold_block(block: nn.Module, p: str, official: bool) -> dict[str, torch.Tensor]:
+    """Inference weights of one pre-norm block (timm's ``norm1``, ``attn.qkv``, ``attn.proj``,
+    ``norm2``, ``mlp.fc1``, ``mlp.norm``, ``mlp.fc2``), float64, under the names of prefix ``p``:
+    exact folds each BatchNorm into the linear after it, official keeps it (module docstring)."""
+    out: dict[str, torch.Tensor] = {}
+    norms = {"norm1": (block.norm1, "qkv", block.attn.qkv), "norm2": (block.norm2, "fc1", block.mlp.fc1),
+             "mlp_norm": (block.mlp.norm, "fc2", block.mlp.fc2)}
+    for norm_name, (norm, linear_name, linear) in norms.items():
+        a, c = batchnorm_affine(norm, linear.in_features, f"{p}.{norm_name.replace('_', '.')}")
+        if official:
+            out[f"{p}.{norm_name}.weight"], out[f"{p}.{norm_name}.bias"] = a, c
+            out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = fold_linear(linear)
+        else:
+            out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = fold_linear(linear, a, c)
+    out[f"{p}.proj.weight"], out[f"{p}.proj.bias"] = fold_linear(block.attn.proj)
+    return out
+
+
 def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor]:
     """Inference weights of a prepared Swin, norms folded per ``convention`` (module docstring)."""
     official = convention == "official"
     dtype = next(model.parameters()).dtype
     out: dict[str, torch.Tensor] = {}
     pe = model.patch_embed
-    a, c = _affine(pe.norm, pe.proj.out_channels, "patch_embed.norm")
+    a, c = batchnorm_affine(pe.norm, pe.proj.out_channels, "patch_embed.norm")
     conv_bias = torch.zeros_like(a) if pe.proj.bias is None else pe.proj.bias.detach().double().cpu()
     out["patch_embed.weight"] = pe.proj.weight.detach().double().cpu() * a[:, None, None, None]
     out["patch_embed.bias"] = conv_bias * a + c
     for i, stage in enumerate(model.layers):
         if i > 0:
             ds = stage.downsample
-            a, c = _affine(ds.norm, ds.reduction.in_features, f"layers.{i}.downsample.norm")
+            a, c = batchnorm_affine(ds.norm, ds.reduction.in_features, f"layers.{i}.downsample.norm")
             out[f"layers.{i}.downsample.weight"], out[f"layers.{i}.downsample.bias"] = fold_linear(ds.reduction, a, c)
         for j, block in enumerate(stage.blocks):
             p = f"layers.{i}.blocks.{j}"
-            norms = {"norm1": (block.norm1, "qkv", block.attn.qkv), "norm2": (block.norm2, "fc1", block.mlp.fc1),
-                     "mlp_norm": (block.mlp.norm, "fc2", block.mlp.fc2)}
-            for norm_name, (norm, linear_name, linear) in norms.items():
-                a, c = _affine(norm, linear.in_features, f"{p}.{norm_name.replace('_', '.')}")
-                if official:
-                    out[f"{p}.{norm_name}.weight"], out[f"{p}.{norm_name}.bias"] = a, c
-                    out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = fold_linear(linear)
-                else:
-                    out[f"{p}.{linear_name}.weight"], out[f"{p}.{linear_name}.bias"] = fold_linear(linear, a, c)
-            out[f"{p}.proj.weight"], out[f"{p}.proj.bias"] = fold_linear(block.attn.proj)
+            out.update(fold_block(block, p, official))
             out[f"{p}.rel_pos_bias"] = block.attn._get_rel_pos_bias()[0].detach().double().cpu()
             if block.attn_mask is not None:
                 out[f"{p}.attn_mask"] = block.attn_mask.detach().double().cpu()
-    a, c = _affine(model.norm, model.num_features, "norm")
+    a, c = batchnorm_affine(model.norm, model.num_features, "norm")
     if official:
         out["norm.weight"], out["norm.bias"] = a, c
         out["head.weight"], out["head.bias"] = fold_linear(model.head.fc)
@@ -399,7 +422,74 @@ def merge_patches(x: torch.Tensor) -> torch.Tensor:
 
 
 # --- the network ------------------------------------------------------------------------------------------
-class SpikingSwin(SpikingNetwork):
+def diagonal(rows: list[Synapse], name: str, size: int, source: str, target: str, counted: bool = True) -> str:
+    """Append a one-to-one synapse (a norm on the stream, a residual) to ``rows``; returns ``target``."""
+    rows.append(Synapse(name, size, 1, (source,), (target,), counted))
+    return target
+
+
+def block_synapses(rows: list[Synapse], g: BlockGeometry, x: str, official: bool) -> str:
+    """Append one block's synapses to ``rows`` (input layer ``x``); returns its output layer."""
+    p, inner, pairs = g.prefix, g.heads * g.head_dim, g.windows * g.heads * g.tokens * g.tokens
+    tokens = g.resolution[0] * g.resolution[1]
+    h_in = diagonal(rows, f"{p}.norm1", tokens * g.dim, x, f"{p}.norm1_if") if official else x
+    rows += [
+        Synapse(f"{p}.qkv", tokens * g.dim * 3 * inner, g.dim, (h_in,), (f"{p}.q_if", f"{p}.k_if", f"{p}.v_if")),
+        Synapse(f"{p}.qk", pairs * g.head_dim, g.head_dim, (f"{p}.q_if", f"{p}.k_if"), (f"{p}.stdp_qk",)),
+        Synapse(f"{p}.woss", pairs, 1, (f"{p}.stdp_qk",), (f"{p}.softmax_if",)),
+        Synapse(f"{p}.av", pairs * g.head_dim, g.tokens, (f"{p}.softmax_if", f"{p}.v_if"), (f"{p}.stdp_av",)),
+        Synapse(f"{p}.proj", tokens * inner * g.dim, inner, (f"{p}.stdp_av",), (f"{p}.attn_if",)),
+    ]
+    diagonal(rows, f"{p}.residual1", tokens * g.dim, x, f"{p}.attn_if", counted=False)
+    x = f"{p}.attn_if"
+    h_in = diagonal(rows, f"{p}.norm2", tokens * g.dim, x, f"{p}.norm2_if") if official else x
+    rows.append(Synapse(f"{p}.fc1", tokens * g.dim * g.hidden, g.dim, (h_in,), (f"{p}.mlp_act",)))
+    h_in = (diagonal(rows, f"{p}.mlp_norm", tokens * g.hidden, f"{p}.mlp_act", f"{p}.mlp_if") if official
+            else f"{p}.mlp_act")
+    rows.append(Synapse(f"{p}.fc2", tokens * g.hidden * g.dim, g.hidden, (h_in,), (f"{p}.final_if",), official=False))
+    diagonal(rows, f"{p}.residual2", tokens * g.dim, x, f"{p}.final_if", counted=False)
+    return f"{p}.final_if"
+
+
+class WindowedTransformer(SpikingNetwork):
+    """Streams of (batch, H, W, C) decoded values through pre-norm blocks with (windowed)
+    attention: the part of the forward pass Swin and ViT share. Subclasses set ``official``."""
+
+    official: bool
+
+    def _linear(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
+        return F.linear(x, self.weight(f"{key}.weight"), self.weight(f"{key}.bias") * engine.bias_gain)
+
+    def _norm_neuron(self, norm: str, neuron: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
+        """Official convention: a BatchNorm on the stream (diagonal layer), then a neuron."""
+        affine = x * self.weight(f"{norm}.weight") + self.weight(f"{norm}.bias") * engine.bias_gain
+        return engine.neuron(neuron, affine)
+
+    def _block(self, x: torch.Tensor, g: BlockGeometry, engine: Engine) -> torch.Tensor:
+        p = g.prefix
+        h = self._norm_neuron(f"{p}.norm1", f"{p}.norm1_if", x, engine) if self.official else x
+        x = engine.neuron(f"{p}.attn_if", x + self._window_attention(h, g, engine))
+        h = self._norm_neuron(f"{p}.norm2", f"{p}.norm2_if", x, engine) if self.official else x
+        h = engine.neuron(f"{p}.mlp_act", self._linear(f"{p}.fc1", h, engine), signed=False)
+        if self.official:
+            h = self._norm_neuron(f"{p}.mlp_norm", f"{p}.mlp_if", h, engine)
+        return engine.neuron(f"{p}.final_if", x + self._linear(f"{p}.fc2", h, engine))
+
+    def _window_attention(self, x: torch.Tensor, g: BlockGeometry, engine: Engine) -> torch.Tensor:
+        """(W-)MSA of timm's ``SwinTransformerBlock._attn`` (one window: ViT's ``Attention``) on
+        (batch, H, W, C) → same shape; the relative-position bias and shift mask where stored."""
+        qkv = self._linear(f"{g.prefix}.qkv", partition_windows(x, g), engine)
+        q, k, v = (split_heads(part, g) for part in qkv.chunk(3, dim=-1))
+        bias = None
+        if self.has_weight(f"{g.prefix}.rel_pos_bias"):
+            bias = self.weight(f"{g.prefix}.rel_pos_bias")  # (heads, N, N)
+        if g.shifted:
+            bias = bias + self.weight(f"{g.prefix}.attn_mask")[:, None]  # (nW, heads, N, N)
+        out = engine.attention(g.prefix, q, k, v, bias)  # (batch, nW, heads, N, head_dim)
+        return merge_windows(self._linear(f"{g.prefix}.proj", merge_heads(out), engine), g)
+
+
+class SpikingSwin(WindowedTransformer):
     """Converted Swin; ``forward(images (batch, in_chans, H, W)) → logits (batch, classes)``.
 
     Mirrors timm's forward (patch embed, cyclic shift, window partition, relative-position bias,
@@ -447,11 +537,6 @@ class SpikingSwin(SpikingNetwork):
         patch = cfg.in_chans * cfg.patch_size[0] * cfg.patch_size[1]
         rows = [Synapse("patch_embed", h * w * patch * cfg.embed_dim, patch, ("input",), ("patch_embed_if",))]
         x = "patch_embed_if"
-
-        def diagonal(name: str, size: int, source: str, target: str, counted: bool = True) -> str:
-            rows.append(Synapse(name, size, 1, (source,), (target,), counted))
-            return target
-
         for stage in self.geometry:
             tokens = stage.resolution[0] * stage.resolution[1]
             if stage.merge:
@@ -460,62 +545,14 @@ class SpikingSwin(SpikingNetwork):
                                     4 * stage.in_dim, (x,), (target,)))
                 x = target
             for g in stage.blocks:
-                p, inner, pairs = g.prefix, g.heads * g.head_dim, g.windows * g.heads * g.tokens * g.tokens
-                h_in = diagonal(f"{p}.norm1", tokens * g.dim, x, f"{p}.norm1_if") if official else x
-                rows += [
-                    Synapse(f"{p}.qkv", tokens * g.dim * 3 * inner, g.dim, (h_in,),
-                            (f"{p}.q_if", f"{p}.k_if", f"{p}.v_if")),
-                    Synapse(f"{p}.qk", pairs * g.head_dim, g.head_dim, (f"{p}.q_if", f"{p}.k_if"), (f"{p}.stdp_qk",)),
-                    Synapse(f"{p}.woss", pairs, 1, (f"{p}.stdp_qk",), (f"{p}.softmax_if",)),
-                    Synapse(f"{p}.av", pairs * g.head_dim, g.tokens, (f"{p}.softmax_if", f"{p}.v_if"),
-                            (f"{p}.stdp_av",)),
-                    Synapse(f"{p}.proj", tokens * inner * g.dim, inner, (f"{p}.stdp_av",), (f"{p}.attn_if",)),
-                ]
-                diagonal(f"{p}.residual1", tokens * g.dim, x, f"{p}.attn_if", counted=False)
-                x = f"{p}.attn_if"
-                h_in = diagonal(f"{p}.norm2", tokens * g.dim, x, f"{p}.norm2_if") if official else x
-                rows.append(Synapse(f"{p}.fc1", tokens * g.dim * g.hidden, g.dim, (h_in,), (f"{p}.mlp_act",)))
-                h_in = (diagonal(f"{p}.mlp_norm", tokens * g.hidden, f"{p}.mlp_act", f"{p}.mlp_if") if official
-                        else f"{p}.mlp_act")
-                rows.append(Synapse(f"{p}.fc2", tokens * g.hidden * g.dim, g.hidden, (h_in,), (f"{p}.final_if",),
-                                    official=False))
-                diagonal(f"{p}.residual2", tokens * g.dim, x, f"{p}.final_if", counted=False)
-                x = f"{p}.final_if"
+                x = block_synapses(rows, g, x, official)
         features = cfg.num_features
         tokens = self.geometry[-1].resolution[0] * self.geometry[-1].resolution[1]
         if official:
-            x = diagonal("norm", tokens * features, x, "last_norm_if")
+            x = diagonal(rows, "norm", tokens * features, x, "last_norm_if")
         rows.append(Synapse("pool", tokens * features, tokens, (x,), ("pool_if",)))
         rows.append(Synapse("head", features * cfg.num_classes, features, ("pool_if",), ("last_fc",)))
         return rows
-
-    def _linear(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
-        return F.linear(x, self.weight(f"{key}.weight"), self.weight(f"{key}.bias") * engine.bias_gain)
-
-    def _norm_neuron(self, norm: str, neuron: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
-        """Official convention: a BatchNorm on the stream (diagonal layer), then a neuron."""
-        affine = x * self.weight(f"{norm}.weight") + self.weight(f"{norm}.bias") * engine.bias_gain
-        return engine.neuron(neuron, affine)
-
-    def _block(self, x: torch.Tensor, g: BlockGeometry, engine: Engine) -> torch.Tensor:
-        p = g.prefix
-        h = self._norm_neuron(f"{p}.norm1", f"{p}.norm1_if", x, engine) if self.official else x
-        x = engine.neuron(f"{p}.attn_if", x + self._window_attention(h, g, engine))
-        h = self._norm_neuron(f"{p}.norm2", f"{p}.norm2_if", x, engine) if self.official else x
-        h = engine.neuron(f"{p}.mlp_act", self._linear(f"{p}.fc1", h, engine), signed=False)
-        if self.official:
-            h = self._norm_neuron(f"{p}.mlp_norm", f"{p}.mlp_if", h, engine)
-        return engine.neuron(f"{p}.final_if", x + self._linear(f"{p}.fc2", h, engine))
-
-    def _window_attention(self, x: torch.Tensor, g: BlockGeometry, engine: Engine) -> torch.Tensor:
-        """(W-)MSA of timm's ``SwinTransformerBlock._attn`` on (batch, H, W, C) → same shape."""
-        qkv = self._linear(f"{g.prefix}.qkv", partition_windows(x, g), engine)
-        q, k, v = (split_heads(part, g) for part in qkv.chunk(3, dim=-1))
-        bias = self.weight(f"{g.prefix}.rel_pos_bias")  # (heads, N, N)
-        if g.shifted:
-            bias = bias + self.weight(f"{g.prefix}.attn_mask")[:, None]  # (nW, heads, N, N)
-        out = engine.attention(g.prefix, q, k, v, bias)  # (batch, nW, heads, N, head_dim)
-        return merge_windows(self._linear(f"{g.prefix}.proj", merge_heads(out), engine), g)
 
     def _patch_merging(self, x: torch.Tensor, stage: int, engine: Engine) -> torch.Tensor:
         """timm's ``PatchMerging`` (2×2 gather, folded BN + reduction) and its neuron."""
