@@ -3,12 +3,13 @@
 One-spike phase coding can only carry layers whose inference-time computation is
 a fixed affine map followed by ReLU (plus the softmax attention, which the
 converter handles separately). This module turns pre-trained timm Swin and ViT/DeiT
-and Hugging Face BERT models into that form:
+and Hugging Face BERT-family classifiers (BERT, RoBERTa, DistilBERT, ELECTRA) into that form:
 
 * data-dependent LayerNorms become normalisations with frozen statistics that
   fold into the neighbouring weights at inference (``ChannelBatchNorm`` for Swin and ViT,
   MA-BERT's ``RunningAffineNorm``/PowerNorm for BERT);
-* GELU/Tanh become ReLU;
+* GELU/Tanh become ReLU (RoBERTa's and ELECTRA's sentence heads, whose activation is not a
+  replaceable module, become a ``ReluClassificationHead``);
 * the attention modules are kept as they are (only the fused/SDPA kernels are
   switched to the explicit eager path so q, k, v and the logits are visible).
 
@@ -36,9 +37,30 @@ from transformers.models.bert.modeling_bert import (
     BertModel,
     BertSelfAttention,
 )
+from transformers.models.distilbert import modeling_distilbert
+from transformers.models.distilbert.modeling_distilbert import (
+    DistilBertForSequenceClassification,
+    DistilBertSelfAttention,
+)
+from transformers.models.electra.modeling_electra import (
+    ElectraAttention,
+    ElectraClassificationHead,
+    ElectraForSequenceClassification,
+    ElectraIntermediate,
+    ElectraSelfAttention,
+)
+from transformers.models.roberta.modeling_roberta import (
+    RobertaAttention,
+    RobertaClassificationHead,
+    RobertaForSequenceClassification,
+    RobertaIntermediate,
+    RobertaSelfAttention,
+)
 
 __all__ = [
+    "BERT_FAMILY_MODELS",
     "ChannelBatchNorm",
+    "ReluClassificationHead",
     "RunningAffineNorm",
     "UnsupportedModuleError",
     "check_prepared",
@@ -59,6 +81,16 @@ _ACTIVATION_MODULES = frozenset(
         "transformers.activations",
     }
 )
+
+#: The Hugging Face models ``prepare_bert`` and the BERT family's converter take (a bare
+#: ``BertModel`` is prepared, but has no classifier to convert).
+BERT_FAMILY_MODELS = (BertModel, BertForSequenceClassification, RobertaForSequenceClassification,
+                      DistilBertForSequenceClassification, ElectraForSequenceClassification)
+# The feed-forward block of each BERT-family model and the attribute holding its activation.
+_FFN_ACTIVATIONS = ((BertIntermediate, "intermediate_act_fn"), (RobertaIntermediate, "intermediate_act_fn"),
+                    (ElectraIntermediate, "intermediate_act_fn"), (modeling_distilbert.FFN, "activation"))
+# Sentence heads whose activation (RoBERTa: a functional tanh) ``prepare_bert`` replaces with the head.
+_NONLINEAR_HEADS = (RobertaClassificationHead, ElectraClassificationHead)
 
 
 class UnsupportedModuleError(ValueError):
@@ -176,59 +208,90 @@ def prepare_swin(model: SwinTransformer) -> nn.Module:
 def prepare_vit(model: VisionTransformer) -> nn.Module:
     """Return a deep copy of a timm ViT/DeiT with foldable norms and ReLU (as ``prepare_swin``).
 
-    Replaced: every LayerNorm of the embedding (``patch_embed.norm``, ``norm_pre``), of each
-    block (``norm1``/``norm2``) and of the head (``norm``, ``fc_norm``) -> ``ChannelBatchNorm``
-    (gamma/beta copied, running stats 0/1 until calibrated); ``mlp.act`` GELU -> ReLU; the empty
-    ``mlp.norm`` slot gets a ``ChannelBatchNorm(hidden)``, as in Swin. ``Attention`` is kept with
-    ``fused_attn`` False (same math, explicit logits). Variants the converter cannot run (register
-    tokens are fine; q/k norms, attention pooling, gated MLPs are not) are refused at conversion.
-    The input model is untouched (it can serve as distillation teacher).
+    Replaced: every LayerNorm (``patch_embed.norm``, ``norm_pre``, each block's ``norm1``/``norm2``,
+    ``norm``, ``fc_norm``) -> ``ChannelBatchNorm`` (gamma/beta copied, running stats 0/1 until
+    calibrated); ``mlp.act`` GELU -> ReLU; an empty ``mlp.norm`` slot gets a
+    ``ChannelBatchNorm(hidden)``, as in Swin. ``Attention`` is kept with ``fused_attn`` False (same
+    math, explicit logits). Variants the converter cannot run (q/k norms, attention pooling, gated
+    MLPs) are refused by name at conversion. The input model is untouched (it can serve as
+    distillation teacher).
     """
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"prepare_vit() expects a timm VisionTransformer, got {type(model).__name__}")
     model = copy.deepcopy(model)
-    for owner, attr in ((model.patch_embed, "norm"), (model, "norm_pre"), (model, "norm"), (model, "fc_norm")):
-        if isinstance(getattr(owner, attr), nn.LayerNorm):
-            setattr(owner, attr, _bn_from_ln(getattr(owner, attr)))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.LayerNorm):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, _bn_from_ln(module))
     for block in model.blocks:
-        block.norm1 = _bn_from_ln(block.norm1)
-        block.norm2 = _bn_from_ln(block.norm2)
         block.mlp.act = nn.ReLU()
-        block.mlp.norm = ChannelBatchNorm(block.mlp.fc1.out_features).to(block.mlp.fc1.weight.device)
+        if isinstance(block.mlp.norm, nn.Identity):
+            block.mlp.norm = ChannelBatchNorm(block.mlp.fc1.out_features).to(block.mlp.fc1.weight.device)
         block.attn.fused_attn = False
     check_prepared(model)
     return model
 
 
-def prepare_bert(model: BertModel | BertForSequenceClassification) -> nn.Module:
-    """Return a deep copy of a HF BERT with foldable norms and ReLU (MA-BERT recipe).
+class ReluClassificationHead(nn.Module):
+    """A sentence head with ReLU: token 0 → dropout → ``dense`` → ReLU → dropout → ``out_proj``.
 
-    Every LayerNorm (``embeddings.LayerNorm`` and each layer's
-    ``attention.output.LayerNorm`` / ``output.LayerNorm``) -> ``RunningAffineNorm``
-    (gamma/beta copied, ``running_phi`` = 1 until calibrated); each
-    ``intermediate.intermediate_act_fn`` GELU -> ReLU and ``config.hidden_act =
-    "relu"``; ``pooler.activation`` Tanh -> ReLU. Attention and HF's padding mask
-    are unchanged; the attention implementation is set to "eager" (same math as
-    SDPA) so the additive mask and explicit logits are used.
+    ``prepare_bert`` puts it in place of RoBERTa's ``RobertaClassificationHead`` (whose tanh is a
+    function call, not a module that could be swapped) and ELECTRA's ``ElectraClassificationHead``
+    (GELU), keeping their ``dense``, ``out_proj`` and dropout, so the state-dict keys are unchanged.
+    It maps onto the converted network's ``pooler`` (dense), ``pooler_if`` (ReLU neuron) and
+    ``classifier`` (out_proj) as BERT's pooler and classifier do.
     """
-    if not isinstance(model, (BertModel, BertForSequenceClassification)):
-        raise TypeError(
-            f"prepare_bert() expects a transformers BertModel or BertForSequenceClassification, "
-            f"got {type(model).__name__}"
-        )
+
+    def __init__(self, dense: nn.Linear, out_proj: nn.Linear, dropout: nn.Module | None = None) -> None:
+        super().__init__()
+        self.dense = dense
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(0.0) if dropout is None else dropout
+        self.out_proj = out_proj
+
+    def forward(self, features: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Logits (batch, labels) of the hidden states ``features`` (batch, N, hidden)."""
+        x = self.activation(self.dense(self.dropout(features[:, 0])))
+        return self.out_proj(self.dropout(x))
+
+
+def prepare_bert(model: nn.Module) -> nn.Module:
+    """Return a deep copy of a HF BERT-family model with foldable norms and ReLU (MA-BERT recipe).
+
+    Takes ``BertModel`` / ``BertForSequenceClassification`` and the RoBERTa, DistilBERT and
+    ELECTRA sequence classifiers (``BERT_FAMILY_MODELS``). Every ``nn.LayerNorm`` (embedding
+    norm, each layer's two post-norms) -> ``RunningAffineNorm`` (gamma/beta copied,
+    ``running_phi`` = 1 until calibrated); the feed-forward activation (``intermediate_act_fn``,
+    DistilBERT's ``ffn.activation``) GELU -> ReLU, and ``config.hidden_act`` (DistilBERT:
+    ``config.activation``) = "relu"; BERT's ``pooler.activation`` Tanh -> ReLU; RoBERTa's and
+    ELECTRA's sentence head -> ``ReluClassificationHead`` (DistilBERT's head already applies
+    ReLU). Attention and HF's padding mask are unchanged; the attention implementation is set to
+    "eager" (same math as SDPA) so the additive mask and explicit logits are used.
+    Raises ``TypeError`` naming the supported classes for any other model.
+    """
+    if not isinstance(model, BERT_FAMILY_MODELS):
+        raise TypeError(f"prepare_bert() expects one of the transformers models "
+                        f"{', '.join(cls.__name__ for cls in BERT_FAMILY_MODELS)}, got {type(model).__name__}")
     model = copy.deepcopy(model)
-    model.config.hidden_act = "relu"
+    if isinstance(model, DistilBertForSequenceClassification):
+        model.config.activation = "relu"
+    else:
+        model.config.hidden_act = "relu"
     model.set_attn_implementation("eager")
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.LayerNorm):
             parent_name, _, attr = name.rpartition(".")
             norm = _affine_from(RunningAffineNorm(module.normalized_shape[-1]), module)
             setattr(model.get_submodule(parent_name), attr, norm)
-        elif isinstance(module, BertIntermediate):
-            module.intermediate_act_fn = nn.ReLU()
-    bert = model if isinstance(model, BertModel) else model.bert
-    if bert.pooler is not None:
+        for block, attr in _FFN_ACTIVATIONS:
+            if isinstance(module, block):
+                setattr(module, attr, nn.ReLU())
+    bert = model if isinstance(model, BertModel) else getattr(model, "bert", None)  # only BERT has a pooler
+    if bert is not None and bert.pooler is not None:
         bert.pooler.activation = nn.ReLU()
+    head = getattr(model, "classifier", None)
+    if isinstance(head, _NONLINEAR_HEADS):
+        model.classifier = ReluClassificationHead(head.dense, head.out_proj, head.dropout)
     check_prepared(model)
     return model
 
@@ -250,6 +313,12 @@ _PREPARATIONS = (
     _Preparation((VisionTransformer,), "prepare_vit()", "ChannelBatchNorm", (Attention,), "timm Attention"),
     _Preparation((BertModel, BertForSequenceClassification), "prepare_bert()", "RunningAffineNorm",
                  (BertAttention, BertSelfAttention), "transformers BertSelfAttention"),
+    _Preparation((RobertaForSequenceClassification,), "prepare_bert()", "RunningAffineNorm",
+                 (RobertaAttention, RobertaSelfAttention), "transformers RobertaSelfAttention"),
+    _Preparation((DistilBertForSequenceClassification,), "prepare_bert()", "RunningAffineNorm",
+                 (DistilBertSelfAttention,), "transformers DistilBertSelfAttention"),
+    _Preparation((ElectraForSequenceClassification,), "prepare_bert()", "RunningAffineNorm",
+                 (ElectraAttention, ElectraSelfAttention), "transformers ElectraSelfAttention"),
 )
 
 
@@ -283,13 +352,19 @@ def check_prepared(model: nn.Module) -> None:
                 )
             attention_paths.add(name)
             continue
-        if isinstance(module, BertIntermediate) and not isinstance(module.intermediate_act_fn, nn.ReLU):
-            act = module.intermediate_act_fn
-            act_name = type(act).__name__ if isinstance(act, nn.Module) else getattr(act, "__name__", repr(act))
+        if isinstance(module, _NONLINEAR_HEADS):
             raise UnsupportedModuleError(
-                f"{path}.intermediate_act_fn: {act_name} is not supported by one-spike phase coding; "
-                f"run {family.prepare} or replace it by nn.ReLU"
+                f"{path}: {cls} applies tanh/GELU, which one-spike phase coding does not support; run "
+                f"{family.prepare} or replace it by ann.ReluClassificationHead(dense, out_proj)"
             )
+        for block, attr in _FFN_ACTIVATIONS:
+            act = getattr(module, attr) if isinstance(module, block) else None
+            if act is not None and not isinstance(act, nn.ReLU):
+                act_name = type(act).__name__ if isinstance(act, nn.Module) else getattr(act, "__name__", repr(act))
+                raise UnsupportedModuleError(
+                    f"{path}.{attr}: {act_name} is not supported by one-spike phase coding; "
+                    f"run {family.prepare} or replace it by nn.ReLU"
+                )
         if type(module).__module__ in _ACTIVATION_MODULES and type(module) is not nn.ReLU:
             parent = name.rpartition(".")[0]
             if isinstance(module, nn.Softmax) and parent in attention_paths:

@@ -1,9 +1,20 @@
-"""Hugging Face BERT → SpikedAttention network (spec §8, the release's MA-BERT variant; §1–§5).
+"""Hugging Face BERT family → SpikedAttention network (spec §8, the release's MA-BERT variant; §1–§5).
 
-The input is a ``BertForSequenceClassification`` prepared with ``ann.prepare_bert`` (every
-LayerNorm → ``RunningAffineNorm``, ReLU FFN, ReLU pooler, eager attention) and fine-tuned, which
-sets the norms' running statistics. At inference a ``RunningAffineNorm`` is a per-channel affine
-map ``y = a·x + c`` (``a = weight/√(running_phi+eps)``, ``c = bias``).
+The input is a ``BertForSequenceClassification`` (or RoBERTa / DistilBERT / ELECTRA sequence
+classifier) prepared with ``ann.prepare_bert`` (every LayerNorm → ``RunningAffineNorm``, ReLU FFN,
+ReLU head, eager attention) and fine-tuned, which sets the norms' running statistics. At inference
+a ``RunningAffineNorm`` is a per-channel affine map ``y = a·x + c`` (``a = weight/√(running_phi+eps)``,
+``c = bias``).
+
+**Variants** (``variants.py`` locates their modules). All four fold into the same stored tensors
+and run as the same ``SpikingBert`` and Lava graph; they differ only on the host side and in the
+head: RoBERTa's positions count the non-padding tokens from ``padding_idx + 1``
+(``BertArchitecture.position_padding_idx``, reproduced in ``SpikingBert.positions``); ELECTRA's
+``embeddings_project`` is folded into the embedding tables (``fold_bert``; the official
+convention's T-bit embedding code then applies to the projected sum); DistilBERT has no
+token types (a one-row zero table, so ``token_type_ids`` must be 0; HF's DistilBERT ignores
+them). RoBERTa's and ELECTRA's head (dense → ReLU → out_proj on token 0) and DistilBERT's
+(pre_classifier → ReLU → classifier) are stored as the ``pooler`` and ``classifier`` below.
 
 **Post-norm layers.** BERT computes ``h = Norm(dense(x) + x)`` twice per layer. Neuron layers per
 encoder layer (pipeline index n, one index per line; W = T, spec §1.5):
@@ -32,9 +43,10 @@ hidden state.
 
 Scale granularity (spec §5.2, BERT): q/k/v, stdp_qk and stdp_av share their scale over the last
 axis (per position / per (head, query row) / per (head, position)); every other neuron has one
-scale per element. Per-position scales cover ``max_position_embeddings`` positions (their
-``seq_axis``); a sequence of N tokens uses the first N. Positions never present in calibration
-take the largest scale of the same neuron at any position (``Calibrator``).
+scale per element. Per-position scales cover ``max_length`` positions (their ``seq_axis``;
+``max_position_embeddings``, less RoBERTa's padding offset); a sequence of N tokens uses the
+first N. Positions never present in calibration take the largest scale of the same neuron at any
+position (``Calibrator``).
 
 **Input (host side).** The embedding look-up (word + position + token type) and its norm are
 computed on the host: a table look-up is not a synaptic operation on spikes. The first neuron
@@ -68,22 +80,19 @@ per layer ``layers.{i}.attention.{query,key,value,output}.{weight,bias}``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.bert.modeling_bert import (
-    BertForSequenceClassification,
-    BertModel,
-)
 
 from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerGraph, LayerSpec
+from lava_spikedattn.models.bert.variants import read_parts
 from lava_spikedattn.models.folding import fold_linear
 
 __all__ = ["BertArchitecture", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",
@@ -96,7 +105,12 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 # --- architecture -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BertArchitecture:
-    """Hyper-parameters that rebuild a converted BERT classifier (Hugging Face's names)."""
+    """Hyper-parameters that rebuild a converted BERT-family classifier (Hugging Face's names).
+
+    ``position_padding_idx`` (RoBERTa; absent or None: BERT's positions 0..N-1) is the padding
+    id from which positions are counted: ``cumsum(ids != p)·(ids != p) + p``, so a sequence has
+    at most ``max_length = max_position_embeddings - p - 1`` tokens.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -106,72 +120,78 @@ class BertArchitecture:
     max_position_embeddings: int
     type_vocab_size: int
     num_labels: int
+    position_padding_idx: int | None = None
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_length(self) -> int:
+        """Longest sequence (tokens) the position table serves."""
+        if self.position_padding_idx is None:
+            return self.max_position_embeddings
+        return self.max_position_embeddings - self.position_padding_idx - 1
+
     @classmethod
     def from_json(cls, arch: Mapping[str, Any]) -> BertArchitecture:
-        """Validated architecture from ``config.json``; ``ValueError`` naming the field."""
+        """Validated architecture from ``config.json``; ``ValueError`` naming the field. Optional
+        keys (``position_padding_idx``) may be absent, as in files written before they existed."""
         if not isinstance(arch, Mapping):
             raise ValueError(f"architecture must be an object, got {type(arch).__name__}")
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in arch]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [name for name in required if name not in arch]
         if missing:
             raise ValueError(f"architecture is missing {', '.join(repr(m) for m in missing)}")
         unknown = sorted(key for key in arch if key not in names)
         if unknown:
             raise ValueError(f"architecture has unknown key(s) {', '.join(repr(u) for u in unknown)} for a BERT "
                              f"classifier (expected {', '.join(names)})")
-        for name in names:
+        for name in required:
             value = arch[name]
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"architecture {name!r} must be a positive integer, got {value!r}")
-        config = cls(**{name: arch[name] for name in names})
+        padding = arch.get("position_padding_idx")
+        if padding is not None and (not isinstance(padding, int) or isinstance(padding, bool) or padding < 0):
+            raise ValueError(f"architecture 'position_padding_idx' must be a non-negative integer or absent, got "
+                             f"{padding!r}")
+        config = cls(**{name: arch[name] for name in names if name in arch})
         if config.hidden_size % config.num_attention_heads:
             raise ValueError(f"architecture 'hidden_size' ({config.hidden_size}) is not a multiple of "
                              f"'num_attention_heads' ({config.num_attention_heads})")
+        if config.max_length < 1:
+            raise ValueError(f"architecture 'position_padding_idx' ({padding}) leaves no position of the "
+                             f"{config.max_position_embeddings} 'max_position_embeddings'")
         return config
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The JSON form; optional keys at their default are left out (a BERT's file is as before)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.default is MISSING or getattr(self, f.name) != f.default}
 
     @classmethod
     def from_model(cls, model: nn.Module) -> BertArchitecture:
-        """Architecture of a HF ``BertForSequenceClassification``; ``ValueError`` for variants the
-        converter cannot run."""
-        if isinstance(model, BertModel):
-            raise ValueError("a bare BertModel has no classifier to read out; convert a "
-                             "BertForSequenceClassification (prepared with prepare_bert())")
-        if not isinstance(model, BertForSequenceClassification):
-            raise ValueError(f"expected a transformers BertForSequenceClassification, got {type(model).__name__}")
-        hf = model.config
-        if hf.is_decoder or getattr(hf, "add_cross_attention", False):
-            raise ValueError("decoder BERT (causal mask, cross-attention) is not supported: the converter runs "
-                             "bidirectional encoders")
-        position = getattr(hf, "position_embedding_type", "absolute")
-        if position != "absolute":
-            raise ValueError(f"position_embedding_type {position!r} is not supported; only 'absolute'")
-        bert = model.bert
-        if bert.pooler is None or not isinstance(model.classifier, nn.Linear):
-            raise ValueError("the BERT classifier must have a pooler and a Linear classifier")
+        """Architecture of a HF BERT-family classifier (``variants.CLASSIFIERS``); ``ValueError``
+        for variants the converter cannot run."""
+        parts = read_parts(model)
+        first = parts.layers[0]
         config = cls(
-            vocab_size=bert.embeddings.word_embeddings.num_embeddings,
-            hidden_size=bert.embeddings.word_embeddings.embedding_dim,
-            num_hidden_layers=len(bert.encoder.layer),
-            num_attention_heads=bert.encoder.layer[0].attention.self.num_attention_heads,
-            intermediate_size=bert.encoder.layer[0].intermediate.dense.out_features,
-            max_position_embeddings=bert.embeddings.position_embeddings.num_embeddings,
-            type_vocab_size=bert.embeddings.token_type_embeddings.num_embeddings,
-            num_labels=model.classifier.out_features,
+            vocab_size=parts.word.num_embeddings,
+            hidden_size=first.query.in_features,
+            num_hidden_layers=len(parts.layers),
+            num_attention_heads=first.heads,
+            intermediate_size=first.intermediate.out_features,
+            max_position_embeddings=parts.position.num_embeddings,
+            type_vocab_size=1 if parts.token_type is None else parts.token_type.num_embeddings,
+            num_labels=parts.classifier.out_features,
+            position_padding_idx=parts.position_padding_idx,
         )
         BertArchitecture.from_json(config.to_json())
-        for i, layer in enumerate(bert.encoder.layer):
-            found = (layer.attention.self.num_attention_heads, layer.attention.self.attention_head_size,
-                     layer.intermediate.dense.out_features)
+        for i, layer in enumerate(parts.layers):
+            found = (layer.heads, layer.head_dim, layer.intermediate.out_features)
             if found != (config.num_attention_heads, config.head_dim, config.intermediate_size):
-                raise ValueError(f"encoder.layer.{i}: (heads, head size, intermediate) = {found} differs from "
+                raise ValueError(f"encoder layer {i}: (heads, head size, intermediate) = {found} differs from "
                                  f"layer 0's; the converter needs identical layers")
         return config
 
@@ -181,7 +201,7 @@ def bert_layer_graph(config: BertArchitecture, convention: str) -> list[LayerSpe
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     official = convention == "official"
-    positions, hidden, heads = config.max_position_embeddings, config.hidden_size, config.num_attention_heads
+    positions, hidden, heads = config.max_length, config.hidden_size, config.num_attention_heads
     per_token, per_inter = (positions, hidden), (positions, config.intermediate_size)
     graph = LayerGraph()
     add = graph.add
@@ -238,42 +258,52 @@ def bert_weight_shapes(config: BertArchitecture, convention: str) -> dict[str, t
 
 # --- folding ----------------------------------------------------------------------------------------------
 def _affine(norm: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, c) with norm(x) = a·x + c in eval mode, float64."""
+    """(a, c) with norm(x) = a·x + c in eval mode, float64; ``path``: the norm's dotted name."""
     if not isinstance(norm, RunningAffineNorm):
-        raise UnsupportedModuleError(f"model.{path}: {type(norm).__name__} cannot be folded; it must be a "
+        raise UnsupportedModuleError(f"{path}: {type(norm).__name__} cannot be folded; it must be a "
                                      f"RunningAffineNorm with running statistics (run prepare_bert())")
     a = norm.weight.detach().double() * torch.rsqrt(norm.running_phi.detach().double() + norm.eps)
     return a.cpu(), norm.bias.detach().double().cpu()
 
 
-def fold_bert(model: BertForSequenceClassification, convention: str) -> dict[str, torch.Tensor]:
-    """Inference weights of a prepared BERT classifier, norms folded per ``convention``."""
+def fold_bert(model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
+    """Inference weights of a prepared BERT-family classifier, norms folded per ``convention``.
+
+    DistilBERT has no token types: a one-row zero table is stored. ELECTRA's
+    ``embeddings_project`` P (after the embedding norm a·e + c) is folded into the host-side
+    tables, which it maps linearly: each table row r becomes (P·diag(a))·r and the stored
+    embedding norm is weight 1, bias P·c + b. The network then needs no projection stage, and
+    the first neuron layer sees the projected, normalised embedding exactly as the encoder does.
+    """
     official = convention == "official"
     dtype = next(model.parameters()).dtype
-    bert = model.bert
-    emb = bert.embeddings
-    out: dict[str, torch.Tensor] = {
-        "embeddings.word_embeddings": emb.word_embeddings.weight.detach().double().cpu(),
-        "embeddings.position_embeddings": emb.position_embeddings.weight.detach().double().cpu(),
-        "embeddings.token_type_embeddings": emb.token_type_embeddings.weight.detach().double().cpu(),
-    }
-    out["embeddings.norm.weight"], out["embeddings.norm.bias"] = _affine(emb.LayerNorm, "bert.embeddings.LayerNorm")
-    hidden = emb.word_embeddings.embedding_dim
+    parts = read_parts(model)
+    paths = {module: f"model.{name}" for name, module in model.named_modules()}
+    hidden = parts.layers[0].query.in_features
+    tables = {"word_embeddings": parts.word.weight, "position_embeddings": parts.position.weight,
+              "token_type_embeddings": (torch.zeros(1, parts.word.embedding_dim) if parts.token_type is None
+                                        else parts.token_type.weight)}
+    tables = {key: value.detach().double().cpu() for key, value in tables.items()}
+    a, c = _affine(parts.norm, paths[parts.norm])
+    if parts.project is not None:
+        weight, c = fold_linear(parts.project, a, c)
+        tables = {key: value @ weight.T for key, value in tables.items()}
+        a = torch.ones(hidden, dtype=torch.float64)
+    out: dict[str, torch.Tensor] = {f"embeddings.{key}": value for key, value in tables.items()}
+    out["embeddings.norm.weight"], out["embeddings.norm.bias"] = a, c
     # Norm of the stream entering the layer, still to be applied (exact): none for layer 0.
     previous = (torch.ones(hidden, dtype=torch.float64), torch.zeros(hidden, dtype=torch.float64))
-    for i, layer in enumerate(bert.encoder.layer):
-        p, path = f"layers.{i}", f"bert.encoder.layer.{i}"
-        attention = layer.attention
-        norm_1 = _affine(attention.output.LayerNorm, f"{path}.attention.output.LayerNorm")
-        norm_2 = _affine(layer.output.LayerNorm, f"{path}.output.LayerNorm")
+    for i, layer in enumerate(parts.layers):
+        p = f"layers.{i}"
+        norm_1, norm_2 = _affine(layer.norm_1, paths[layer.norm_1]), _affine(layer.norm_2, paths[layer.norm_2])
         for name in ("query", "key", "value"):
-            linear = getattr(attention.self, name)
             a, c = (None, None) if official else previous
-            out[f"{p}.attention.{name}.weight"], out[f"{p}.attention.{name}.bias"] = fold_linear(linear, a, c)
-        out[f"{p}.attention.output.weight"], out[f"{p}.attention.output.bias"] = fold_linear(attention.output.dense)
+            out[f"{p}.attention.{name}.weight"], out[f"{p}.attention.{name}.bias"] = fold_linear(
+                getattr(layer, name), a, c)
+        out[f"{p}.attention.output.weight"], out[f"{p}.attention.output.bias"] = fold_linear(layer.output)
         a, c = (None, None) if official else norm_1
-        out[f"{p}.intermediate.weight"], out[f"{p}.intermediate.bias"] = fold_linear(layer.intermediate.dense, a, c)
-        out[f"{p}.output.weight"], out[f"{p}.output.bias"] = fold_linear(layer.output.dense)
+        out[f"{p}.intermediate.weight"], out[f"{p}.intermediate.bias"] = fold_linear(layer.intermediate, a, c)
+        out[f"{p}.output.weight"], out[f"{p}.output.bias"] = fold_linear(layer.ffn_output)
         if official:
             out[f"{p}.attention.norm.weight"], out[f"{p}.attention.norm.bias"] = norm_1
             out[f"{p}.output.norm.weight"], out[f"{p}.output.norm.bias"] = norm_2
@@ -282,8 +312,8 @@ def fold_bert(model: BertForSequenceClassification, convention: str) -> dict[str
             out[f"{p}.output.residual.weight"], out[f"{p}.output.residual.bias"] = norm_1
         previous = norm_2
     a, c = (None, None) if official else previous
-    out["pooler.weight"], out["pooler.bias"] = fold_linear(bert.pooler.dense, a, c)
-    out["classifier.weight"], out["classifier.bias"] = fold_linear(model.classifier)
+    out["pooler.weight"], out["pooler.bias"] = fold_linear(parts.pooler, a, c)
+    out["classifier.weight"], out["classifier.bias"] = fold_linear(parts.classifier)
     return {key: value.to(dtype).contiguous() for key, value in out.items()}
 
 
@@ -306,7 +336,8 @@ class SpikingBert(SpikingNetwork):
 
     ``inputs`` is a dict as HF tokenizers return it: ``input_ids`` (batch, N) and optionally
     ``attention_mask`` (batch, N; 1 = token, 0 = padding; default all 1) and ``token_type_ids``
-    (default 0); other keys (``labels``) are ignored. N ≤ ``max_position_embeddings``. Streams
+    (default 0); other keys (``labels``) are ignored. N ≤ ``config.max_length`` (the position
+    table's size, less RoBERTa's padding offset). Streams
     are (batch, N, hidden) decoded values; attention tensors are (batch, heads, N, head_dim).
     """
 
@@ -326,7 +357,11 @@ class SpikingBert(SpikingNetwork):
         ids = torch.as_tensor(inputs["input_ids"], device=self.device)
         if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise ValueError(f"input_ids must be an integer tensor (batch, N), got {ids.dtype} {tuple(ids.shape)}")
-        if ids.shape[1] > cfg.max_position_embeddings:
+        if ids.shape[1] > cfg.max_length and cfg.position_padding_idx is not None:
+            raise ValueError(f"a sequence of {ids.shape[1]} tokens is longer than the {cfg.max_length} tokens that "
+                             f"RoBERTa positions allow (max_position_embeddings {cfg.max_position_embeddings} - "
+                             f"position_padding_idx {cfg.position_padding_idx} - 1)")
+        if ids.shape[1] > cfg.max_length:
             raise ValueError(f"a sequence of {ids.shape[1]} tokens is longer than max_position_embeddings "
                              f"({cfg.max_position_embeddings})")
         tensors = {}
@@ -349,6 +384,16 @@ class SpikingBert(SpikingNetwork):
             raise ValueError("every sequence needs at least one token with attention_mask 1")
         return ids.long(), present, tensors["token_type_ids"].long()
 
+    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Position ids (batch, N) of ``ids``: 0..N-1 (BERT), or RoBERTa's count of the tokens
+        that are not ``position_padding_idx`` p, offset by p (HF's
+        ``create_position_ids_from_input_ids``: padding ids get p itself)."""
+        p = self.config.position_padding_idx
+        if p is None:
+            return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        keep = (ids != p).long()
+        return torch.cumsum(keep, dim=1) * keep + p
+
     def embed(self, inputs: Any, code: PhaseCode | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Host side of the input: (normalised embeddings (batch, N, hidden), present (batch, N)).
 
@@ -356,10 +401,9 @@ class SpikingBert(SpikingNetwork):
         release's T-bit embedding quantisation (spec §8.5).
         """
         ids, present, types = self.parse_inputs(inputs)
-        n = ids.shape[1]
         e = (F.embedding(ids, self.weight("embeddings.word_embeddings"))
              + F.embedding(types, self.weight("embeddings.token_type_embeddings"))
-             + self.weight("embeddings.position_embeddings")[:n])
+             + F.embedding(self.positions(ids), self.weight("embeddings.position_embeddings")))
         if self.official and code is not None:
             e = quantize_embedding(e, present, code.timesteps)
         return e * self.weight("embeddings.norm.weight") + self.weight("embeddings.norm.bias"), present
