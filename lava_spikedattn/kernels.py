@@ -16,11 +16,20 @@ Kernels compile on first use (a few seconds) and are cached on disk next to this
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+# numba's default OpenMP layer shares libgomp with torch, and a parallel kernel's launch sets
+# the thread count torch then uses too (one torch thread became two: training on a busy 2-core
+# machine ran 15-45x slower). numba's own workqueue pool leaves torch alone; a user's
+# NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 #: dtypes the kernels are compiled for; anything else takes the torch path.
 KERNEL_DTYPES = (torch.float32, torch.float64)

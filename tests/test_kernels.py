@@ -164,3 +164,14 @@ def test_spike_matmul_reads_only_the_weight_rows_of_spiking_inputs():
     assert np.isfinite(got).all() and np.isnan(spikes @ weight).all()
     np.testing.assert_array_equal(got[1], 0.5 * weight[2])
     np.testing.assert_array_equal(got[3], -2.0 * weight[4])
+
+
+def test_kernels_leave_torchs_thread_count_alone():
+    """numba's OpenMP layer would set torch's thread count on a parallel launch (2 for 1 here)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        PhaseCode(1.3, 8).quantize(torch.randn(50_000), torch.tensor(2.0))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
