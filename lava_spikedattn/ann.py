@@ -20,7 +20,7 @@ also calibrates the running statistics of the new norms.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -402,6 +402,7 @@ def finetune(
     max_steps: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Fine-tune (optionally distil) a prepared model; also calibrates its norm statistics.
 
@@ -410,7 +411,8 @@ def finetune(
     Loss: cross-entropy to the labels without a teacher; with one,
     ``alpha * KL(softmax(t/T) || softmax(s/T)) * T**2 + (1 - alpha) * CE``, the
     teacher run in eval mode under no_grad. AdamW; runs ``epochs`` passes or stops
-    after ``max_steps`` optimiser steps. Returns the student in eval mode.
+    after ``max_steps`` optimiser steps; ``after_epoch(epoch)`` is called after each pass, a
+    partial last one included (e.g. to recalibrate). Returns the student in eval mode.
     """
     student.to(device).train()
     if teacher is not None:
@@ -424,7 +426,9 @@ def finetune(
         total = max_steps if total is None else min(total, max_steps)
     step = 0
     with tqdm(total=total, desc="finetune", disable=not progress) as bar:
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            if max_steps is not None and step >= max_steps:
+                break
             for batch in loader:
                 if max_steps is not None and step >= max_steps:
                     break
@@ -447,4 +451,6 @@ def finetune(
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if after_epoch is not None:
+                after_epoch(epoch)
     return student.eval()

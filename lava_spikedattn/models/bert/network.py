@@ -262,8 +262,8 @@ def _affine(norm: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(norm, RunningAffineNorm):
         raise UnsupportedModuleError(f"{path}: {type(norm).__name__} cannot be folded; it must be a "
                                      f"RunningAffineNorm with running statistics (run prepare_bert())")
-    a = norm.weight.detach().double() * torch.rsqrt(norm.running_phi.detach().double() + norm.eps)
-    return a.cpu(), norm.bias.detach().double().cpu()
+    a = norm.weight.double() * torch.rsqrt(norm.running_phi.double() + norm.eps)
+    return a.cpu(), norm.bias.double().cpu()
 
 
 def fold_bert(model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
@@ -283,7 +283,7 @@ def fold_bert(model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
     tables = {"word_embeddings": parts.word.weight, "position_embeddings": parts.position.weight,
               "token_type_embeddings": (torch.zeros(1, parts.word.embedding_dim) if parts.token_type is None
                                         else parts.token_type.weight)}
-    tables = {key: value.detach().double().cpu() for key, value in tables.items()}
+    tables = {key: value.double().cpu() for key, value in tables.items()}
     a, c = _affine(parts.norm, paths[parts.norm])
     if parts.project is not None:
         weight, c = fold_linear(parts.project, a, c)

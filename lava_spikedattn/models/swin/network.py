@@ -354,8 +354,8 @@ def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor
     out: dict[str, torch.Tensor] = {}
     pe = model.patch_embed
     a, c = batchnorm_affine(pe.norm, pe.proj.out_channels, "patch_embed.norm")
-    conv_bias = torch.zeros_like(a) if pe.proj.bias is None else pe.proj.bias.detach().double().cpu()
-    out["patch_embed.weight"] = pe.proj.weight.detach().double().cpu() * a[:, None, None, None]
+    conv_bias = torch.zeros_like(a) if pe.proj.bias is None else pe.proj.bias.double().cpu()
+    out["patch_embed.weight"] = pe.proj.weight.double().cpu() * a[:, None, None, None]
     out["patch_embed.bias"] = conv_bias * a + c
     for i, stage in enumerate(model.layers):
         if i > 0:
@@ -365,9 +365,9 @@ def fold_swin(model: SwinTransformer, convention: str) -> dict[str, torch.Tensor
         for j, block in enumerate(stage.blocks):
             p = f"layers.{i}.blocks.{j}"
             out.update(fold_block(block, p, official))
-            out[f"{p}.rel_pos_bias"] = block.attn._get_rel_pos_bias()[0].detach().double().cpu()
+            out[f"{p}.rel_pos_bias"] = block.attn._get_rel_pos_bias()[0].double().cpu()
             if block.attn_mask is not None:
-                out[f"{p}.attn_mask"] = block.attn_mask.detach().double().cpu()
+                out[f"{p}.attn_mask"] = block.attn_mask.double().cpu()
     a, c = batchnorm_affine(model.norm, model.num_features, "norm")
     if official:
         out["norm.weight"], out["norm.bias"] = a, c

@@ -259,7 +259,7 @@ def vit_weight_shapes(config: ViTConfig, convention: str) -> dict[str, tuple[int
 def _layer_scale(module: nn.Module, width: int) -> torch.Tensor:
     """The per-channel gain of a LayerScale (ones for Identity), float64."""
     if isinstance(module, LayerScale):
-        return module.gamma.detach().double().cpu()
+        return module.gamma.double().cpu()
     return torch.ones(width, dtype=torch.float64)
 
 
@@ -271,13 +271,13 @@ def fold_vit(model: VisionTransformer, convention: str) -> dict[str, torch.Tenso
     width = config.embed_dim
     pe = model.patch_embed
     a, c = batchnorm_affine(pe.norm, width, "patch_embed.norm")
-    conv_bias = torch.zeros_like(a) if pe.proj.bias is None else pe.proj.bias.detach().double().cpu()
-    weight = pe.proj.weight.detach().double().cpu() * a[:, None, None, None]
+    conv_bias = torch.zeros_like(a) if pe.proj.bias is None else pe.proj.bias.double().cpu()
+    weight = pe.proj.weight.double().cpu() * a[:, None, None, None]
     prefix = [model.cls_token, getattr(model, "dist_token", None), model.reg_token]
-    prefix = [token.detach().double().cpu().reshape(-1, width) for token in prefix if token is not None]
+    prefix = [token.double().cpu().reshape(-1, width) for token in prefix if token is not None]
     rows = torch.cat([*prefix, (conv_bias * a + c).expand(config.patches, width)])
     if model.pos_embed is not None:
-        position = model.pos_embed.detach().double().cpu().reshape(-1, width)
+        position = model.pos_embed.double().cpu().reshape(-1, width)
         rows[rows.shape[0] - position.shape[0]:] += position  # no_embed_class: patches only
     a, c = batchnorm_affine(model.norm_pre, width, "norm_pre")
     out = {"patch_embed.weight": weight * a[:, None, None, None], "patch_embed.bias": rows * a + c}
