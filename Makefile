@@ -48,8 +48,9 @@ lock:
 	  .cache/lock-venv/bin/python -m pip freeze --all --exclude lava-spikedattn; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK) && rm -rf .cache/lock-venv
 
+# MODEL=vit runs the shipped ViT instead of the Swin (any name or folder `spikedattn demo --model` takes).
 demo: data
-	$(VENV)/bin/spikedattn demo
+	$(VENV)/bin/spikedattn demo $(if $(MODEL),--model $(MODEL))
 
 # MiniLM fine-tuned on Rotten-Tomatoes polarity (an SST-2 proxy), converted at T=16, B=1.4 and
 # evaluated; its outputs are cached in .cache/demo-text/ (git-ignored), so a second run is fast.

@@ -1,9 +1,11 @@
-"""Converted Swin-T and BERT-base: ANN forward vs the SNN on the closed-form and time-stepped engines.
+"""Converted Swin-T, ViT-S and BERT-base: ANN forward vs the SNN on the closed-form and time-stepped engines.
 
-Random init (``pretrained=False``), prepared (``prepare_swin`` / ``prepare_bert``), calibrated on
-one random batch, exact convention, float32 (the stepped engine simulates in float64 inside):
+Random init (``pretrained=False``), prepared (``prepare_swin`` / ``prepare_vit`` / ``prepare_bert``),
+calibrated on one random batch, exact convention, float32 (the stepped engine simulates in float64
+inside):
 
 * Swin-T: timm ``swin_tiny_patch4_window7_224``, 224x224 images, B=1.15, T=40 (the paper's);
+* ViT-S: timm ``vit_small_patch16_224``, 224x224 images (197 tokens), B=1.15, T=40 (Swin's code);
 * BERT-base: ``BertForSequenceClassification(BertConfig())``, 128 tokens, B=1.4, T=16 (the
   paper's), run only when ``lava_spikedattn.models.bert`` exists.
 
@@ -113,6 +115,17 @@ def swin_rows(args: argparse.Namespace) -> list[dict]:
     return bench_model("Swin-T", model, x, model, PhaseCode(1.15, 40), args)
 
 
+def vit_rows(args: argparse.Namespace) -> list[dict]:
+    import timm
+
+    from lava_spikedattn.ann import prepare_vit
+
+    torch.manual_seed(0)
+    model = prepare_vit(timm.create_model("vit_small_patch16_224", pretrained=False)).eval().to(args.device)
+    x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(args.device)
+    return bench_model("ViT-S", model, x, model, PhaseCode(1.15, 40), args)
+
+
 def bert_rows(args: argparse.Namespace) -> list[dict]:
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -136,7 +149,7 @@ def main() -> None:
     parser.add_argument("--no-bert", action="store_true", help="skip BERT-base")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    rows = swin_rows(args)
+    rows = swin_rows(args) + vit_rows(args)
     notes = []
     if args.no_bert:
         notes.append("BERT-base skipped (--no-bert)")
@@ -153,7 +166,8 @@ def main() -> None:
     report("bench_convert", rows, {"device": device, "batch": args.batch, "stepped_batch": args.stepped_batch,
                                    "released_ratio_gpu": RELEASED_RATIO, "notes": notes,
                                    "load_average": os.getloadavg(),
-                                   "codes": {"Swin-T": "B=1.15 T=40 exact", "BERT-base": "B=1.4 T=16 exact"}})
+                                   "codes": {"Swin-T": "B=1.15 T=40 exact", "ViT-S": "B=1.15 T=40 exact",
+                                             "BERT-base": "B=1.4 T=16 exact"}})
 
 
 if __name__ == "__main__":

@@ -153,21 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on a failure, show the Python traceback instead of a one-line message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from lava_spikedattn.demo import DEFAULT_ANN, DEFAULT_MODEL, DemoSettings
+    from lava_spikedattn.demo import SHIPPED, DemoSettings
 
     defaults = DemoSettings()
     demo = sub.add_parser(
-        "demo", help="the shipped Fashion-MNIST Swin through Lava and the reference engine, with figures",
+        "demo", help="a shipped Fashion-MNIST model through Lava and the reference engine, with figures",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Run the shipped converted Swin (weights/, trained on Fashion-MNIST): a few test images through\n"
-            "the Lava network (checked against the reference engine), the whole test set on the closed-form\n"
-            "engine (ANN vs SNN accuracy, agreement, spikes, energy of spec §7 from measured activity), and a\n"
-            "sweep of the window T; write summary.json, evaluation.json and PNG figures to --out."))
-    demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="FOLDER",
-                      help=f"converted Swin folder (default: {DEFAULT_MODEL})")
-    demo.add_argument("--ann", type=Path, default=DEFAULT_ANN, metavar="CHECKPOINT",
-                      help=f"the prepared ANN it was converted from (default: {DEFAULT_ANN})")
+            "Run a shipped converted model (weights/, trained on Fashion-MNIST; the Swin by default): a few\n"
+            "test images through the Lava network (checked against the reference engine), the whole test set\n"
+            "on the closed-form engine (ANN vs SNN accuracy, agreement, spikes, energy of spec §7 from\n"
+            "measured activity), and a sweep of the window T; write summary.json, evaluation.json and PNG\n"
+            "figures to --out."))
+    demo.add_argument("--model", default="swin", metavar="NAME|FOLDER",
+                      help=f"a shipped model ({', '.join(SHIPPED)}: weights/<name>_fashion_mnist) or a converted "
+                           f"image model's folder (default: swin)")
+    demo.add_argument("--ann", type=Path, metavar="CHECKPOINT",
+                      help="the prepared ANN it was converted from (default: <FOLDER>_ann.safetensors beside it)")
     demo.add_argument("--out", type=Path, default=defaults.out, metavar="FOLDER",
                       help=f"where to write the figures and JSON (default: {defaults.out})")
     demo.add_argument("--lava-samples", type=_positive_int, default=defaults.lava_samples, metavar="N",

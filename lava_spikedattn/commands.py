@@ -314,12 +314,12 @@ def cmd_run_lava(args: argparse.Namespace) -> int:
 
 # --- demo ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lava_spikedattn.demo import DemoSettings, run_demo
+    from lava_spikedattn.demo import DemoSettings, run_demo, shipped_model
 
     if args.lava_samples > (args.limit or args.lava_samples):
         raise UsageError(f"--lava-samples {args.lava_samples} is more than --limit {args.limit}")
     _check_output("--out", args.out, folder=True)
-    run_demo(DemoSettings(model=args.model, ann=args.ann, out=args.out, lava_samples=args.lava_samples,
+    run_demo(DemoSettings(model=shipped_model(args.model), ann=args.ann, out=args.out, lava_samples=args.lava_samples,
                           limit=args.limit, sweep=args.sweep, sweep_limit=args.sweep_limit,
                           threads=args.threads, progress=not args.no_progress))
     return 0

@@ -1,7 +1,8 @@
-"""``make demo``: the shipped Fashion-MNIST Swin through Lava and the reference engine, with figures.
+"""``make demo``: a shipped Fashion-MNIST model through Lava and the reference engine, with figures.
 
-:func:`run_demo` loads the shipped converted model (``weights/swin_fashion_mnist``) and its
-prepared ANN, then
+:func:`run_demo` loads a shipped converted model (``weights/swin_fashion_mnist``, the default, or
+``weights/vit_fashion_mnist``: :data:`SHIPPED`) or any converted image model and its prepared
+ANN, then
 
 1. runs a handful of real test images through the Lava network (Lava's CPU simulator, one
    fused process per block), and the first of them also through the decomposed network (every
@@ -15,8 +16,8 @@ prepared ANN, then
 4. the Loihi 2 port: the same handful of images through the integer (fixed_pt) Lava network,
    its classes against the float network's, and the resource estimate on Loihi 2;
 5. writes ``summary.json`` and PNG figures to the output folder: a spike raster of one attention
-   block from the Lava run, ANN vs SNN attention maps, decoded SNN vs ANN activations per stage,
-   accuracy and energy vs T.
+   block from the Lava run, ANN vs SNN attention maps, decoded SNN vs ANN activations per stage
+   (Swin) or block (ViT), accuracy and energy vs T.
 """
 
 from __future__ import annotations
@@ -37,17 +38,31 @@ if TYPE_CHECKING:
 # The converter and the engines are imported where they are used, so that importing this module
 # (the command line's parser does, for the defaults) stays fast.
 
-__all__ = ["DEFAULT_ANN", "DEFAULT_MODEL", "DemoSettings", "run_demo"]
+__all__ = ["DEFAULT_ANN", "DEFAULT_MODEL", "SHIPPED", "DemoSettings", "ann_beside", "run_demo", "shipped_model"]
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL = WEIGHTS / "swin_fashion_mnist"
-DEFAULT_ANN = WEIGHTS / "swin_fashion_mnist_ann.safetensors"
+#: The shipped models by short name (weights/README.md): their converted folders in weights/.
+SHIPPED = {"swin": "swin_fashion_mnist", "vit": "vit_fashion_mnist"}
+DEFAULT_MODEL = WEIGHTS / SHIPPED["swin"]
 DATASET = "fashion-mnist"
 DECOMPOSED_SAMPLES = 4  # images also run decomposed (one Lava process per population and synapse)
-RASTER_BLOCK = "layers.0.blocks.0"
 RASTER_LAYERS = ("q_if", "k_if", "v_if", "stdp_qk", "softmax_if", "stdp_av")
 SCATTER_POINTS = 4000  # per stage, sampled evenly
 SEARCH_VALUES = 4096  # activations per layer search_base scores at each candidate B (its cost)
+
+
+def shipped_model(name: str | Path) -> Path:
+    """The folder of shipped model ``name`` (a key of :data:`SHIPPED`), or ``name`` as a path."""
+    return WEIGHTS / SHIPPED[name] if name in SHIPPED else Path(name)
+
+
+def ann_beside(folder: Path) -> Path:
+    """The prepared ANN a converted folder was made from, as the shipped files name it:
+    ``<folder>_ann.safetensors`` beside the folder."""
+    return folder.with_name(f"{folder.name}_ann.safetensors")
+
+
+DEFAULT_ANN = ann_beside(DEFAULT_MODEL)
 
 
 @dataclass
@@ -55,7 +70,7 @@ class DemoSettings:
     """What :func:`run_demo` runs (defaults: the README's ``make demo``)."""
 
     model: Path = DEFAULT_MODEL
-    ann: Path = DEFAULT_ANN
+    ann: Path | None = None  # None: ann_beside(model)
     out: Path = Path("demo_out")
     lava_samples: int = 100
     limit: int | None = None  # test images on the closed-form engine (None: all 10 000)
@@ -85,9 +100,10 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         readers = [name for name in family_names() if DATASET in get_family(name).datasets]
         raise ValueError(f"{settings.model} is a converted {cm.family.name} model, which does not read {DATASET}; "
                          f"the demo runs a model of a family that does ({', '.join(readers)})")
-    ann, _ = load_ann_checkpoint(settings.ann)
+    ann_path = ann_beside(Path(settings.model)) if settings.ann is None else settings.ann
+    ann, _ = load_ann_checkpoint(ann_path)
     if tensor_sha256(ann.state_dict()) != cm.config["source_sha256"]:
-        raise ValueError(f"{settings.ann} is not the ANN {settings.model} was converted from (sha256 differs)")
+        raise ValueError(f"{ann_path} is not the ANN {settings.model} was converted from (sha256 differs)")
     arch = cm.config["architecture"]
     images, labels = load_image_dataset(DATASET, "test", settings.limit)
     images = fit_images(images, arch["img_size"], arch["in_chans"])
@@ -232,7 +248,7 @@ def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: De
 def summary_table(summary: dict[str, Any]) -> str:
     """The demo's result table."""
     ref, lava, port = summary["reference"], summary["lava"], summary["loihi"]
-    lines = [f"{'shipped Swin, Fashion-MNIST test':<40} {summary['code']}",
+    lines = [f"{Path(summary['model']).name + ', Fashion-MNIST test':<40} {summary['code']}",
              f"{'ANN accuracy':<40} {ref['ann_accuracy']:.2%}",
              f"{'SNN accuracy (closed-form engine)':<40} {ref['snn_accuracy']:.2%}",
              f"{'prediction agreement':<40} {ref['agreement']:.2%}  ({ref['samples']} images)",
@@ -268,14 +284,15 @@ def _figure():
 
 
 def _plot_raster(cm: ConvertedModel, fire_steps: dict[str, Any], path: Path) -> Path:
-    """Spike times of one attention block (first window, first head) on the run's time axis."""
+    """Spike times of the first attention block (first window, first head) on the run's time axis."""
     plt = _figure()
     index = {layer.name: layer.index for layer in cm.layers}
+    block = next(layer.name for layer in cm.layers if layer.name.endswith(".q_if")).removesuffix(".q_if")
     T = cm.code.timesteps
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     offset, ticks = 0, []
     for i, suffix in enumerate(RASTER_LAYERS):
-        name = f"{RASTER_BLOCK}.{suffix}"
+        name = f"{block}.{suffix}"
         steps = fire_steps[name][0, 0, 0].reshape(-1)  # image 0, window 0, head 0
         fired = steps >= 0
         neuron = torch.arange(len(steps)).numpy() + offset
@@ -284,7 +301,7 @@ def _plot_raster(cm: ConvertedModel, fire_steps: dict[str, Any], path: Path) -> 
         offset += len(steps) + 10
     ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
     ax.set_xlabel("time step of the Lava run")
-    ax.set_title(f"Spike raster from the Lava run: {RASTER_BLOCK}, window 0, head 0 ({_code(cm)})", fontsize=9)
+    ax.set_title(f"Spike raster from the Lava run: {block}, window 0, head 0 ({_code(cm)})", fontsize=9)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -327,14 +344,18 @@ def _plot_attention_maps(cm: ConvertedModel, x: torch.Tensor, path: Path) -> Pat
     return path
 
 
-def _stage_of(name: str, stages: int) -> int:
-    if name.startswith("layers."):
-        return int(name.split(".")[1])
-    return 0 if name == "patch_embed_if" else stages - 1
+def _panel_of(name: str, panels: int) -> int:
+    """The panel of layer ``name``: its stage (Swin ``layers.i.``) or block (ViT ``blocks.i.``);
+    the input layer the first, the head the last."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[1].isdigit():
+        return int(parts[1])
+    return 0 if name == "patch_embed_if" else panels - 1
 
 
 def _plot_scatter(cm: ConvertedModel, x: torch.Tensor, path: Path) -> Path:
-    """Decoded SNN activation vs the folded ANN's, every neuron layer, one panel per stage."""
+    """Decoded SNN activation vs the folded ANN's, every neuron layer, one panel per stage (Swin)
+    or block (ViT)."""
     from lava_spikedattn.engines import AnnEngine
     from lava_spikedattn.evaluate import RecordingEngine
 
@@ -344,10 +365,13 @@ def _plot_scatter(cm: ConvertedModel, x: torch.Tensor, path: Path) -> Path:
     with torch.no_grad():
         net.run(x.double(), RecordingEngine(AnnEngine(), recorded["ann"].__setitem__))
         net.run(x.double(), RecordingEngine(net.make_engine(), recorded["snn"].__setitem__))
-    stages = len(cm.config["architecture"]["depths"])
-    fig, axes = plt.subplots(1, stages, figsize=(4.5 * stages, 4.2), squeeze=False, layout="constrained")
-    for stage, ax in enumerate(axes[0]):
-        names = [n for n in recorded["snn"] if _stage_of(n, stages) == stage and n in recorded["ann"]]
+    numbered = [name.split(".") for name in recorded["snn"]]
+    numbered = [parts for parts in numbered if len(parts) > 2 and parts[1].isdigit()]
+    panels = 1 + max(int(parts[1]) for parts in numbered)
+    unit = "stage" if numbered[0][0] == "layers" else "block"  # Swin's layers.i are stages
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.2), squeeze=False, layout="constrained")
+    for panel, ax in enumerate(axes[0]):
+        names = [n for n in recorded["snn"] if _panel_of(n, panels) == panel and n in recorded["ann"]]
         a = torch.cat([recorded["ann"][n].flatten() for n in names])
         s = torch.cat([recorded["snn"][n].flatten() for n in names])
         pick = torch.linspace(0, len(a) - 1, min(SCATTER_POINTS, len(a))).long()
@@ -355,7 +379,7 @@ def _plot_scatter(cm: ConvertedModel, x: torch.Tensor, path: Path) -> Path:
         ax.scatter(a[pick].numpy(), s[pick].numpy(), s=2, alpha=0.5)
         low, high = float(a.min()), float(a.max())
         ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-        ax.set_title(f"stage {stage}: {len(names)} layers, cosine {cosine:.4f}", fontsize=9)
+        ax.set_title(f"{unit} {panel}: {len(names)} layers, cosine {cosine:.4f}", fontsize=9)
         ax.set_xlabel("ANN activation")
         ax.set_ylabel("decoded SNN activation")
     fig.suptitle(f"Decoded SNN vs ANN activations, {len(x)} test images ({_code(cm)})", fontsize=9)

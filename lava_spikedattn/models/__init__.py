@@ -1,8 +1,8 @@
 """The model families, in one registry: family name → :class:`ModelFamily`.
 
-A family is one package (``models/swin/``, ``models/bert/``) whose ``__init__`` defines and
-registers its :class:`ModelFamily`: everything the library needs to know about one kind of
-transformer, in one place:
+A family is one package (``models/swin/``, ``models/vit/``, ``models/bert/``) whose ``__init__``
+defines and registers its :class:`ModelFamily`: everything the library needs to know about one
+kind of transformer, in one place:
 
 * preparation: ``prepare`` (the ``ann.prepare_*`` function);
 * conversion: ``matches``, ``architecture``, ``layer_graph``, ``weight_shapes``, ``fold``;
