@@ -20,6 +20,7 @@ also calibrates the running statistics of the new norms.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -403,6 +404,7 @@ def finetune(
     device: torch.device | str = "cpu",
     progress: bool = True,
     after_epoch: Callable[[int], None] | None = None,
+    cosine: bool = False,
 ) -> nn.Module:
     """Fine-tune (optionally distil) a prepared model; also calibrates its norm statistics.
 
@@ -412,7 +414,8 @@ def finetune(
     ``alpha * KL(softmax(t/T) || softmax(s/T)) * T**2 + (1 - alpha) * CE``, the
     teacher run in eval mode under no_grad. AdamW; runs ``epochs`` passes or stops
     after ``max_steps`` optimiser steps; ``after_epoch(epoch)`` is called after each pass, a
-    partial last one included (e.g. to recalibrate). Returns the student in eval mode.
+    partial last one included (e.g. to recalibrate). ``cosine``: the learning rate decays from
+    ``lr`` to 0 over the run, else it stays constant. Returns the student in eval mode.
     """
     student.to(device).train()
     if teacher is not None:
@@ -424,6 +427,10 @@ def finetune(
         total = None
     if max_steps is not None:
         total = max_steps if total is None else min(total, max_steps)
+    if cosine and total is None:
+        raise ValueError("a cosine schedule needs the number of steps: give a sized loader or max_steps")
+    schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / total)))
+                if cosine else None)
     step = 0
     with tqdm(total=total, desc="finetune", disable=not progress) as bar:
         for epoch in range(epochs):
@@ -448,6 +455,8 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -36,11 +36,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lava_spikedattn.coding import CONVENTIONS
 from lava_spikedattn.commands import (
+    PHASE_AWARE_LR,
     UsageError,
     cmd_convert,
     cmd_demo,
@@ -70,8 +72,7 @@ def _timesteps_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 8,16,32, got {text!r}") \
-            from None
+        values = ()
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 8,16,32, got {text!r}")
     return values
@@ -107,14 +108,17 @@ def _base(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number in (1, 2] or 'auto', got {text!r}") from None
 
 
-def _percentile(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {text!r}") from None
-    if not 0.0 < value <= 100.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {value:g}")
-    return value
+def _positive_float(expected: str, most: float = float("inf")) -> Callable[[str], float]:
+    """An argparse type: a finite number in (0, ``most``]; refused as "expected ``expected``, got ..."."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (0.0 < value <= most and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
 def _add_common(parser: argparse.ArgumentParser, batch_size: int = 16, device: bool = True) -> None:
@@ -129,17 +133,6 @@ def _add_common(parser: argparse.ArgumentParser, batch_size: int = 16, device: b
                             help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N; under torchrun "
                                  "cuda means cuda:LOCAL_RANK (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-
-
-# --- loihi-report ----------------------------------------------------------------------------------------
-def _step_time(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of microseconds, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number of microseconds, got {text!r}")
-    return value
 
 
 # --- parser and entry point -------------------------------------------------------------------------------------
@@ -196,14 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
             "(config.json + weights.safetensors) to --out.\n\n"
             "  spikedattn convert --model swin_tiny_patch4_window7_224 --num-classes 10 \\\n"
             "      --data fashion-mnist --out swin_t_snn --save-ann swin_t_ann.safetensors\n"
-            "  spikedattn convert --checkpoint trained.safetensors --data mnist-5k --base auto --out snn\n\n"
+            "  spikedattn convert --checkpoint trained.safetensors --data mnist-5k --base auto --out snn\n"
+            "  spikedattn convert --checkpoint trained.safetensors --data mnist-5k --timesteps 12 --phase-aware 3 \\\n"
+            "      --out snn_t12 --save-ann tuned_t12.safetensors\n\n"
             "--model builds a randomly initialised model (pretrained weights are never downloaded): use it for\n"
             "structure and speed. Bring trained weights with --checkpoint: a safetensors file with the prepared,\n"
             "fine-tuned model's state dict and metadata format=lava-spikedattn-ann, version=1, family,\n"
             "model (timm name or 'bert') and model_kwargs (JSON), as `--save-ann` and\n"
             "lava_spikedattn.checkpoint.save_ann_checkpoint() write it. Grey images are resized to the model's\n"
             "image size and repeated over its channels, without normalisation. Under torchrun the\n"
-            "calibration batches are sharded and the maxima all-reduced (the result equals one process)."))
+            "calibration batches are sharded and the maxima all-reduced (the result equals one process).\n"
+            "--phase-aware first fine-tunes the ANN through the converted network's rounding at the requested\n"
+            "code, on the CPU, in one process (lava_spikedattn.phase_aware.finetune_phase_aware)."))
     source = convert.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="NAME",
                         help="the model to build (pretrained weights are never downloaded): "
@@ -238,12 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--method", choices=("max", "percentile"), default="max",
                          help="scale calibration: max |activation|, or the --percentile of it (keeps every "
                               "sample in memory: small calibration sets only) (default: max)")
-    convert.add_argument("--percentile", type=_percentile, default=99.99, metavar="P",
-                         help="percentile for --method percentile, in (0, 100] (default: 99.99)")
+    convert.add_argument("--percentile", type=_positive_float("a number in (0, 100]", 100.0), default=99.99,
+                         metavar="P", help="percentile for --method percentile, in (0, 100] (default: 99.99)")
     convert.add_argument("--no-verify", action="store_true",
                          help="skip the check that the folded network reproduces the prepared model")
+    convert.add_argument("--phase-aware", type=_positive_int, metavar="EPOCHS",
+                         help="fine-tune the ANN for EPOCHS epochs through the SNN's rounding first (default: off)")
+    convert.add_argument("--phase-aware-lr", type=_positive_float("a positive learning rate like 5e-4"),
+                         metavar="LR", help=f"AdamW learning rate of --phase-aware (default: {PHASE_AWARE_LR:g})")
+    convert.add_argument("--train-batches", type=_positive_int, metavar="N",
+                         help="--phase-aware trains on the first N batches of the train split (default: all)")
     convert.add_argument("--save-ann", type=Path, metavar="PATH",
-                         help="also write the prepared ANN as a checkpoint (for `evaluate --ann`)")
+                         help="also write the prepared ANN (tuned, with --phase-aware) for `evaluate --ann`")
     convert.add_argument("--out", required=True, type=Path, metavar="FOLDER",
                          help="folder to write config.json and weights.safetensors to (created if needed)")
     _add_common(convert)
@@ -326,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
             "assumptions, marked there).\n\n"
             "  spikedattn loihi-report weights/swin_fashion_mnist --json loihi.json"))
     loihi.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
-    loihi.add_argument("--step-time-us", type=_step_time, metavar="US",
+    loihi.add_argument("--step-time-us", type=_positive_float("a positive number of microseconds"), metavar="US",
                        help="time of one algorithmic step in microseconds (default: 10, "
                             "lava_spikedattn.loihi.DEFAULT_STEP_TIME_US, an assumption; pass the one measured on "
                             "your system)")

@@ -23,8 +23,12 @@ from lava_spikedattn.coding import PhaseCode
 from lava_spikedattn.data import Batches
 from lava_spikedattn.models import ModelFamily, family_for_model_name, get_family
 
-__all__ = ["UsageError", "cmd_convert", "cmd_demo", "cmd_energy", "cmd_evaluate", "cmd_loihi_report",
+__all__ = ["PHASE_AWARE_LR", "UsageError", "cmd_convert", "cmd_demo", "cmd_energy", "cmd_evaluate", "cmd_loihi_report",
            "cmd_run_lava"]
+
+
+#: AdamW learning rate of ``convert --phase-aware`` without ``--phase-aware-lr``.
+PHASE_AWARE_LR = 5e-4
 
 
 class UsageError(Exception):
@@ -126,6 +130,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     numeric_base = args.base if isinstance(args.base, float) else None
     phase_code(2.0 if numeric_base is None else numeric_base, 1)  # bad values are usage errors: before any work
+    _check_phase_aware(args)
     _check_convert_outputs(args)
     device = distributed.init_from_env(_resolve_device(args.device))
     model, family, name, kwargs = _build_ann(args)
@@ -139,14 +144,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     batches = _batches(family, info, args, "train", args.calib_batches * args.batch_size)
     if len(batches) == 0:
         raise ValueError(f"data set {args.data!r} has no training samples")
-    cm = distributed.convert_distributed(model, _OnDevice(distributed.shard(batches), device), code,
-                                         method=args.method, percentile=args.percentile, verify=not args.no_verify,
-                                         progress=not args.no_progress)
-    if args.base == "auto":
+    if args.phase_aware is None or args.base == "auto":  # phase-aware tuning calibrates on its own
+        cm = distributed.convert_distributed(model, _OnDevice(distributed.shard(batches), device), code,
+                                             method=args.method, percentile=args.percentile,
+                                             verify=not args.no_verify, progress=not args.no_progress)
+    if args.base == "auto":  # B of the untuned model; phase-aware tuning then trains at that B
         base = None
         if distributed.world()[0] == 0:  # on the whole calibration set, so it does not depend on the ranks
             base = search_base(cm, code.timesteps, batches=batches).base  # runs the folded ANN on the CPU
         cm = cm.with_code(base=distributed.broadcast_object(base))
+        code = cm.code
+    if args.phase_aware is not None:
+        model, cm, train_batches = _finetune_phase_aware(model, code, family, info, batches, args)
     if distributed.world()[0] == 0:
         folder = cm.save(args.out)
         if args.save_ann is not None:
@@ -157,12 +166,53 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"  {cm.summary()}")
         if args.base == "auto":
             print(f"  base B={cm.code.base:g} chosen by search_base on the calibration data")
+        if args.phase_aware is not None:
+            lr = args.phase_aware_lr or PHASE_AWARE_LR
+            ann_option = "" if args.save_ann is None else f" --ann {args.save_ann}"
+            print(f"  phase-aware fine-tuning: {args.phase_aware} epoch(s) of {train_batches} batches of {args.data} "
+                  f"(train split), AdamW lr {lr:g}, on the CPU; converted with the last epoch's scales")
+            print(f"  how faithful the SNN is to the tuned ANN: spikedattn evaluate {args.out} --data {args.data}"
+                  f"{ann_option}")
         if "folding_error" in calibration:
             print(f"  folded network vs prepared model: relative error {calibration['folding_error']:.2e}")
         print(f"  calibration data: {args.data} (train split), {calibration['batches']} batches")
         if args.save_ann is not None:
-            print(f"  prepared ANN written to {args.save_ann}")
+            print(f"  {'tuned' if args.phase_aware else 'prepared'} ANN written to {args.save_ann}")
     return 0
+
+
+def _check_phase_aware(args: argparse.Namespace) -> None:
+    """``--phase-aware`` and its options are consistent, and not asked for under torchrun."""
+    from lava_spikedattn import distributed
+
+    if args.phase_aware is None:
+        given = [option for option, value in (("--phase-aware-lr", args.phase_aware_lr),
+                                              ("--train-batches", args.train_batches)) if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)}: only for phase-aware fine-tuning; add --phase-aware EPOCHS or "
+                             f"leave out {' and '.join(given)}")
+        return
+    if distributed.is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--phase-aware: data-parallel phase-aware fine-tuning is not supported yet; run convert "
+                         "--phase-aware in one process (without torchrun)")
+    if args.no_verify:
+        raise UsageError("--no-verify does not apply to --phase-aware (its conversions always verify the folded "
+                         "network); leave out --no-verify")
+
+
+def _finetune_phase_aware(model: nn.Module, code: PhaseCode, family: ModelFamily, info: dict[str, Any],
+                          calibration: Batches, args: argparse.Namespace) -> tuple[nn.Module, Any, int]:
+    """(tuned ANN, its converted model, training batches): ``finetune_phase_aware`` of ``model`` at
+    ``code`` on the first ``--train-batches`` batches of the train split (all by default), the
+    scales recalibrated on ``calibration`` after each epoch. On the CPU, where the library trains."""
+    from lava_spikedattn.phase_aware import finetune_phase_aware
+
+    limit = None if args.train_batches is None else args.train_batches * args.batch_size
+    loader = _batches(family, info, args, "train", limit)
+    tuned, cm = finetune_phase_aware(model.cpu(), code, loader, calibration, epochs=args.phase_aware,
+                                     lr=args.phase_aware_lr or PHASE_AWARE_LR, method=args.method,
+                                     percentile=args.percentile, progress=not args.no_progress)
+    return tuned, cm, len(loader)
 
 
 def _check_convert_outputs(args: argparse.Namespace) -> None:

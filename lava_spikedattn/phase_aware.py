@@ -120,15 +120,16 @@ class PhaseAwareModel(nn.Module):
 def finetune_phase_aware(model: nn.Module, code: PhaseCode, loader: Sequence[Any], calibration: Sequence[Any], *,
                          epochs: int = 1, lr: float = 1e-4, temperature: float = 2.0, alpha: float = 0.5,
                          method: str = "max", percentile: float = 99.99, max_steps: int | None = None,
-                         progress: bool = True) -> tuple[nn.Module, ConvertedModel]:
+                         cosine: bool = False, progress: bool = True) -> tuple[nn.Module, ConvertedModel]:
     """Fine-tune the prepared ANN ``model`` through the rounding of its converted network at ``code``.
 
     ``loader`` yields training batches as :func:`lava_spikedattn.ann.finetune` takes them (``(x, y)``
     or tokenizer dicts with ``"labels"``); ``calibration`` the calibration batches (``convert``'s,
     with ``method`` / ``percentile``). The teacher is a frozen copy of ``model`` as given. Each epoch
-    trains with the scales of the last calibration, then recalibrates (one AdamW for the whole run;
-    ``max_steps``: optimiser steps in all). Returns the tuned model (eval mode; ``model`` itself is
-    tuned in place) and its converted model, whose closed-form engine computes the training forward.
+    trains with the scales of the last calibration, then recalibrates (one AdamW for the whole run,
+    its rate constant or, with ``cosine``, decaying to 0; ``max_steps``: optimiser steps in all).
+    Returns the tuned model (eval mode; ``model`` itself is tuned in place) and its converted
+    model, whose closed-form engine computes the training forward.
     """
     if not isinstance(code, PhaseCode):
         raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
@@ -143,5 +144,5 @@ def finetune_phase_aware(model: nn.Module, code: PhaseCode, loader: Sequence[Any
         calibrated.append(student.recalibrate(calibration, method, percentile))
 
     ann.finetune(student, loader, teacher, epochs=epochs, lr=lr, temperature=temperature, alpha=alpha,
-                 max_steps=max_steps, progress=progress, after_epoch=recalibrate)
+                 max_steps=max_steps, progress=progress, after_epoch=recalibrate, cosine=cosine)
     return model.eval(), calibrated[-1]
