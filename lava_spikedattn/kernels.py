@@ -15,21 +15,14 @@ Kernels compile on first use (a few seconds) and are cached on disk next to this
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
-
-# numba's default OpenMP layer shares libgomp with torch, and a parallel kernel's launch sets
-# the thread count torch then uses too (one torch thread became two: training on a busy 2-core
-# machine ran 15-45x slower). numba's own workqueue pool leaves torch alone; a user's
-# NUMBA_THREADING_LAYER still wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 #: dtypes the kernels are compiled for; anything else takes the torch path.
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -59,6 +52,22 @@ class SpikeCounts:
         return cls(k.numel(), int((k >= 0).sum()), int((k + 1).sum()), int(saturated))
 
 
+@contextlib.contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """Put torch's thread count back after a parallel kernel.
+
+    numba's OpenMP threading layer shares libgomp with torch, and a parallel kernel's launch sets
+    the thread count torch uses next (1 became 2: training after a closed-form run was 15-45x
+    slower on a busy 2-core machine). numba's own workqueue layer leaves torch alone but made the
+    closed form 1.5x slower here (torch's OpenMP threads spin while it runs), so the layer stays
+    and the count is put back."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def kernel_applies(x: torch.Tensor) -> bool:
     """Whether :func:`phase_quantize` can take ``x``: a CPU float32/float64 tensor without grad."""
     return x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and not x.requires_grad
@@ -78,8 +87,9 @@ def phase_quantize(x: torch.Tensor, scale: torch.Tensor, thresholds: torch.Tenso
     table, up, down = fire_step_table(tuple(thresholds.tolist()), str(thresholds.dtype).removeprefix("torch."))
     padded_levels = torch.cat([levels, levels.new_zeros(1)])
     out = torch.empty_like(x2)
-    counts = _quantize_rows(x2.numpy(), scale2.numpy(), scale2.shape[1] > 1, thresholds.contiguous().numpy(),
-                            padded_levels.numpy(), table, up, down, signed, out.numpy())
+    with _torch_threads_kept():
+        counts = _quantize_rows(x2.numpy(), scale2.numpy(), scale2.shape[1] > 1, thresholds.contiguous().numpy(),
+                                padded_levels.numpy(), table, up, down, signed, out.numpy())
     fired, fire_step_sum, saturated, non_finite = (int(c) for c in counts)
     return out.reshape(x.shape), SpikeCounts(x.numel(), fired, fire_step_sum, saturated), non_finite
 
@@ -111,7 +121,8 @@ def woss_fire(steps: torch.Tensor, traces: torch.Tensor) -> tuple[torch.Tensor, 
     steps2 = steps.contiguous().reshape(-1, steps.shape[-1])
     fire_step = torch.empty(steps2.shape, dtype=torch.long)
     decoded = torch.empty_like(steps2)
-    _woss_rows(steps2.numpy(), traces.contiguous().numpy(), fire_step.numpy(), decoded.numpy())
+    with _torch_threads_kept():
+        _woss_rows(steps2.numpy(), traces.contiguous().numpy(), fire_step.numpy(), decoded.numpy())
     return fire_step.reshape(steps.shape), decoded.reshape(steps.shape)
 
 
