@@ -57,7 +57,7 @@ demo: data
 demo-text: data
 	$(PY) -m lava_spikedattn.text_demo
 
-# Every measured number of the README, re-made into docs/results.json (21 min on a 2-core machine, 2026-12-05).
+# Every measured number of the README, re-made into docs/results.json (24 min on a 2-core machine, 2026-12-05).
 results: data
 	$(PY) benchmarks/make_results.py
 

@@ -10,7 +10,8 @@ checks that every block equals what :func:`render` makes of the JSON, and that t
 with the versions in requirements.lock.
 
 Usage: python benchmarks/make_results.py [--only demo,text,...] [--render-only]
-       (``make results`` runs every step: 21 min on this 2-core machine on 2026-12-05)
+       (``make results`` runs every step: 24 min on this 2-core machine on 2026-12-05, the sum of
+       the steps' recorded times)
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ def _bench(name: str) -> Callable[[], dict[str, Any]]:
     return collect
 
 
-def _collect_demo() -> dict[str, Any]:
-    summary = _read(WORK / "demo" / "summary.json")
-    return {key: summary[key] for key in ("base", "timesteps", "layers", "steps_per_inference", "lava",
-                                          "reference", "sweep", "loihi")}
+def _collect_demo(folder: str) -> Callable[[], dict[str, Any]]:
+    def collect() -> dict[str, Any]:
+        summary = _read(WORK / folder / "summary.json")
+        return {key: summary[key] for key in ("base", "timesteps", "layers", "steps_per_inference", "lava",
+                                              "reference", "sweep", "loihi")}
+    return collect
 
 
 def _collect_text() -> dict[str, Any]:
@@ -87,7 +90,7 @@ def _collect_text() -> dict[str, Any]:
 
 def _collect_estimate() -> dict[str, Any]:
     rows = {}
-    for name in ("shipped Swin", "Swin-T"):
+    for name in ("shipped Swin", "shipped ViT", "Swin-T", "ViT-S"):
         report = _read(WORK / f"loihi_{name.replace(' ', '_')}.json")
         rows[name] = {"timesteps": report["timesteps"], "steps": report["steps_per_inference"],
                       "step_time_us": report["step_time_us"], "chips": report["chips"],
@@ -101,12 +104,13 @@ def _collect_structure() -> dict[str, Any]:
     import timm
     from transformers import BertConfig, BertForSequenceClassification
 
-    from lava_spikedattn.ann import prepare_bert, prepare_swin
+    from lava_spikedattn.ann import prepare_bert, prepare_swin, prepare_vit
     from lava_spikedattn.data import load_minilm_classifier
     from lava_spikedattn.layers import layer_count, steps_per_inference
     from lava_spikedattn.models import family_of
 
     models = {"Swin-T": (prepare_swin(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)), 40),
+              "ViT-S": (prepare_vit(timm.create_model("vit_small_patch16_224", pretrained=False)), 40),
               "all-MiniLM-L6-v2": (prepare_bert(load_minilm_classifier(num_labels=2)[0]), 16),
               "BERT-base": (prepare_bert(BertForSequenceClassification(BertConfig())), 16)}
     rows = []
@@ -124,7 +128,11 @@ STEPS: dict[str, Step] = {
     "demo": Step("spikedattn demo", [*SPIKEDATTN, "demo", "--out", str(WORK / "demo"), "--no-progress"],
                  "closed-form reference engine (whole test set, T sweep); Lava fused and decomposed (first images); "
                  "Lava fixed_pt (the port's images)", "float32 (closed form), float64 (Lava)",
-                 "Fashion-MNIST test split, 10 000 images (sweep: first 1 000)", _collect_demo),
+                 "Fashion-MNIST test split, 10 000 images (sweep: first 1 000)", _collect_demo("demo")),
+    "demo_vit": Step("spikedattn demo --model vit",
+                     [*SPIKEDATTN, "demo", "--model", "vit", "--out", str(WORK / "demo_vit"), "--no-progress"],
+                     "as spikedattn demo", "float32 (closed form), float64 (Lava)",
+                     "Fashion-MNIST test split, 10 000 images (sweep: first 1 000)", _collect_demo("demo_vit")),
     "text": Step("python -m lava_spikedattn.text_demo --fresh",
                  [sys.executable, "-m", "lava_spikedattn.text_demo", "--fresh", "--no-progress"],
                  "closed-form reference engine", "float32",
@@ -133,18 +141,23 @@ STEPS: dict[str, Step] = {
                  "closed-form engine (float rows); integer network stepped in process by LavaNetwork.simulate; "
                  "Lava fixed_pt (first 4 images)", "float64 / integer", "Fashion-MNIST test split, 10 000 images",
                  _bench("bench_loihi_port")),
-    "estimate": Step("spikedattn loihi-report weights/swin_fashion_mnist; spikedattn convert --model "
-                     "swin_tiny_patch4_window7_224 --data random --calib-batches 1 --batch-size 1 --base 1.15 "
-                     "--timesteps 40 --out swin_t && spikedattn loihi-report swin_t",
-                     ["sh", "-c", " ".join([
-                         *SPIKEDATTN, "loihi-report", "weights/swin_fashion_mnist", "--json",
-                         str(WORK / "loihi_shipped_Swin.json"), "&&", *SPIKEDATTN, "convert", "--model",
-                         "swin_tiny_patch4_window7_224", "--data", "random", "--calib-batches", "1", "--batch-size",
-                         "1", "--base", "1.15", "--timesteps", "40", "--no-progress", "--out",
-                         str(WORK / "swin_t"), "&&", *SPIKEDATTN, "loihi-report", str(WORK / "swin_t"), "--json",
-                         str(WORK / "loihi_Swin-T.json")])],
+    "estimate": Step("spikedattn loihi-report weights/swin_fashion_mnist (and weights/vit_fashion_mnist); "
+                     "spikedattn convert --model swin_tiny_patch4_window7_224 --data random --calib-batches 1 "
+                     "--batch-size 1 --base 1.15 --timesteps 40 --out swin_t && spikedattn loihi-report swin_t "
+                     "(and vit_small_patch16_224)",
+                     ["sh", "-c", " && ".join(
+                         [" ".join([*SPIKEDATTN, "loihi-report", f"weights/{shipped}_fashion_mnist", "--json",
+                                    str(WORK / f"loihi_shipped_{label}.json")])
+                          for shipped, label in (("swin", "Swin"), ("vit", "ViT"))]
+                         + [" ".join([*SPIKEDATTN, "convert", "--model", model, "--data", "random", "--calib-batches",
+                                      "1", "--batch-size", "1", "--base", "1.15", "--timesteps", "40",
+                                      "--no-progress", "--out", str(WORK / label), "&&", *SPIKEDATTN, "loihi-report",
+                                      str(WORK / label), "--json", str(WORK / f"loihi_{label}.json")])
+                            for model, label in (("swin_tiny_patch4_window7_224", "Swin-T"),
+                                                 ("vit_small_patch16_224", "ViT-S"))])],
                      "resource model (lava_spikedattn.loihi), no run", "-",
-                     "shipped Swin; Swin-T (random init, converted on 1 random image)", _collect_estimate),
+                     "shipped Swin and ViT; Swin-T, ViT-S (random init, converted on 1 random image)",
+                     _collect_estimate),
     "structure": Step("python benchmarks/make_results.py --only structure", None,
                       "layer graph (no run)", "-", "none (random init; the bundled MiniLM)", _collect_structure),
     "convert": Step("python benchmarks/bench_convert.py", [sys.executable, "benchmarks/bench_convert.py"],
@@ -155,6 +168,9 @@ STEPS: dict[str, Step] = {
     "lava_attention": Step("python benchmarks/bench_lava_attention.py",
                            [sys.executable, "benchmarks/bench_lava_attention.py"], "Lava floating_pt vs closed form",
                            "float64", "Gaussian q, k, v", _bench("bench_lava_attention")),
+    "phase_aware": Step("python benchmarks/bench_phase_aware.py", [sys.executable, "benchmarks/bench_phase_aware.py"],
+                        "closed-form reference engine", "float32", "Fashion-MNIST test split, 10 000 images",
+                        _bench("bench_phase_aware")),
     "lava_network": Step("python benchmarks/bench_lava_network.py --no-profile",
                          [sys.executable, "benchmarks/bench_lava_network.py", "--no-profile"],
                          "Lava floating_pt (fused, decomposed) vs stepped reference", "float64",
@@ -185,33 +201,38 @@ def _caption(results: dict[str, Any], *names: str) -> str:
 
 
 def _render_demo(results: dict[str, Any]) -> list[str]:
-    demo, text = results["steps"]["demo"]["result"], results["steps"]["text"]["result"]
-    ref = demo["reference"]
-    rows = [["shipped Swin (`weights/`)", f"Fashion-MNIST ({_int(ref['samples'])})",
-             f"{demo['base']:g}, {demo['timesteps']}", _pct(ref["ann_accuracy"]), _pct(ref["snn_accuracy"]),
-             _pct(ref["agreement"]), _int(ref["spikes_per_inference"]),
-             f"{ref['energy']['official']['ratio']:.2f} / {ref['energy']['complete']['ratio']:.2f}"],
-            ["all-MiniLM-L6-v2, fine-tuned", f"Rotten-Tomatoes polarity, SST-2 proxy ({_int(text['samples'])})",
+    text = results["steps"]["text"]["result"]
+    rows = []
+    for step, name in (("demo", "shipped Swin (`weights/`)"), ("demo_vit", "shipped ViT (`weights/`)")):
+        demo = results["steps"][step]["result"]
+        ref = demo["reference"]
+        rows.append([name, f"Fashion-MNIST ({_int(ref['samples'])})", f"{demo['base']:g}, {demo['timesteps']}",
+                     _pct(ref["ann_accuracy"]), _pct(ref["snn_accuracy"]), _pct(ref["agreement"]),
+                     _int(ref["spikes_per_inference"]),
+                     f"{ref['energy']['official']['ratio']:.2f} / {ref['energy']['complete']['ratio']:.2f}"])
+    rows += [["all-MiniLM-L6-v2, fine-tuned", f"Rotten-Tomatoes polarity, SST-2 proxy ({_int(text['samples'])})",
              f"{text['base']:g}, {text['timesteps']}", _pct(text["ann_accuracy"]), _pct(text["snn_accuracy"]),
              _pct(text["agreement"]), _int(text["spikes_per_inference"]),
              f"{text['energy']['official']['ratio']:.2f} / {text['energy']['complete']['ratio']:.2f}"]]
     lines = _table(["model", "data (test)", "B, T", "ANN acc.", "SNN acc.", "agreement", "spikes",
                     "SNN/ANN energy official / complete"], rows)
-    return [*lines, "", f"{_int(ref['saturated'])} values of the whole Fashion-MNIST test set exceed their "
-                        f"calibrated scale and are clipped (counted in `evaluation.json`).",
-            "", _caption(results, "demo", "text")]
+    saturated = [_int(results["steps"][step]["result"]["reference"]["saturated"]) for step in ("demo", "demo_vit")]
+    return [*lines, "", f"{saturated[0]} (Swin) and {saturated[1]} (ViT) values of the whole Fashion-MNIST test set "
+                        f"exceed their calibrated scale and are clipped (counted in `evaluation.json`).",
+            "", _caption(results, "demo", "demo_vit", "text")]
 
 
 def _render_demo_lava(results: dict[str, Any]) -> list[str]:
-    lava = results["steps"]["demo"]["result"]["lava"]
     rows = []
-    for mode, run in (("fused", lava), ("decomposed", lava["decomposed"])):
-        rows.append([mode, run["processes"], run["samples"], _pct(run["correct"] / run["samples"]),
-                     f"{run['same_class_as_reference']}/{run['samples']}",
-                     f"{run['max_relative_logit_difference']:.1e}", f"{run['seconds_per_image']:.2f} s"])
-    return [*_table(["Lava network", "processes", "images", "accuracy", "same class as the closed-form engine",
+    for step, model in (("demo", "shipped Swin"), ("demo_vit", "shipped ViT")):
+        lava = results["steps"][step]["result"]["lava"]
+        for mode, run in (("fused", lava), ("decomposed", lava["decomposed"])):
+            rows.append([model, mode, run["processes"], run["samples"], _pct(run["correct"] / run["samples"]),
+                         f"{run['same_class_as_reference']}/{run['samples']}",
+                         f"{run['max_relative_logit_difference']:.1e}", f"{run['seconds_per_image']:.2f} s"])
+    return [*_table(["model", "Lava network", "processes", "images", "accuracy", "same class as the closed-form engine",
                      "max logit difference (relative)", "wall per image (compile included)"], rows), "",
-            _caption(results, "demo")]
+            _caption(results, "demo", "demo_vit")]
 
 
 def _render_sweep(results: dict[str, Any]) -> list[str]:
@@ -289,10 +310,21 @@ def _render_lava_network(results: dict[str, Any]) -> list[str]:
                      "steps/s", "max rel. logit diff vs stepped"], rows), "", _caption(results, "lava_network")]
 
 
+def _render_phase_aware(results: dict[str, Any]) -> list[str]:
+    rows = [[row["model"], row["conversion"], f"{row['B']:g}, {row['T']}", row["steps"], _pct(row["ANN acc."]),
+             _pct(row["SNN acc."]), _pct(row["agreement"]),
+             f"{row['SNN/ANN energy official']:.2f} / {row['SNN/ANN energy complete']:.2f}",
+             f"{row['SNN mJ complete']:.4f}"] for row in results["steps"]["phase_aware"]["result"]["rows"]]
+    return [*_table(["model", "conversion", "B, T", "steps", "ANN acc.", "SNN acc.", "agreement",
+                     "SNN/ANN energy official / complete", "SNN mJ (complete)"], rows), "",
+            _caption(results, "phase_aware")]
+
+
 BLOCKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "demo": _render_demo, "demo_lava": _render_demo_lava, "sweep": _render_sweep, "port": _render_port,
     "estimate": _render_estimate, "structure": _render_structure, "convert": _render_convert,
     "engines": _render_engines, "lava_attention": _render_lava_attention, "lava_network": _render_lava_network,
+    "phase_aware": _render_phase_aware,
 }
 BLOCK_RE = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
