@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from test_cli import run
 from tiny_models import SWIN
 
 from lava_spikedattn.checkpoint import load_ann_checkpoint
@@ -16,16 +17,6 @@ from lava_spikedattn.phase_aware import PhaseAwareModel
 
 # The fast setting: the tiny Swin, one calibration batch, two training batches of 8 random images.
 FAST = [*SWIN, "--data", "random", "--calib-batches", "1", "--batch-size", "8", "--timesteps", "6", "--no-progress"]
-
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of ``spikedattn argv`` run in this process."""
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope="module")

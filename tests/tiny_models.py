@@ -46,7 +46,12 @@ def train_tiny_swin(config: dict, batches: Iterable[tuple[torch.Tensor, torch.Te
     eval mode. A few steps give the random Swin real decision margins, and train mode sets the
     BatchNorm statistics. ``batches`` may be lazy; it must not draw from torch's global generator
     (the training's drop path does)."""
-    model = prepared_swin(config).train()
+    return _train(prepared_swin(config), batches, lr)
+
+
+def _train(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float) -> torch.nn.Module:
+    """``model`` trained (train mode) one AdamW step of cross entropy per ``(x, y)`` batch; eval mode."""
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
@@ -142,11 +147,4 @@ def prepared_vit(name: str, config: dict, seed: int = 0) -> torch.nn.Module:
 def train_tiny_vit(config: dict, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float) -> torch.nn.Module:
     """``prepared_vit("vit_tiny_patch16_224", config)`` trained one AdamW step (cross entropy) per
     ``(x, y)`` batch, in eval mode (train mode sets the BatchNorm statistics)."""
-    model = prepared_vit("vit_tiny_patch16_224", config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    for x, y in batches:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return _train(prepared_vit("vit_tiny_patch16_224", config), batches, lr)

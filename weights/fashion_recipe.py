@@ -152,16 +152,22 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
+def _start(recipe: Recipe) -> tuple[torch.Tensor, ...]:
+    """Seeded, one torch thread; (train images, train labels, test images, test labels) at the
+    model's size."""
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(SEED)
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    return at_model_size(train_x, recipe), train_y, at_model_size(test_x, recipe), test_y
+
+
 def make(recipe: Recipe) -> None:
     """Train, select, convert, write and evaluate ``recipe``'s model (module docstring)."""
     folder = OUT / recipe.stem
     ann_path = OUT / f"{recipe.stem}_ann.safetensors"
     metrics_path = OUT / f"{recipe.stem}_metrics.json"
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(SEED)
-    train_x, train_y = load_fashion_mnist("train")
-    test_x, test_y = load_fashion_mnist("test")
-    train_x, test_x = at_model_size(train_x, recipe), at_model_size(test_x, recipe)
+    train_x, train_y, test_x, test_y = _start(recipe)
     fit_x, fit_y = train_x[:-VALIDATION], train_y[:-VALIDATION]
     held_out = batches(train_x[-VALIDATION:][:SELECTION_SAMPLES], train_y[-VALIDATION:][:SELECTION_SAMPLES])
     calibration = batches(train_x[:CALIBRATION_SAMPLES], train_y[:CALIBRATION_SAMPLES], BATCH)
@@ -254,11 +260,7 @@ def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int
     source = json.loads((OUT / f"{recipe.stem}_metrics.json").read_text())
     ann, _ = load_ann_checkpoint(OUT / f"{recipe.stem}_ann.safetensors")
     folder, ann_path, metrics_path = OUT / stem, OUT / f"{stem}_ann.safetensors", OUT / f"{stem}_metrics.json"
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(SEED)
-    train_x, train_y = load_fashion_mnist("train")
-    test_x, test_y = load_fashion_mnist("test")
-    train_x, test_x = at_model_size(train_x, recipe), at_model_size(test_x, recipe)
+    train_x, train_y, test_x, test_y = _start(recipe)
     fit_x, fit_y = train_x[:-VALIDATION], train_y[:-VALIDATION]
     calibration = batches(train_x[:CALIBRATION_SAMPLES], train_y[:CALIBRATION_SAMPLES], BATCH)
     test = batches(test_x, test_y)

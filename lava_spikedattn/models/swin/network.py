@@ -453,9 +453,22 @@ def block_synapses(rows: list[Synapse], g: BlockGeometry, x: str, official: bool
 
 class WindowedTransformer(SpikingNetwork):
     """Streams of (batch, H, W, C) decoded values through pre-norm blocks with (windowed)
-    attention: the part of the forward pass Swin and ViT share. Subclasses set ``official``."""
+    attention: the part of the forward pass Swin and ViT share. Subclasses set ``official`` and
+    ``config`` (with ``in_chans`` and ``img_size``)."""
 
     official: bool
+    config: Any
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked to be finite images (batch, in_chans, H, W) of the model's size, in this
+        module's device and dtype."""
+        architecture = self.config
+        expected = (architecture.in_chans, *architecture.img_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{type(self).__name__} expects images (batch, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
+        check_finite("input", x)
+        return x.to(device=self.device, dtype=self.dtype)
 
     def _linear(self, key: str, x: torch.Tensor, engine: Engine) -> torch.Tensor:
         return F.linear(x, self.weight(f"{key}.weight"), self.weight(f"{key}.bias") * engine.bias_gain)
@@ -507,12 +520,7 @@ class SpikingSwin(WindowedTransformer):
 
     def run(self, x: torch.Tensor, engine: Engine) -> torch.Tensor:
         cfg = self.config
-        expected = (cfg.in_chans, *cfg.img_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"SpikingSwin expects images (batch, {', '.join(map(str, expected))}), "
-                             f"got {tuple(x.shape)}")
-        check_finite("input", x)
-        x = x.to(device=self.device, dtype=self.dtype)
+        x = self._images(x)
         weight = self.weight("patch_embed.weight").flatten(1)
         x = engine.input_layer("patch_embed_if", x, lambda v: F.linear(patchify(v, cfg.patch_size), weight),
                                self.weight("patch_embed.bias"))

@@ -41,7 +41,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
-from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
+from lava_spikedattn.coding import CONVENTIONS, PhaseCode
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine
 from lava_spikedattn.layers import LayerGraph, LayerSpec
@@ -327,12 +327,7 @@ class SpikingViT(WindowedTransformer):
 
     def run(self, x: torch.Tensor, engine: Engine) -> torch.Tensor:
         cfg = self.config
-        expected = (cfg.in_chans, *cfg.img_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"SpikingViT expects images (batch, {', '.join(map(str, expected))}), "
-                             f"got {tuple(x.shape)}")
-        check_finite("input", x)
-        x = x.to(device=self.device, dtype=self.dtype)
+        x = self._images(x)
         weight = self.weight("patch_embed.weight").flatten(1)
         x = engine.input_layer("patch_embed_if", x, lambda v: embed_patches(v, weight, cfg),
                                self.weight("patch_embed.bias"))
