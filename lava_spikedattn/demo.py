@@ -12,7 +12,9 @@ ANN, then
    spikes per inference and the energy of spec §7 (measured activity, official and complete
    counting);
 3. sweeps the window T (B re-chosen by ``search_base`` for each T, the calibrated scales kept)
-   on a subset for accuracy and energy vs T;
+   on a subset for accuracy and energy vs T, and measures the model's phase-aware fine-tuned
+   versions shipped beside it (``<model>_t<T>``, ``lava_spikedattn.phase_aware``) on the same
+   subset;
 4. the Loihi 2 port: the same handful of images through the integer (fixed_pt) Lava network,
    its classes against the float network's, and the resource estimate on Loihi 2;
 5. writes ``summary.json`` and PNG figures to the output folder: a spike raster of one attention
@@ -121,7 +123,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     report = evaluate(ann, cm.to_reference("closed"), batches, progress=settings.progress, compare_layers=False)
     report.save(out / "evaluation.json")
     summary["reference"] = _report_summary(report)
-    summary["sweep"] = _sweep(cm, ann, batches, settings, say)
+    summary["sweep"], subset = _sweep(cm, ann, batches, settings, say)
+    summary["phase_aware"] = _phase_aware(Path(settings.model), subset, say)
     summary["loihi"] = _loihi_port(cm, images[:settings.lava_samples], say)
 
     say("\nfigures")
@@ -129,7 +132,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     figures = [_plot_raster(cm, net.fire_steps(), out / "spike_raster.png"),
                _plot_attention_maps(cm, sample, out / "attention_maps.png"),
                _plot_scatter(cm, images[:16], out / "activation_scatter.png"),
-               _plot_sweep(summary["sweep"], cm.code.timesteps, out / "accuracy_energy_vs_T.png")]
+               _plot_sweep(summary["sweep"], summary["phase_aware"], cm.code.timesteps,
+                           out / "accuracy_energy_vs_T.png")]
     summary["figures"] = [str(path) for path in figures]
     for path in figures:
         say(f"  {path}")
@@ -215,8 +219,9 @@ def _report_summary(report: EvaluationReport) -> dict[str, Any]:
 
 
 def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: DemoSettings,
-           say: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Accuracy and energy vs T on the first ``sweep_limit`` test images (B from search_base)."""
+           say: Callable[[str], None]) -> tuple[list[dict[str, Any]], list]:
+    """Accuracy and energy vs T on the first ``sweep_limit`` test images (B from search_base);
+    the rows and those images' batches."""
     from lava_spikedattn.base_search import search_base
     from lava_spikedattn.data import fit_images, load_image_dataset
     from lava_spikedattn.evaluate import evaluate
@@ -242,6 +247,27 @@ def _sweep(cm: ConvertedModel, ann: torch.nn.Module, batches: list, settings: De
         rows.append(row)
         say(f"  T={timesteps:3d} B={base:.3f}: SNN accuracy {row['snn_accuracy']:.2%}, agreement "
             f"{row['agreement']:.2%}, SNN/ANN energy {row['energy']['complete']['ratio']:.2f} (complete)")
+    return rows, subset
+
+
+def _phase_aware(model: Path, subset: list, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The phase-aware fine-tuned versions of ``model`` beside it (``<name>_t<T>`` folders with
+    their tuned ANN), each on the sweep's images against its own ANN."""
+    from lava_spikedattn.checkpoint import load_ann_checkpoint
+    from lava_spikedattn.converted_model import ConvertedModel
+    from lava_spikedattn.evaluate import evaluate
+
+    rows = []
+    for folder in sorted(model.parent.glob(f"{model.name}_t*")):
+        if not (folder / "config.json").is_file() or not ann_beside(folder).is_file():
+            continue
+        tuned = ConvertedModel.load(folder)
+        report = evaluate(load_ann_checkpoint(ann_beside(folder))[0], tuned.to_reference("closed"), subset,
+                          progress=False, compare_layers=False)
+        rows.append({"model": str(folder), "timesteps": tuned.code.timesteps, "base": tuned.code.base,
+                     **_report_summary(report), "steps_per_inference": tuned.steps_per_inference})
+        say(f"  phase-aware {folder.name} (B={tuned.code.base:g}): SNN accuracy {report.snn_accuracy:.2%}, "
+            f"its ANN {report.ann_accuracy:.2%}")
     return rows
 
 
@@ -388,11 +414,14 @@ def _plot_scatter(cm: ConvertedModel, x: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def _plot_sweep(rows: list[dict[str, Any]], shipped_t: int, path: Path) -> Path:
+def _plot_sweep(rows: list[dict[str, Any]], tuned: list[dict[str, Any]], shipped_t: int, path: Path) -> Path:
     plt = _figure()
     t = [row["timesteps"] for row in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
-    ax.plot(t, [100 * row["snn_accuracy"] for row in rows], "o-", color="C0", label="SNN accuracy")
+    ax.plot(t, [100 * row["snn_accuracy"] for row in rows], "o-", color="C0", label="SNN accuracy (post-training)")
+    if tuned:
+        ax.plot([row["timesteps"] for row in tuned], [100 * row["snn_accuracy"] for row in tuned], "D", color="C2",
+                markersize=7, label="SNN accuracy (phase-aware)")
     ax.axhline(100 * rows[0]["ann_accuracy"], color="C0", linestyle="--", linewidth=0.8, label="ANN accuracy")
     ax.set_xlabel("window T (time steps per layer)")
     ax.set_ylabel("accuracy (%)", color="C0")
