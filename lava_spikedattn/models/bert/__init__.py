@@ -16,7 +16,6 @@ it parses.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +157,6 @@ class BertFamily(ModelFamily):
             cls = next(cls for cls, arch in CLASSIFIERS.items() if arch == RANDOM_INIT[name])
             model = cls(cls.config_class(**kwargs))
         else:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import AutoModelForSequenceClassification
 
             model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=True, **kwargs)
