@@ -28,9 +28,12 @@ ACCURACY_MARGIN = 0.03
 # Swin at T=12, phase-aware: SNN accuracy 0.885 (full test set: 0.8778), agreement with its tuned ANN
 # 0.94 (188 of 200; full: 0.9284). The untuned ANN's post-training conversion at the same code agrees
 # with the tuned ANN on 0.91, the tuned one run at T=8 (B=1.88) on 0.89: both fail.
+# Swin at T=8, phase-aware: SNN 0.870 (full: 0.8597), agreement 0.895 (179 of 200; full:
+# 0.8972). At T=8 agreement does not single the model out (the same ANN at T=6, B=2 agrees on
+# 0.915): the floor only catches a broken pair of files; the accuracy check carries the test.
 #: stem of the shipped files (weights/<stem>*) → (family, least agreement on the first 200 images)
 SHIPPED = {"swin_fashion_mnist": ("swin", 0.93), "vit_fashion_mnist": ("vit", 0.955),
-           "swin_fashion_mnist_t12": ("swin", 0.93)}
+           "swin_fashion_mnist_t12": ("swin", 0.93), "swin_fashion_mnist_t8": ("swin", 0.88)}
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
