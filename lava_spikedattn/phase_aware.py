@@ -91,8 +91,7 @@ class PhaseAwareModel(nn.Module):
     @classmethod
     def from_converted(cls, model: nn.Module, cm: ConvertedModel) -> PhaseAwareModel:
         """The ANN ``model`` with the code and scales of ``cm`` (a conversion of it)."""
-        scales = {key: value for key, value in cm.weights.items() if key.startswith("scale.") or key == "input_max"}
-        return cls(model, cm.code, scales)
+        return cls(model, cm.code, _calibrated(cm))
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Logits of the converted network for the model input (a tensor, or tokenizer tensors)."""
@@ -112,9 +111,13 @@ class PhaseAwareModel(nn.Module):
             cm = convert(self.model, batches, self.code, method=method, percentile=percentile)
         finally:
             self.model.train(was_training)
-        self.scales = {key: value for key, value in cm.weights.items()
-                       if key.startswith("scale.") or key == "input_max"}
+        self.scales = _calibrated(cm)
         return cm
+
+
+def _calibrated(cm: ConvertedModel) -> dict[str, torch.Tensor]:
+    """What calibration stored in a converted model: every ``scale.*`` and ``input_max``."""
+    return {key: value for key, value in cm.weights.items() if key.startswith("scale.") or key == "input_max"}
 
 
 def finetune_phase_aware(model: nn.Module, code: PhaseCode, loader: Sequence[Any], calibration: Sequence[Any], *,
