@@ -61,12 +61,14 @@ Bit widths (``FixedFormat`` defaults)
 * weights and the TraceMatMul factor: 8-bit signed mantissa in [−127, 127], one exponent each;
 * graded spike payload: ``sign·P``, P in [1, 2^15 − 1] (``payload_bits`` = 16, one
   power-of-two unit Δ_p = 2^payload_exp per population); WOSS spikes carry 2^F (F + 2 bits);
-* accumulators (Σ m·p, the three-term product): exact (int64 here); Σ m·p needs at most
-  weight_bits + payload_bits + ceil(log2(fan_in)) − 1 bits
-  (:meth:`FixedTokenLinearSim.accumulator_bits`, 29 for fan-in 64), the three-term product
-  2·payload_bits + ceil(log2(d)) + 1; whether Loihi 2's dendritic accumulators hold these is not
-  checked here (no hardware): reduce ``payload_bits`` if not;
-* products before a shift: I·G up to 24 + F + 1 bits, Θ·S up to 48 bits (int64 here).
+* accumulators (Σ m·p, the three-term product): ``accumulator_bits`` = 40, saturated and
+  counted; Σ m·p needs at most weight_bits + payload_bits + ceil(log2(fan_in)) − 1 bits
+  (:meth:`FixedTokenLinearSim.needed_accumulator_bits`, 29 for fan-in 64), the three-term product
+  2·payload_bits + ceil(log2(3·d)) − 1 (37 for d = 16): 40 bits hold both for d ≤ 128 and fan-in
+  ≤ 2^16. Whether Loihi 2 has such accumulators is an assumption (``docs/loihi2_mapping.md``); a
+  32-bit accumulator holds them with ``payload_bits`` = 13 (measured: benchmarks/bench_loihi_port.py);
+* products before a shift (I·G, Θ·S, the product × factor mantissa): ``product_bits`` = 48,
+  saturated and counted (I·G ≤ 24 + F + 1 bits; Θ·S ≤ 24 + F + log2(keys) bits).
 
 Error against float (derived; each bound is asserted in tests/test_fixed_pt.py)
 --------------------------------------------------------------------------------
@@ -90,6 +92,8 @@ converted Swin or BERT (units from ``loihi.neuron_units``, residuals as exact id
 the bit-serial input as ±1 payloads into the convert neuron, whose input weights are
 ``unit_gain·2^-(τ+1)``); ``LavaNetwork.simulate`` steps that integer graph in process with the
 fixed_pt models' own update functions, equal to the Lava run bit for bit (tests/test_fixed_network.py).
+``reference.fixed_network`` steps the same graph from this module's simulators instead, one per
+Process (no code shared with the ProcessModels), and equals the Lava run bit for bit too.
 
 Measured (``FixedFormat()``, scales U(0.5, 2), numpy; see tests/test_fixed_pt.py)
 --------------------------------------------------------------------------------
@@ -187,8 +191,9 @@ class FixedPhaseNeuronSim:
 
     def _scaled(self, value: np.ndarray) -> np.ndarray:
         """value·S/2^F, rounded, clipped and counted (the division-free normalisation)."""
-        scaled, clipped = self.fmt.clip(shift_round(value * self.divisor, self.fmt.trace_bits))
-        self.clips += clipped
+        product, overflow = self.fmt.fit(value * self.divisor, self.fmt.product_bits)
+        scaled, clipped = self.fmt.clip(shift_round(product, self.fmt.trace_bits))
+        self.clips += overflow + clipped
         return scaled
 
     def step(self, x=None, trace: int = 0) -> np.ndarray:
@@ -199,9 +204,9 @@ class FixedPhaseNeuronSim:
             if self.normalized and t_rel == W:
                 self.divisor = np.broadcast_to(self.divisor_value, self.shape)
             if t_rel < T and x is not None:
-                contribution = shift_round(np.asarray(x, dtype=np.int64) * self.G[t_rel], self.fmt.trace_bits)
-                self.v, clipped = self.fmt.clip(self.v + contribution)
-                self.clips += clipped
+                product, overflow = self.fmt.fit(np.asarray(x, dtype=np.int64) * self.G[t_rel], self.fmt.product_bits)
+                self.v, clipped = self.fmt.clip(self.v + shift_round(product, self.fmt.trace_bits))
+                self.clips += overflow + clipped
             if t_rel == W:
                 top = self._scaled(self.top) if self.normalized else self.top
                 self.saturated = (np.abs(self.v) if self.signed else self.v) > top
@@ -261,7 +266,7 @@ class FixedTokenLinearSim:
             self.clips += int(clipped.sum())
             self.timesteps = code.timesteps
 
-    def accumulator_bits(self, fan_in: int | None = None) -> int:
+    def needed_accumulator_bits(self, fan_in: int | None = None) -> int:
         """Signed width that holds Σ m·p for any payload: weight + payload + log2(fan_in) − 1."""
         fan_in = self.mantissa.shape[1] if fan_in is None else fan_in
         return self.fmt.weight_bits + self.fmt.payload_bits + math.ceil(math.log2(max(fan_in, 1))) - 1
@@ -270,7 +275,12 @@ class FixedTokenLinearSim:
         x = np.asarray(p, dtype=np.int64)
         if self.in_index is not None:
             x = x.reshape(-1)[self.in_index]
-        acc = np.einsum("...i,oi->...o", x, self.mantissa)
+        if x.any():
+            acc = np.einsum("...i,oi->...o", x, self.mantissa)
+        else:  # no spike: skip the product
+            acc = np.zeros(x.shape[:-1] + self.mantissa.shape[:1], np.int64)
+        acc, overflow = self.fmt.fit(acc, self.fmt.accumulator_bits)
+        self.clips += int(overflow.sum())
         current = shift_round(acc, self.shift)
         if self.bias is not None and 0 <= self.t - self.bias_start < self.timesteps:
             current = current + self.bias
@@ -291,21 +301,23 @@ class FixedTraceMatMulSim:
     a, b: payload spikes; Â, B̂: decoded traces in payload units (PhaseNeuron fixed trace_out);
     Â_new = Â where a fired now (|Â| in the official convention). shift = current_exp −
     payload_exp_a − payload_exp_b − e_f. Bias ``round(bias/bias_divisor/2^current_exp)`` on the
-    T steps from bias_start; absent keys (``present`` False) get 0.
+    T steps from bias_start (bias_divisor: ``code.bias_divisor`` by default, 1 for a bias already
+    divided); absent keys (``present`` False) get 0.
     Error vs the float product of the same integer inputs: ≤ 2^current_exp/2 (output rounding)
     + |factor − m_f·2^e_f|·|prod|·2^(payload_exp_a + payload_exp_b) (+ 2^current_exp/2, bias).
     """
 
     def __init__(self, code: PhaseCode, *, transpose_b: bool, payload_exp_a: int, payload_exp_b: int,
                  current_exp: int, fmt: FixedFormat = FixedFormat(), factor: float = 1.0, bias=None,
-                 bias_start: int = 0, present=None) -> None:
+                 bias_start: int = 0, bias_divisor: float | None = None, present=None) -> None:
         self.code, self.fmt, self.transpose_b = code, fmt, transpose_b
         (m,), self.factor_exp = quantize_weights(np.array([factor]), fmt.weight_bits)
         self.factor_mantissa = int(m)
         self.shift = int(current_exp) - int(payload_exp_a) - int(payload_exp_b) - self.factor_exp
         self.bias, self.t, self.clips = None, 0, 0  # clips: clipped bias entries + clipped currents
         if bias is not None:
-            self.bias, clipped = fmt.clip(round_half_up(np.asarray(bias, dtype=np.float64) / code.bias_divisor
+            divisor = code.bias_divisor if bias_divisor is None else float(bias_divisor)
+            self.bias, clipped = fmt.clip(round_half_up(np.asarray(bias, dtype=np.float64) / divisor
                                                         / 2.0**current_exp))
             self.clips += int(clipped.sum())
         self.bias_start, self.present = int(bias_start), present
@@ -314,9 +326,15 @@ class FixedTraceMatMulSim:
         a, a_hat, b, b_hat = (np.asarray(v, dtype=np.int64) for v in (a, a_hat, b, b_hat))
         if self.transpose_b:
             b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
-        a_new = np.where(a != 0, np.abs(a_hat) if self.code.official else a_hat, 0)
-        prod = a @ b_hat + a_hat @ b - a_new @ b
-        current = shift_round(prod * self.factor_mantissa, self.shift)
+        if a.any() or b.any():
+            a_new = np.where(a != 0, np.abs(a_hat) if self.code.official else a_hat, 0)
+            prod = a @ b_hat + a_hat @ b - a_new @ b
+        else:  # no spike: every term has a zero spike operand
+            prod = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), np.int64)
+        prod, overflow = self.fmt.fit(prod, self.fmt.accumulator_bits)
+        scaled, scaled_overflow = self.fmt.fit(prod * self.factor_mantissa, self.fmt.product_bits)
+        self.clips += int(overflow.sum() + scaled_overflow.sum())
+        current = shift_round(scaled, self.shift)
         if self.bias is not None and 0 <= self.t - self.bias_start < self.code.timesteps:
             current = current + self.bias
         current, clipped = self.fmt.clip(current)
@@ -368,8 +386,9 @@ class FixedWossSim:
     def decoded(self) -> np.ndarray:
         return self.latched.copy()
 
-    def step(self, x=None) -> np.ndarray:
-        """One step with the logit payload spikes ``x``; the trace is the integer table value."""
+    def step(self, x=None, trace: int | None = None) -> np.ndarray:
+        """One step with the logit payload spikes ``x``; a spike latches ``trace`` (the integer
+        global trace of this step), by default the table value of its fire step k."""
         t_rel, T, W = self.t - self.start, self.code.timesteps, self.wait
         spikes = np.zeros(self.shape, np.int64)
         x = np.zeros(self.shape, np.int64) if x is None else np.asarray(x, dtype=np.int64)
@@ -378,13 +397,13 @@ class FixedWossSim:
             m = np.where(self.present.any(axis=-1, keepdims=True), m, 0)
             shift = m * self.open
             self.open = self.open & ~(m > 0)
-            contribution = shift_round((x - shift) * self.G[t_rel], self.fmt.trace_bits)
-            self.v, clipped = self.fmt.clip(self.v + contribution)
-            self.clips += clipped
+            product, overflow = self.fmt.fit((x - shift) * self.G[t_rel], self.fmt.product_bits)
+            self.v, clipped = self.fmt.clip(self.v + shift_round(product, self.fmt.trace_bits))
+            self.clips += overflow + clipped
         if W <= t_rel < W + T:
             k = t_rel - W
             new = (self.v >= self.theta[k]) & ~self.fired & self.present
-            self.latched[new] = self.fmt.trace_table(self.code)[k]
+            self.latched[new] = self.fmt.trace_table(self.code)[k] if trace is None else trace
             self.fire_step[new] = k
             self.fired |= new
             spikes = new * self.payload
