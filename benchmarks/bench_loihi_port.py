@@ -11,16 +11,21 @@ Rows (every one over the same images):
 * float SNN, 8-bit weights: the same with every weight tensor rounded to 8-bit mantissas with one
   exponent (``loihi.quantize_for_loihi``): what weight quantisation alone costs;
 * integer port: the whole network in fixed point (``build_lava_network(cm, fixed_format=
-  FixedFormat())``): 24-bit state, 8-bit weights, 16-bit payloads, division-free normalisation,
-  integer convert neuron; run in this process by ``LavaNetwork.simulate`` (the Lava graph's
-  fixed_pt updates stepped without the Lava runtime) in batches of ``--batch``;
+  FixedFormat())``): 24-bit state, 8-bit weights, 16-bit payloads, 40-bit synaptic accumulators,
+  48-bit products, division-free normalisation, integer convert neuron; run in this process by
+  ``LavaNetwork.simulate`` (the Lava graph's fixed_pt updates stepped without the Lava runtime)
+  in batches of ``--batch``;
+* integer port, 32-bit accumulators: the same with ``FixedFormat(payload_bits=13,
+  accumulator_bits=32)``, the narrowest payload whose trace products fit a 32-bit accumulator
+  (|Σ of 3·16 products| < 3·16·2^24 < 2^31; 16-bit payloads need 37 bits);
 * Lava fixed_pt: the first ``--lava`` images through the Lava runtime (fused blocks), one at a
   time; its logits must equal the in-process ones of the same images run one at a time, bit for
   bit (max |difference| reported).
 
 Columns: accuracy, agreement with the ANN's class, same class as the float SNN, logit difference
 ‖logits − float SNN‖/‖float SNN‖, and for the integer port the clipped values (saturated, never
-wrapped) and the seconds per image.
+wrapped: every state, accumulator and product against its ``FixedFormat`` width) and the seconds
+per image.
 
 Usage: python benchmarks/bench_loihi_port.py [--limit 10000] [--batch 200] [--lava 4]
 """
@@ -60,23 +65,29 @@ def main() -> None:
     images, labels = load_image_dataset(DATASET, "test", args.limit)
     x = fit_images(images, arch["img_size"], arch["in_chans"])
     fmt = FixedFormat()
+    formats = {"integer port": fmt,
+               "integer port, 32-bit accumulators": FixedFormat(payload_bits=13, accumulator_bits=32)}
 
     with torch.no_grad():
         logits = {"ANN": in_batches(lambda c: ann(c.float()).double(), x, 500)}
         logits["float SNN"] = in_batches(cm.to_reference("closed").double(), x.double(), 500)
         logits["float SNN, 8-bit weights"] = in_batches(
             quantize_for_loihi(cm, fmt).quantized.to_reference("closed").double(), x.double(), 500)
+    clips: dict[str, dict[str, int]] = {}
+    for label, integer_format in formats.items():
+        net = build_lava_network(cm, fixed_format=integer_format)
+        clips[label] = {}
+        start = time.perf_counter()
+        chunks = []
+        for i, chunk in enumerate(x.double().split(args.batch)):
+            chunks.append(net.simulate(chunk))
+            for name, count in net.stats()["clips"].items():
+                clips[label][name] = clips[label].get(name, 0) + count
+            print(f"  {label}: {min((i + 1) * args.batch, len(x))}/{len(x)} images", flush=True)
+        if integer_format is fmt:
+            seconds = time.perf_counter() - start
+        logits[label] = torch.cat(chunks)
     net = build_lava_network(cm, fixed_format=fmt)
-    clips: dict[str, int] = {}
-    start = time.perf_counter()
-    chunks = []
-    for i, chunk in enumerate(x.double().split(args.batch)):
-        chunks.append(net.simulate(chunk))
-        for name, count in net.stats()["clips"].items():
-            clips[name] = clips.get(name, 0) + count
-        print(f"  integer port: {min((i + 1) * args.batch, len(x))}/{len(x)} images", flush=True)
-    seconds = time.perf_counter() - start
-    logits["integer port"] = torch.cat(chunks)
 
     lava = build_lava_network(cm, fixed_format=fmt).run_batch(x[:args.lava].double(), batch_size=1, progress=False)
     # the same images one at a time in process (the read-out's float decode sums per batch shape)
@@ -102,13 +113,14 @@ def main() -> None:
                                                        .float().mean()), 2),
         "logit_diff_vs_float_SNN": round(float((lava - reference[:args.lava]).norm()
                                                / reference[:args.lava].norm()), 4)})
-    meta = {"model": str(DEFAULT_MODEL), "images": len(x), "code": cm.code.describe(), "format": vars(fmt),
+    meta = {"model": str(DEFAULT_MODEL), "images": len(x), "code": cm.code.describe(),
+            "formats": {label: vars(f) for label, f in formats.items()},
             "integer_port_seconds_per_image": seconds / len(x), "integer_port_clipped_values": clips,
             "lava_same_class_as_integer_port": f"{same_lava}/{args.lava}",
             "lava_max_abs_logit_difference_vs_integer_port": lava_difference}
     report("bench_loihi_port", rows, meta)
     print(f"\nLava fixed_pt vs in-process integer run: same class {same_lava}/{args.lava}, max |logit difference| "
-          f"{lava_difference:.3g}; integer port {seconds / len(x):.3f} s per image; clipped values {clips or 0}")
+          f"{lava_difference:.3g}; integer port {seconds / len(x):.3f} s per image; clipped values {clips}")
 
 
 if __name__ == "__main__":

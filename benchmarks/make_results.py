@@ -252,11 +252,13 @@ def _render_port(results: dict[str, Any]) -> list[str]:
              f"{row['same_class_as_float_SNN_%']:.2f} %", f"{row['logit_diff_vs_float_SNN']:.3f}"]
             for row in port["rows"]]
     meta = port["meta"]
-    clips = sum(meta["integer_port_clipped_values"].values()) if meta["integer_port_clipped_values"] else 0
+    clips = "; ".join(f"{label}: {_int(sum(counts.values()))}"
+                      for label, counts in meta["integer_port_clipped_values"].items())
     return [*_table(["network", "accuracy", "agreement with the ANN", "same class as the float SNN",
                      "‖logits − float SNN‖ / ‖float SNN‖"], rows), "",
-            f"Integer port: {meta['integer_port_seconds_per_image']:.2f} s per image in process, {_int(clips)} "
-            f"clipped values; Lava fixed_pt vs in process on the same images: same class "
+            f"Integer port: {meta['integer_port_seconds_per_image']:.2f} s per image in process; values clipped at "
+            f"their width (state, accumulator, product) — {clips}. Lava fixed_pt vs in process on the same images: "
+            f"same class "
             f"{meta['lava_same_class_as_integer_port']}, max |logit difference| "
             f"{meta['lava_max_abs_logit_difference_vs_integer_port']:g}. " + _caption(results, "port")]
 

@@ -63,15 +63,26 @@ class FixedFormat:
         state_bits: width of every stored signed integer (membrane, threshold, current, payload).
         weight_bits: signed mantissa width of synaptic weights (one exponent per layer).
         payload_bits: signed width of a graded spike's payload sign·P.
+        accumulator_bits: signed width of a synaptic sum before its shift to the current unit
+            (a TokenLinear's Σ m·p, a TraceMatMul's three-term product): the dendritic
+            accumulator of ``docs/loihi2_mapping.md`` (an assumption, not a checked chip limit).
+        product_bits: signed width of one multiply before its shift (I·G, Θ·S, the product ×
+            factor mantissa): a multiplier's double-width result in the neuron program (assumed).
+
+    Every value is saturated to its width and counted where it was clipped, never wrapped: the
+    state by :meth:`clip`, the accumulators and products by the ``fixed_pt`` models (their
+    ``recorded_clips``), so a run with no clips used no more than these widths.
     """
 
     trace_bits: int = 16
     state_bits: int = 24
     weight_bits: int = 8
     payload_bits: int = 16
+    accumulator_bits: int = 40
+    product_bits: int = 48
 
     def __post_init__(self) -> None:
-        for name in ("trace_bits", "state_bits", "weight_bits", "payload_bits"):
+        for name in ("trace_bits", "state_bits", "weight_bits", "payload_bits", "accumulator_bits", "product_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 2:
                 raise ValueError(f"FixedFormat: {name} must be an integer >= 2, got {value!r}")
@@ -81,6 +92,9 @@ class FixedFormat:
             raise ValueError(f"FixedFormat: trace_bits must be <= state_bits - 2 (2^F must fit), got {self.trace_bits}")
         if self.payload_bits > self.state_bits:
             raise ValueError(f"FixedFormat: payload_bits must be <= state_bits, got {self.payload_bits}")
+        if not self.state_bits <= self.accumulator_bits <= self.product_bits <= 63:
+            raise ValueError(f"FixedFormat: need state_bits <= accumulator_bits <= product_bits <= 63 (int64 "
+                             f"arithmetic), got {self.state_bits}, {self.accumulator_bits}, {self.product_bits}")
 
     @property
     def state_max(self) -> int:
@@ -92,8 +106,14 @@ class FixedFormat:
 
     def clip(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x clipped to the state range, 1 where it was clipped else 0): saturate, never wrap."""
+        return self.fit(x, self.state_bits)
+
+    @staticmethod
+    def fit(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x saturated to a signed ``bits``-wide register, 1 where it did not fit else 0)."""
         x = np.asarray(x, dtype=np.int64)
-        clipped = np.clip(x, self.state_min, self.state_max)
+        limit = 1 << (bits - 1)
+        clipped = np.clip(x, -limit, limit - 1)
         return clipped, (clipped != x).astype(np.int64)
 
     # --- build-time tables --------------------------------------------------------------------

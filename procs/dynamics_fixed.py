@@ -5,7 +5,9 @@ so each integer equation exists once on the Lava side. They mirror
 ``lava_spikedattn.reference.fixed`` (the integer oracle, whose module docstring documents the
 formulation, bit widths, rounding and error bounds) operation for operation; the build-time
 tables (powers, divisions, rounding of float constants) come from there too. Run time uses only
-integer add, multiply, round-half-up shift, compare and clip (saturate, count, never wrap).
+integer add, multiply, round-half-up shift, compare and clip (saturate, count, never wrap): every
+stored value to the state width, every synaptic sum to ``accumulator_bits`` and every multiply
+before its shift to ``product_bits`` (``FixedFormat``), each clip counted in the Process's clips.
 State arrays are updated in place (they are the models' Vars).
 """
 
@@ -43,6 +45,18 @@ def saturate(x: np.ndarray, lo: int, hi: int, clips: np.ndarray | None = None) -
     return out
 
 
+def fit_width(x: np.ndarray, bits: int, clips: np.ndarray) -> np.ndarray:
+    """``x`` saturated to a signed ``bits``-wide register; ``clips`` (per element of ``x``, or one
+    total in ``clips[0]``) counts the values that did not fit."""
+    limit = 1 << (bits - 1)
+    out = np.clip(x, -limit, limit - 1)
+    if clips.shape == out.shape:
+        clips += out != x
+    else:
+        clips[0] += int((out != x).sum())
+    return out
+
+
 @dataclass
 class FixedPhaseState:
     """Integer phase-neuron population (all int64 / bool arrays of the population shape)."""
@@ -66,6 +80,7 @@ class FixedPhaseParams:
     thresholds: np.ndarray  # Θ_k, (T, ...) broadcasting to (T, *population shape)
     top: np.ndarray  # |V| above the top level, population shape
     trace_bits: int
+    product_bits: int
     lo: int
     hi: int
     timesteps: int
@@ -84,8 +99,8 @@ class FixedPhaseParams:
                    input_weight=fmt.input_weights(code, p["bit_serial_input"]),
                    thresholds=theta,
                    top=bcast(fmt.top_membrane(code, p["scale"], p["current_exp"])), trace_bits=fmt.trace_bits,
-                   lo=fmt.state_min, hi=fmt.state_max, timesteps=code.timesteps, start=p["start"], wait=p["wait"],
-                   signed=p["signed"], normalized=p["divisor_shape"] is not None)
+                   product_bits=fmt.product_bits, lo=fmt.state_min, hi=fmt.state_max, timesteps=code.timesteps,
+                   start=p["start"], wait=p["wait"], signed=p["signed"], normalized=p["divisor_shape"] is not None)
 
 
 def phase_step_fixed(s: FixedPhaseState, p: FixedPhaseParams, t: int, x: np.ndarray, trace: int,
@@ -98,7 +113,8 @@ def phase_step_fixed(s: FixedPhaseState, p: FixedPhaseParams, t: int, x: np.ndar
     if p.normalized and t_rel == p.wait:
         s.divisor[...] = divisor
     if t_rel < p.timesteps:
-        v = s.v.astype(np.int64) + rshift_round(x.astype(np.int64) * p.input_weight[t_rel], p.trace_bits)
+        weighted = fit_width(x.astype(np.int64) * p.input_weight[t_rel], p.product_bits, s.clips)
+        v = s.v.astype(np.int64) + rshift_round(weighted, p.trace_bits)
         s.v[...] = saturate(v, p.lo, p.hi, s.clips)
     if t_rel < p.wait:
         return spikes
@@ -106,14 +122,16 @@ def phase_step_fixed(s: FixedPhaseState, p: FixedPhaseParams, t: int, x: np.ndar
     if t_rel == p.wait:
         top = p.top
         if p.normalized:
-            top = saturate(rshift_round(top * s.divisor, p.trace_bits), p.lo, p.hi, s.clips)
+            top = saturate(rshift_round(fit_width(top * s.divisor, p.product_bits, s.clips), p.trace_bits), p.lo,
+                           p.hi, s.clips)
         s.saturated[...] = (np.abs(v) if p.signed else v) > top
         if p.normalized:
             s.saturated[s.divisor == 0] = False  # rows that never fire
     theta = p.thresholds[t_rel - p.wait]
     blocked = s.fired.copy()
     if p.normalized:  # V ≥ Θ_k·S instead of V/S ≥ Θ_k: no divider
-        theta = np.maximum(1, saturate(rshift_round(theta * s.divisor, p.trace_bits), p.lo, p.hi, s.clips))
+        scaled = fit_width(theta * s.divisor, p.product_bits, s.clips)
+        theta = np.maximum(1, saturate(rshift_round(scaled, p.trace_bits), p.lo, p.hi, s.clips))
         blocked |= s.divisor == 0
     fire = (v >= theta).astype(np.int64)
     if p.signed:
@@ -144,6 +162,7 @@ class FixedLinearParams:
     mantissa_t: np.ndarray
     shift: int
     bias: np.ndarray | None
+    accumulator_bits: int
     lo: int
     hi: int
     bias_clips: int  # bias entries clipped to the state range (counted once, at build)
@@ -156,7 +175,8 @@ class FixedLinearParams:
         mantissa, weight_exp = quantize_weights(p["weight_t"].T, fmt.weight_bits)
         bias, bias_clips = _integer_bias(p, fmt)
         return cls(mantissa_t=np.ascontiguousarray(mantissa.T), shift=p["current_exp"] - weight_exp - p["payload_exp"],
-                   bias=bias, lo=fmt.state_min, hi=fmt.state_max, bias_clips=bias_clips)
+                   bias=bias, accumulator_bits=fmt.accumulator_bits, lo=fmt.state_min, hi=fmt.state_max,
+                   bias_clips=bias_clips)
 
 
 def _integer_bias(p, fmt: FixedFormat) -> tuple[np.ndarray | None, int]:
@@ -170,13 +190,14 @@ def _integer_bias(p, fmt: FixedFormat) -> tuple[np.ndarray | None, int]:
 
 def token_linear_fixed(x: np.ndarray, p: FixedLinearParams, in_index: np.ndarray | None,
                        out_index: np.ndarray | None, bias_on: bool, clips: np.ndarray) -> np.ndarray:
-    """Integer synapse: gather, exact int64 accumulate, round-shift to the current unit, + bias,
-    saturate (``clips[0]`` counts clipped outputs), gather the output layout."""
+    """Integer synapse: gather, accumulate (saturated to ``accumulator_bits``), round-shift to the
+    current unit, + bias, saturate (``clips[0]`` counts both clips), gather the output layout."""
     x = x.astype(np.int64)
     if in_index is None:
-        y = rshift_round(spike_matmul(x, p.mantissa_t), p.shift)
+        total = spike_matmul(x, p.mantissa_t)
     else:
-        y = rshift_round(gathered_spike_matmul(x, in_index, p.mantissa_t), p.shift)
+        total = gathered_spike_matmul(x, in_index, p.mantissa_t)
+    y = rshift_round(fit_width(total, p.accumulator_bits, clips), p.shift)
     if bias_on and p.bias is not None:
         y = y + p.bias
     out = np.clip(y, p.lo, p.hi)
@@ -191,6 +212,8 @@ class FixedMatMulParams:
     factor_mantissa: int
     shift: int
     bias: np.ndarray | None
+    accumulator_bits: int
+    product_bits: int
     lo: int
     hi: int
     bias_clips: int
@@ -205,12 +228,14 @@ class FixedMatMulParams:
         bias, bias_clips = _integer_bias(p, fmt)
         return cls(factor_mantissa=int(mantissa),
                    shift=p["current_exp"] - p["payload_exp_a"] - p["payload_exp_b"] - factor_exp,
-                   bias=bias, lo=fmt.state_min, hi=fmt.state_max, bias_clips=bias_clips)
+                   bias=bias, accumulator_bits=fmt.accumulator_bits, product_bits=fmt.product_bits,
+                   lo=fmt.state_min, hi=fmt.state_max, bias_clips=bias_clips)
 
 
 def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clips: np.ndarray) -> np.ndarray:
-    """Integer three-term product (payload units, exact), × factor mantissa, round-shift to the
-    current unit, + bias in its window, saturate (``clips[0]`` counts), absent keys 0."""
+    """Integer three-term product (payload units, saturated to ``accumulator_bits``), × factor
+    mantissa (saturated to ``product_bits``), round-shift to the current unit, + bias in its
+    window, saturate (``clips[0]`` counts every clip), absent keys 0."""
     a, a_hat, b, b_hat = (v.astype(np.int64) for v in (a, a_hat, b, b_hat))
     if p["transpose_b"]:
         b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
@@ -219,7 +244,8 @@ def trace_matmul_fixed(p, q: FixedMatMulParams, t: int, a, a_hat, b, b_hat, clip
         product = spike_matmul(a, b_hat) + matmul_spikes(a_hat, b) - spike_matmul(a_new, b)
     else:  # no spike this step: every term is 0
         product = np.zeros(p["shape_out"], np.int64)
-    y = rshift_round(product * q.factor_mantissa, q.shift)
+    product = fit_width(product, q.accumulator_bits, clips)
+    y = rshift_round(fit_width(product * q.factor_mantissa, q.product_bits, clips), q.shift)
     if q.bias is not None and dynamics.bias_on(t, p["bias_start"], p["timesteps"]):
         y = y + q.bias
     out = np.clip(y, q.lo, q.hi)
@@ -240,6 +266,7 @@ class FixedWossParams:
     thresholds: np.ndarray  # the ramp Θ_k, (T,)
     payload: int  # 2^F
     trace_bits: int
+    product_bits: int
     lo: int
     hi: int
 
@@ -252,7 +279,8 @@ class FixedWossParams:
         return cls(timesteps=code.timesteps, start=p["start"], wait=p["wait"], present=p["present"],
                    input_weight=fmt.input_weights(code),
                    thresholds=fmt.woss_thresholds(code, p["ramp_start"], p["current_exp"]),
-                   payload=2**fmt.trace_bits, trace_bits=fmt.trace_bits, lo=fmt.state_min, hi=fmt.state_max)
+                   payload=2**fmt.trace_bits, trace_bits=fmt.trace_bits, product_bits=fmt.product_bits,
+                   lo=fmt.state_min, hi=fmt.state_max)
 
 
 def woss_shift_fixed(open_rows: np.ndarray, p: FixedWossParams, t: int, x: np.ndarray) -> np.ndarray:
@@ -282,7 +310,8 @@ def woss_neuron_step_fixed(v, fired, latched, fire_step, clips, p: FixedWossPara
     t_rel = t - p.start
     spikes = np.zeros(v.shape, np.int64)
     if 0 <= t_rel < p.timesteps:
-        add = rshift_round((x.astype(np.int64) - shift) * p.input_weight[t_rel], p.trace_bits)
+        weighted = fit_width((x.astype(np.int64) - shift) * p.input_weight[t_rel], p.product_bits, clips)
+        add = rshift_round(weighted, p.trace_bits)
         v[...] = saturate(v.astype(np.int64) + add, p.lo, p.hi, clips)
     if p.wait <= t_rel < p.wait + p.timesteps:
         new = (v >= theta) & ~fired & p.present

@@ -747,7 +747,7 @@ def test_fixed_token_linear_error_vs_float_within_derived_bound():
         assert (np.abs(got - want) <= bound * (1 + 1e-12)).all()
         worst = max(worst, float((np.abs(got - want) / bound).max()))
     assert worst > 0.05, worst  # the bound is not vacuous
-    assert sim.clips == 0 and sim.accumulator_bits() == 8 + 16 + 5 - 1
+    assert sim.clips == 0 and sim.needed_accumulator_bits() == 8 + 16 + 5 - 1
 
 
 # ------------------------------------------------------ division-free normalisation (float, fixed)
