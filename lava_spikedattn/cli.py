@@ -321,18 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
         "loihi-report", help="what a converted model needs on Loihi 2: neurons, synapses, memory, cores, chips, time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Estimate the Loihi 2 resources of a converted model from its geometry (nothing runs on Loihi):\n"
-            "neurons, stored 8-bit weights, unrolled connections, trace-driven products, synaptic memory,\n"
-            "neuro-cores and chips per layer and in total, steps per inference, latency at --step-time-us\n"
-            "and pipelined throughput; and the 8-bit weight quantisation (quantize_for_loihi). The\n"
-            "per-core and per-chip limits and their sources are listed in lava_spikedattn.loihi (some are\n"
-            "assumptions, marked there).\n\n"
+            "Estimate the Loihi 2 resources of a converted model from its geometry, in the mapping of\n"
+            "docs/loihi2_mapping.md (nothing runs on Loihi): per layer neurons, stored 8-bit weights,\n"
+            "synaptic operations, trace-product terms, WOSS inhibitors and neuro-cores; then, in an optimistic\n"
+            "and a pessimistic bound (each figure sourced or marked an assumption in that document): cores,\n"
+            "chips, memory, step time, steps, latency, pipelined throughput and energy per inference; and the\n"
+            "8-bit weight quantisation (quantize_for_loihi).\n\n"
             "  spikedattn loihi-report weights/swin_fashion_mnist --json loihi.json"))
     loihi.add_argument("folder", type=Path, metavar="FOLDER", help="converted-model folder (from `convert`)")
-    loihi.add_argument("--step-time-us", type=_positive_float("a positive number of microseconds"), metavar="US",
-                       help="time of one algorithmic step in microseconds (default: 10, "
-                            "lava_spikedattn.loihi.DEFAULT_STEP_TIME_US, an assumption; pass the one measured on "
-                            "your system)")
+    loihi.add_argument("--design", choices=("A1", "B"), default="A1",
+                       help="how the spike x spike products hold their terms: A1 product neurons (default), B "
+                            "synapses written by the learning engine (docs/loihi2_mapping.md section 3)")
     loihi.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
                        help="BERT only: tokens per sentence the estimate is made for (default: 128)")
     loihi.add_argument("--quantization", action="store_true",

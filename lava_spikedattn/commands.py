@@ -384,8 +384,7 @@ def cmd_loihi_report(args: argparse.Namespace) -> int:
     _check_output("--json", args.json, example="loihi.json")
     cm = ConvertedModel.load(args.folder)
     inputs = cm.family.example_input(cm.config["architecture"], seq_len=args.seq_len)
-    timing = {} if args.step_time_us is None else {"step_time_us": args.step_time_us}
-    report = resource_estimate(cm, inputs=inputs, **timing)
+    report = resource_estimate(cm, inputs=inputs, design=args.design)
     quantization = quantize_for_loihi(cm)
     print(f"{args.folder}: {cm.code.describe()}")
     print(report.table())

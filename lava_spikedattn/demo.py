@@ -201,12 +201,19 @@ def _loihi_port(cm: ConvertedModel, images: torch.Tensor, say: Callable[[str], N
     same = int((logits.argmax(-1) == cm.to_reference("closed").double()(images.double()).argmax(-1)).sum())
     estimate = resource_estimate(cm)
     result = {"samples": len(images), "same_class_as_float": same, "clipped_values": clips,
-              "neurons": estimate.total("neurons"), "cores": estimate.total("cores"), "chips": estimate.chips,
-              "latency_ms": estimate.latency_us / 1e3, "step_time_us": estimate.step_time_us}
+              "neurons": estimate.total("neurons"), "design": estimate.design,
+              "bounds": {b.costs.bound: {"cores": b.cores, "chips": b.chips, "step_us": b.step_ns / 1e3,
+                                         "chip_steps": b.chip_steps, "latency_ms": b.latency_us / 1e3,
+                                         "energy_uj": b.energy_uj} for b in estimate.bounds}}
     say(f"  same class as the float network: {same}/{len(images)}; clipped integer values: {clips}")
-    say(f"  on Loihi 2 (estimate): {result['neurons']:,} neurons, {result['cores']} cores, {result['chips']} chip(s), "
-        f"{result['latency_ms']:.1f} ms per image at {estimate.step_time_us:g} µs per step")
+    say(f"  on Loihi 2 (estimate, docs/loihi2_mapping.md): {result['neurons']:,} neurons, " + _bounds(result))
     return result
+
+
+def _bounds(port: dict[str, Any]) -> str:
+    """The Loihi 2 estimate's bounds in one line."""
+    return "; ".join(f"{name}: {b['cores']} cores, {b['chips']} chip(s), {b['latency_ms']:.1f} ms and "
+                     f"{b['energy_uj'] / 1e3:.2f} mJ per image" for name, b in port["bounds"].items())
 
 
 def _report_summary(report: EvaluationReport) -> dict[str, Any]:
@@ -287,8 +294,7 @@ def summary_table(summary: dict[str, Any]) -> str:
              f"{lava['decomposed']['samples']} same class as the reference, {lava['decomposed']['processes']} "
              f"processes",
              f"{'Loihi 2 port (integer Lava network)':<40} {port['same_class_as_float']}/{port['samples']} same class "
-             f"as float; {port['cores']} cores, {port['chips']} chip(s), {port['latency_ms']:.1f} ms per image "
-             f"(estimate)"]
+             f"as float; estimate {_bounds(port)}"]
     for counting, e in ref["energy"].items():
         lines.append(f"{'energy per inference (' + counting + ')':<40} ANN {e['ann_mj']:.4f} mJ, "
                      f"SNN {e['snn_mj']:.4f} mJ, SNN/ANN {e['ratio']:.2f}")

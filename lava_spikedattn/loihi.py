@@ -1,80 +1,66 @@
-"""What a converted model would need on Loihi 2: neurons, synapses, memory, cores, chips and time.
+"""What a converted model would need on Loihi 2, in the mapping of ``docs/loihi2_mapping.md``:
+neurons, synapses, state, memory, cores, chips, step time, latency and energy per inference, each
+in an optimistic and a pessimistic bound.
 
 ``resource_estimate(cm)`` gives one :class:`LayerResources` row per neuron layer of the converted
-model (``cm.layers``), plus totals, as a :class:`LoihiReport` (``table()``, ``to_json()``).
-Nothing runs on Loihi: the numbers follow from the model's geometry and the limits below.
+model (counts that do not depend on the bound) and one :class:`BoundEstimate` per
+:class:`LoihiCosts` (:data:`OPTIMISTIC`, :data:`PESSIMISTIC`), as a :class:`LoihiReport`
+(``table()``, ``to_json()``). Nothing runs on Loihi. Every capacity, time and energy below is a
+row of the mapping's parameter table (§5), which gives its source or marks it an assumption; no
+Loihi 2 time or energy per operation is public, so those are Loihi 1 figures (Davies et al.,
+IEEE Micro 2018; SANA-FE's silicon fit), the optimistic times divided by Intel's stated Loihi 2
+speed-ups.
 
-**What a row counts.** On Loihi a neuro-core holds a group of neurons together with every
-synapse that feeds them, so each synaptic operation of ``cm.to_reference().synapses(x)``
-(:class:`~lava_spikedattn.energy.Synapse`) is charged to the layers it feeds (shared among
+**What a row counts** (one input; a synapse is charged to the layers it feeds, shared among
 several targets, q/k/v, in proportion to their neurons):
 
-* ``neurons``: population size for one input. It is the size of the value entering the layer in
-  one forward pass of the folded ANN (the same tensor shapes the Lava builder gives its
-  populations; tested against ``LavaNetwork.build``); the WOSS layer has one neuron per logit and
-  the read-out (``last_fc`` / ``classifier``) one integrating neuron per class, as their
-  synapses say. The WOSS inhibitors, delay lines and the bit-serial input source of the Lava
-  graph are not neurons here; the input would be fed by the chip's embedded CPUs.
-* ``weights``: the unique stored weights of the layer's dense (token-wise) synapses: the sizes of
-  the converted model's ``<synapse>.weight`` tensors (BERT's ``qkv`` row: its ``query``, ``key``
-  and ``value`` tensors). A token-wise weight matrix is shared by every token. Identity synapses
-  (residuals, logit → WOSS) and the average pool store no weights.
-* ``connections``: the same synapses unrolled, one per (source neuron, target neuron) pair:
-  their dense MACs per sample. This is what a core would hold if weights were not shared.
-* ``trace_products``: multiplications of the trace-driven products (QKᵀ, WOSS·V, the synapses
-  driven by two spike streams) per sample. They have no stored weights; their per-pair state is
-  the logit and WOSS neurons themselves. A trace × trace product is not a standard Loihi synapse:
-  it is assumed to run as neuron microcode (unverified).
-* ``memory_bytes``: ``weights`` at 8 bits + one shared exponent byte per layer with weights.
-  Biases (also the relative-position bias and the shift mask) are per-neuron bias currents and
-  count as neuron state, which the neurons-per-core limit covers; axon routing tables are not
-  counted.
-* ``cores = max(ceil(neurons / neurons_per_core), ceil(memory_bytes / memory_per_core))``.
-  Layers do not share cores. The weights are counted once per layer: this assumes the layer is
-  split across its cores by output channel (channel-major), so a weight column (one output
-  channel's fan-in) is stored only on the core(s) that hold that channel and reused there for
-  every token (assumed: a core applies one stored column to many target neurons, as shared or
-  convolutional connectivity does; not verified for Loihi 2 here); the columns of a channel that
-  straddles two cores (at most one per core) are neglected.
-* chips ``= max(ceil(cores / cores_per_chip), ceil(neurons / neurons_per_chip),
-  ceil(weights / synapses_per_chip))``.
+* ``neurons``: the population entering the layer (the Lava builder's populations; tested), the
+  WOSS layer one neuron per logit, the read-out one integrating neuron per class.
+* ``weights``: the unique stored weights of its token-wise synapses (shared by every token: an
+  assumption of the mapping, §2); ``connections``: the same synapses unrolled.
+* ``synops``: synaptic operations. One-spike coding sends at most one spike per neuron, so a
+  stored-weight synapse costs at most one operation per connection; the bit-serial input sends
+  up to T bits per pixel (T operations per connection).
+* ``trace_products``: the terms (i, j, d) of the spike×spike products QKᵀ and attention×V. No
+  Loihi synapse can hold the other operand (§3), so each term needs its own state, by ``design``:
+  ``"A1"`` (default) one product neuron per term holding the earlier operand (1 state word;
+  3 synaptic operations and 1 spike per term), ``"B"`` one axon and plastic synapse per term
+  written by the learning engine (2 operations and 1 weight write per term; 8-bit weight and
+  7-bit trace, 2 bytes; a core takes ``axons_in_per_core`` terms). Both stagger the operands (q
+  fires a window after k: T more steps per QKᵀ layer, §3).
+* ``inhibitors``: one WOSS inhibitor per row of logits (2 state words); each WOSS neuron sends a
+  detection spike to it and its value to the spike sum, the inhibitor one shift spike to its M
+  keys (3 operations per WOSS neuron, §3.5).
+* ``spikes``: at most one per neuron, product neuron and WOSS detection, two per inhibitor.
 
-**Time.** One inference takes ``cm.steps_per_inference`` = n_layers·T algorithmic time steps
-(spec §6); its latency is that times ``step_time_us``. A layer is busy for 2T steps per input
-(its input window, then its fire window, spec §1.5), so a pipeline accepts a new input every 2T
-steps (spec §6): throughput = 1 / (2T · step time). (A new input every T steps would need two
-membranes per neuron, one integrating while the other fires; not assumed.)
+**Per bound**: state words (PhaseNeuron ``state_words_per_neuron``, +1 for the attention×V spike
+sum S; WOSS neuron and inhibitor 2; A1 product neuron 1) stored at ``state_word_storage_bits``;
+``memory_bytes`` = weights at ``weight_bits`` + one exponent byte + state (+ Design B's 2 bytes
+per term); ``cores = max(ceil(all neurons / neurons_per_core), ceil(memory_bytes /
+memory_per_core), ceil(design B terms / axons_in_per_core), ceil(synops per step ·
+synop_ns / (neurons_per_core · neuron_update_idle_ns)))``: the last spreads a layer with many
+synaptic operations (the bit-serial input) until a core's synaptic work per step is no more than
+the idle-update floor of a full core; layers do not share cores; chips
+``= max(ceil(cores / cores_per_chip), ceil(neurons / neurons_per_chip), ceil(synapses /
+synapses_per_chip))``.
 
-**Limits** (:data:`LOIHI2`, all overridable) and where each figure comes from:
+**Step time** (§4.1, a busiest-core roofline in the pipelined steady state where every layer is
+active): a layer's operations, spikes and writes spread over the T steps of its window and over
+its cores; per core and step, neurons with input or a spike are updated at the active cost, the
+others at the idle cost (Loihi 1 services idle neurons; §4.2). The optimistic bound overlaps the
+terms (their max), the pessimistic one adds them; then + ``barrier_ns`` (the multi-chip barrier
+above one chip) + ``hops``·``hop_ns``. **Steps** on the chip (§4.3): the graph's n_layers·T, plus
+one per layer (a synaptic hop takes a step on Loihi, none in the Lava graph), 2 per WOSS layer and
+T per staggered QKᵀ layer. Latency = chip steps × step time; a pipeline takes a new input every
+2T steps.
 
-* 128 neuro-cores and 6 embedded (Lakemont x86) CPUs per chip; up to 1 million neurons and 120
-  million synapses per chip: Intel Labs, "Taking Neuromorphic Computing to the Next Level with
-  Loihi 2", technology brief (2021). Checked offline against open-neuromorphic.org's "Loihi 2 -
-  Intel" page and elprocus.com's Loihi 2 article, which state the same four figures; the stored
-  copy of the brief itself was readable only up to its introduction, and Orchard et al.,
-  "Efficient Neuromorphic Signal Processing with Loihi 2" (SiPS 2021) only as its abstract.
-* 8192 neurons per core: an assumption, consistent with the above (128 × 8192 = 2^20 neurons)
-  and with secondary summaries ("up to ~8,000 per core"); not found in a primary source here.
-* 192 KB (196,608 bytes) of memory per core for synapses and neuron state: an assumption (the
-  figure usually quoted for the brief), NOT verified: the offline sources did not state it, and
-  one news article gives 128 KB of flexibly partitioned SRAM per core.
-* 8-bit weights + one shared exponent byte per layer: this estimate's assumption, not a checked
-  hardware limit (open-neuromorphic.org lists Loihi 2 weights as "<= 32-bit").
+**Energy per inference**: synops, spikes (each with ``hops`` router hops), weight writes, neuron
+updates and static power. Optimistic: the pipelined steady state, each neuron serviced for 2T
+steps per input and static power for 2T steps; pessimistic: one input alone, every neuron
+serviced and static power for the whole latency.
 
-``step_time_us`` defaults to :data:`DEFAULT_STEP_TIME_US` = 10 µs: an assumption, not a
-measurement: a few µs per step is the figure suggested for small networks (no measured value was
-found offline); a network of this size spreads over many cores (often several chips) with large
-fan-ins and a barrier every step, so a slower step is assumed. Pass the step time measured on
-the target system.
-
-Example (full Swin-T, random weights; conversion takes ~40 s and the estimate ~5 s on 2 cores)::
-
-    model = prepare_swin(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False))
-    cm = convert(model.eval(), [torch.randn(2, 3, 224, 224)], PhaseCode(1.15, 40))
-    print(resource_estimate(cm).table())
-
-gives 19,245,832 neurons, 28,199,424 weights (4.36 G connections unrolled), 2,444 cores on 20
-chips (neuron-bound), 3,600 steps: 36 ms per image and 1,250 images/s pipelined at 10 µs/step.
+Example: ``spikedattn loihi-report FOLDER`` prints the table; the README's port section lists the
+shipped Swin and ViT, Swin-T, ViT-S and MiniLM.
 """
 
 from __future__ import annotations
@@ -82,7 +68,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from numbers import Real
 from typing import Any
 
 import torch
@@ -92,38 +77,78 @@ from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import AnnEngine, Observer
 from lava_spikedattn.layers import LayerSpec
 
-__all__ = ["DEFAULT_STEP_TIME_US", "LOIHI2", "LayerResources", "LoihiLimits", "LoihiQuantization", "LoihiReport",
-           "NeuronQuantization", "WeightQuantization", "layer_cores", "quantize_for_loihi",
-           "resource_estimate"]
+__all__ = ["DESIGNS", "OPTIMISTIC", "PESSIMISTIC", "BoundEstimate", "LayerResources", "LoihiCosts",
+           "LoihiQuantization", "LoihiReport", "NeuronQuantization", "WeightQuantization", "layer_cores",
+           "quantize_for_loihi", "resource_estimate"]
 
-#: Assumed time of one algorithmic time step on Loihi 2, in µs (see the module docstring).
-DEFAULT_STEP_TIME_US = 10.0
+#: How a trace product's terms are held (module docstring; docs/loihi2_mapping.md §3).
+DESIGNS = ("A1", "B")
 
 
 @dataclass(frozen=True)
-class LoihiLimits:
-    """Per-core and per-chip capacities (sources in the module docstring)."""
+class LoihiCosts:
+    """One bound of the mapping's parameter table (docs/loihi2_mapping.md §5): per-core and
+    per-chip capacities, times in ns and energies in pJ per operation."""
 
-    neurons_per_core: int = 8192
-    memory_per_core: int = 192 * 1024  # bytes
-    cores_per_chip: int = 128
-    neurons_per_chip: int = 1_000_000
-    synapses_per_chip: int = 120_000_000
-    weight_bits: int = 8
-    exponent_bytes: int = 1  # one shared weight exponent per layer
+    bound: str
+    neurons_per_core: int
+    memory_per_core: int  # bytes
+    cores_per_chip: int
+    neurons_per_chip: int
+    synapses_per_chip: int
+    axons_in_per_core: int
+    weight_bits: int
+    state_words_per_neuron: int
+    state_word_storage_bits: int
+    synop_ns: float
+    synop_pj: float
+    neuron_update_ns: float
+    neuron_update_idle_ns: float
+    neuron_update_pj: float
+    neuron_update_idle_pj: float
+    spike_ns: float
+    spike_pj: float
+    hop_ns: float
+    hop_pj: float
+    hops: int  # router hops per message: 1 (neighbouring tiles) / 10 (across the 8x4 router grid)
+    barrier_ns: float
+    multichip_barrier_ns: float
+    weight_write_ns: float
+    weight_write_pj: float
+    static_power_w_per_chip: float
+    overlapped: bool  # a core's operations overlap (max) or run one after another (sum)
+    pipelined: bool  # energy of the pipelined steady state, or of one input alone
 
 
-LOIHI2 = LoihiLimits()
+OPTIMISTIC = LoihiCosts(
+    bound="optimistic", neurons_per_core=8192, memory_per_core=196_608, cores_per_chip=128,
+    neurons_per_chip=1_000_000, synapses_per_chip=120_000_000, axons_in_per_core=4096, weight_bits=8,
+    state_words_per_neuron=2, state_word_storage_bits=24, synop_ns=0.7, synop_pj=23.6, neuron_update_ns=4.2,
+    neuron_update_idle_ns=2.65, neuron_update_pj=81.0, neuron_update_idle_pj=52.0, spike_ns=0.21, spike_pj=1.7,
+    hop_ns=4.1, hop_pj=3.0, hops=1, barrier_ns=200.0, multichip_barrier_ns=3575.0, weight_write_ns=1.22,
+    weight_write_pj=120.0, static_power_w_per_chip=0.104, overlapped=True, pipelined=True)
+PESSIMISTIC = LoihiCosts(
+    bound="pessimistic", neurons_per_core=4096, memory_per_core=131_072, cores_per_chip=120,
+    neurons_per_chip=1_000_000, synapses_per_chip=15_728_640, axons_in_per_core=4096, weight_bits=8,
+    state_words_per_neuron=4, state_word_storage_bits=32, synop_ns=4.0, synop_pj=35.5, neuron_update_ns=9.7,
+    neuron_update_idle_ns=6.0, neuron_update_pj=81.0, neuron_update_idle_pj=52.0, spike_ns=7.6, spike_pj=76.8,
+    hop_ns=6.5, hop_pj=4.2, hops=10, barrier_ns=1800.0, multichip_barrier_ns=16_200.0, weight_write_ns=6.1,
+    weight_write_pj=120.0, static_power_w_per_chip=1.0, overlapped=False, pipelined=False)
 
 
-def layer_cores(neurons: int, memory_bytes: int, limits: LoihiLimits = LOIHI2) -> int:
-    """Neuro-cores of one layer: ``max(ceil(neurons / per core), ceil(bytes / per core))``."""
-    return max(math.ceil(neurons / limits.neurons_per_core), math.ceil(memory_bytes / limits.memory_per_core))
+def layer_cores(neurons: int, memory_bytes: int, costs: LoihiCosts = OPTIMISTIC, axons: int = 0,
+                synops_per_step: float = 0.0) -> int:
+    """Neuro-cores of one layer: the most of its neurons, memory and input axons per core, and of
+    its synaptic work per step against a full core's idle-update floor (module docstring)."""
+    floor_ns = costs.neurons_per_core * costs.neuron_update_idle_ns  # 0: no floor to balance against
+    spread = math.ceil(synops_per_step * costs.synop_ns / floor_ns) if floor_ns > 0 else 1
+    return max(math.ceil(neurons / costs.neurons_per_core), math.ceil(memory_bytes / costs.memory_per_core),
+               math.ceil(axons / costs.axons_in_per_core), spread)
 
 
 @dataclass(frozen=True)
 class LayerResources:
-    """One neuron layer on Loihi 2, for one input (see the module docstring for each count)."""
+    """One neuron layer on Loihi 2 for one input, independent of the bound (module docstring)."""
 
     name: str
     kind: str
@@ -131,101 +156,146 @@ class LayerResources:
     neurons: int
     weights: int
     connections: int
+    synops: int
     trace_products: int
-    memory_bytes: int
+    product_neurons: int
+    product_synapses: int
+    weight_writes: int
+    inhibitors: int
+    spikes: int
+
+    @property
+    def all_neurons(self) -> int:
+        return self.neurons + self.product_neurons + self.inhibitors
+
+    def state_words(self, costs: LoihiCosts) -> int:
+        if self.kind == "woss":
+            return 2 * (self.neurons + self.inhibitors)
+        words = costs.state_words_per_neuron + (self.kind == "attention_out")
+        return self.neurons * words + self.product_neurons
+
+    def memory_bytes(self, costs: LoihiCosts, design: str) -> int:
+        weights = (self.weights * costs.weight_bits + 7) // 8 + (1 if self.weights else 0)
+        state = (self.state_words(costs) * costs.state_word_storage_bits + 7) // 8
+        return weights + state + (2 * self.trace_products if design == "B" else 0)
+
+    def cores(self, costs: LoihiCosts, design: str, timesteps: int) -> int:
+        axons = self.trace_products if design == "B" else 0
+        return layer_cores(self.all_neurons, self.memory_bytes(costs, design), costs, axons, self.synops / timesteps)
+
+
+@dataclass(frozen=True)
+class BoundEstimate:
+    """The whole network in one bound: cores, chips, time and energy per inference."""
+
+    costs: LoihiCosts
     cores: int
+    chips: int
+    memory_bytes: int
+    step_ns: float
+    busiest_layer: str
+    chip_steps: int
+    timesteps: int
+    energy_pj: dict[str, float]
+
+    @property
+    def latency_us(self) -> float:
+        return self.chip_steps * self.step_ns / 1e3
+
+    @property
+    def throughput_per_s(self) -> float:
+        """A new input every 2T steps (a layer's input and fire windows)."""
+        return 1e9 / (2 * self.timesteps * self.step_ns)
+
+    @property
+    def energy_uj(self) -> float:
+        return sum(self.energy_pj.values()) / 1e6
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bound": self.costs.bound, "costs": asdict(self.costs), "cores": self.cores, "chips": self.chips,
+                "memory_bytes": self.memory_bytes, "step_ns": self.step_ns, "busiest_layer": self.busiest_layer,
+                "chip_steps": self.chip_steps, "latency_us": self.latency_us,
+                "throughput_per_s": self.throughput_per_s, "energy_pj": self.energy_pj,
+                "energy_uj": self.energy_uj}
 
 
-_TOTALS = ("neurons", "weights", "connections", "trace_products", "memory_bytes", "cores")
+_TOTALS = ("neurons", "weights", "connections", "synops", "trace_products", "product_neurons", "product_synapses",
+           "weight_writes", "inhibitors", "spikes")
 
 
 @dataclass(frozen=True)
 class LoihiReport:
-    """Per-layer and total resources of a converted model on Loihi 2, and its timing."""
+    """Per-layer counts of a converted model on Loihi 2 and the network in each bound."""
 
     family: str
     timesteps: int
-    steps_per_inference: int
-    step_time_us: float
-    limits: LoihiLimits
+    steps_per_inference: int  # of the Lava graph: n_layers·T
+    design: str
     layers: tuple[LayerResources, ...]
+    bounds: tuple[BoundEstimate, ...]
 
     def total(self, key: str) -> int:
-        """Sum of one count (``neurons``, ``weights``, ``connections``, ...) over the layers."""
+        """Sum of one count (``neurons``, ``weights``, ``synops``, ...) over the layers."""
         return sum(getattr(layer, key) for layer in self.layers)
 
     @property
-    def chips(self) -> int:
-        limits = self.limits
-        return max(math.ceil(self.total("cores") / limits.cores_per_chip),
-                   math.ceil(self.total("neurons") / limits.neurons_per_chip),
-                   math.ceil(self.total("weights") / limits.synapses_per_chip))
+    def messages_per_step(self) -> float:
+        """Spike messages per step in the pipelined steady state (one input every 2T steps)."""
+        return self.total("spikes") / (2 * self.timesteps)
 
-    @property
-    def latency_us(self) -> float:
-        """One inference, first input step to read-out: steps_per_inference × step time."""
-        return self.steps_per_inference * self.step_time_us
-
-    @property
-    def interval_steps(self) -> int:
-        """Steps between two pipelined inputs: 2T (a layer's input and fire windows)."""
-        return 2 * self.timesteps
-
-    @property
-    def throughput_per_s(self) -> float:
-        """Inferences per second with a new input every :attr:`interval_steps` steps."""
-        return 1e6 / (self.interval_steps * self.step_time_us)
+    def bound(self, name: str) -> BoundEstimate:
+        """The estimate of one bound, ``"optimistic"`` or ``"pessimistic"``."""
+        for bound in self.bounds:
+            if bound.costs.bound == name:
+                return bound
+        raise KeyError(f"no bound {name!r}; the report has {[b.costs.bound for b in self.bounds]}")
 
     def table(self) -> str:
-        """A fixed-width text table: one row per layer, the totals, then chips and timing."""
-        header = (f"{'layer':<32} {'kind':<13} {'n':>4} {'neurons':>10} {'weights':>11} {'connections':>13} "
-                  f"{'trace ops':>12} {'bytes':>11} {'cores':>6}")
+        """A fixed-width text table: one row per layer, the totals, then each bound's summary."""
+        names = [b.costs.bound[:4] + ". cores" for b in self.bounds]
+        header = (f"{'layer':<32} {'kind':<13} {'n':>4} {'neurons':>10} {'weights':>10} {'synops':>13} "
+                  f"{'trace terms':>12} {'inhib.':>7} " + " ".join(f"{name:>11}" for name in names))
         rule = "-" * len(header)
-        lines = [f"Loihi 2 estimate: {self.family}, T = {self.timesteps}", header, rule]
+        lines = [f"Loihi 2 estimate: {self.family}, T = {self.timesteps}, trace products in design {self.design} "
+                 f"(docs/loihi2_mapping.md)", header, rule]
         for layer in self.layers:
+            cores = " ".join(f"{layer.cores(b.costs, self.design, self.timesteps):>11,}" for b in self.bounds)
             lines.append(f"{layer.name:<32} {layer.kind:<13} {layer.index:>4} {layer.neurons:>10,} "
-                         f"{layer.weights:>11,} {layer.connections:>13,} {layer.trace_products:>12,} "
-                         f"{layer.memory_bytes:>11,} {layer.cores:>6,}")
+                         f"{layer.weights:>10,} {layer.synops:>13,} {layer.trace_products:>12,} "
+                         f"{layer.inhibitors:>7,} {cores}")
         lines.append(rule)
-        lines.append(f"{'total':<32} {'':<13} {'':>4} {self.total('neurons'):>10,} {self.total('weights'):>11,} "
-                     f"{self.total('connections'):>13,} {self.total('trace_products'):>12,} "
-                     f"{self.total('memory_bytes'):>11,} {self.total('cores'):>6,}")
-        limits = self.limits
-        lines += [
-            (f"chips: {self.chips} (limits: {limits.cores_per_chip} cores, {limits.neurons_per_chip:,} neurons, "
-             f"{limits.synapses_per_chip:,} synapses per chip; {limits.neurons_per_core:,} neurons and "
-             f"{limits.memory_per_core:,} bytes per core)"),
-            (f"steps per inference: {self.steps_per_inference:,}; latency {self.latency_us / 1000:.3f} ms at "
-             f"{self.step_time_us:g} µs per step"),
-            f"pipelined: a new input every {self.interval_steps} steps, {self.throughput_per_s:,.1f} inferences/s",
-        ]
+        cores = " ".join(f"{b.cores:>11,}" for b in self.bounds)
+        lines.append(f"{'total':<32} {'':<13} {'':>4} {self.total('neurons'):>10,} {self.total('weights'):>10,} "
+                     f"{self.total('synops'):>13,} {self.total('trace_products'):>12,} "
+                     f"{self.total('inhibitors'):>7,} {cores}")
+        lines.append(f"product neurons {self.total('product_neurons'):,}, product synapses "
+                     f"{self.total('product_synapses'):,}, weight writes {self.total('weight_writes'):,}, "
+                     f"spikes {self.total('spikes'):,} per inference ({self.messages_per_step:,.0f} messages per step "
+                     f"pipelined); Lava graph steps {self.steps_per_inference:,}")
+        for b in self.bounds:
+            lines.append(f"{b.costs.bound:>11}: {b.cores:,} cores, {b.chips} chip(s), "
+                         f"{b.memory_bytes / 2**20:,.1f} MiB; {b.step_ns / 1e3:,.2f} µs per step (busiest: "
+                         f"{b.busiest_layer}), {b.chip_steps:,} steps, "
+                         f"latency {b.latency_us / 1e3:,.2f} ms, {b.throughput_per_s:,.0f} inferences/s pipelined, "
+                         f"{b.energy_uj:,.1f} µJ per inference ({b.energy_pj['static'] / 1e6:,.1f} static)")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict: limits, per-layer rows, totals, chips and timing."""
-        return {
-            "family": self.family,
-            "timesteps": self.timesteps,
-            "steps_per_inference": self.steps_per_inference,
-            "step_time_us": self.step_time_us,
-            "limits": asdict(self.limits),
-            "layers": [asdict(layer) for layer in self.layers],
-            "totals": {key: self.total(key) for key in _TOTALS},
-            "chips": self.chips,
-            "latency_us": self.latency_us,
-            "interval_steps": self.interval_steps,
-            "throughput_per_s": self.throughput_per_s,
-        }
+        """A JSON-serialisable dict: per-layer rows, totals and both bounds."""
+        return {"family": self.family, "timesteps": self.timesteps, "steps_per_inference": self.steps_per_inference,
+                "design": self.design, "layers": [asdict(layer) for layer in self.layers],
+                "totals": {key: self.total(key) for key in _TOTALS}, "messages_per_step": self.messages_per_step,
+                "bounds": {b.costs.bound: b.to_json() for b in self.bounds}}
 
 
-class _Sizes(Observer):
-    """Records the size of the value entering every neuron layer with a scale (one sample)."""
+class _Shapes(Observer):
+    """Records the shape of the value entering every neuron layer with a scale (one sample)."""
 
     def __init__(self) -> None:
-        self.neurons: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
 
     def observe(self, name: str, x: torch.Tensor, signed: bool, mask: torch.Tensor | None = None) -> None:
-        self.neurons[name] = int(x[0].numel())
+        self.shapes[name] = tuple(x[0].shape)
 
 
 def _first_sample(inputs: Any) -> Any:
@@ -257,59 +327,104 @@ def _split(total: int, parts: list[int]) -> list[int]:
     return shares
 
 
-def _check_step_time(step_time_us: Any) -> float:
-    if isinstance(step_time_us, bool) or not isinstance(step_time_us, Real) or not (
-            math.isfinite(step_time_us) and step_time_us > 0):
-        raise ValueError(f"step_time_us must be a positive finite number of microseconds, got {step_time_us!r}")
-    return float(step_time_us)
-
-
-def resource_estimate(cm: ConvertedModel, *, step_time_us: float = DEFAULT_STEP_TIME_US, inputs: Any = None,
-                      limits: LoihiLimits = LOIHI2) -> LoihiReport:
-    """Neurons, synapses, memory, cores, chips and timing of ``cm`` on Loihi 2 (module docstring).
-
-    Args:
-        cm: the converted model.
-        step_time_us: time of one algorithmic time step in µs (default: an assumption).
-        inputs: one batch of model inputs; only the first sample's shape matters. Optional for
-            Swin (a blank image), required for BERT (the sequence length sets the sizes).
-        limits: the per-core and per-chip capacities.
-    Raises:
-        ValueError: a step time that is not a positive finite number, or missing BERT inputs.
-    """
-    if not isinstance(cm, ConvertedModel):
-        raise TypeError(f"expected a ConvertedModel, got {type(cm).__name__}")
-    step_time_us = _check_step_time(step_time_us)
-    if inputs is None:
-        inputs = cm.family.example_input(cm.config["architecture"])
-    x = _first_sample(cm.family.model_input(inputs))
+def _layer_counts(cm: ConvertedModel, x: Any, design: str) -> list[LayerResources]:
     network = cm.to_reference("ann")
-    sizes = _Sizes()
+    observed = _Shapes()
     with torch.no_grad():
-        network.run(x, AnnEngine(sizes))
+        network.run(x, AnnEngine(observed))
     synapses = network.synapses(x)
-    neurons = dict(sizes.neurons)
+    neurons = {name: math.prod(shape) for name, shape in observed.shapes.items()}
     for synapse in synapses:  # layers without a scale: WOSS (one per logit), the read-out (one per class)
         for target in synapse.targets:
             neurons.setdefault(target, synapse.macs // synapse.fan_in // len(synapse.targets))
-    counts = {layer.name: {"weights": 0, "connections": 0, "trace_products": 0} for layer in cm.layers}
+    counts = {layer.name: dict.fromkeys(("weights", "connections", "synops", "trace_products", "keys"), 0)
+              for layer in cm.layers}
     for synapse in synapses:
-        parts = [neurons[target] for target in synapse.targets]
-        trace = len(synapse.sources) == 2  # a product of two spike streams: QKᵀ, WOSS·V
-        kinds = {"trace_products": synapse.macs} if trace else {
-            "connections": synapse.macs, "weights": _stored_weights(cm, synapse)}
+        if len(synapse.sources) == 2:  # a product of two spike streams: QKᵀ, WOSS·V
+            kinds = {"trace_products": synapse.macs}
+        else:
+            bits = cm.code.timesteps if synapse.sources == ("input",) else 1  # the bit-serial input
+            kinds = {"connections": synapse.macs, "synops": synapse.macs * bits,
+                     "weights": _stored_weights(cm, synapse)}
         for key, total in kinds.items():
-            for target, share in zip(synapse.targets, _split(total, parts)):
+            for target, share in zip(synapse.targets, _split(total, [neurons[t] for t in synapse.targets])):
                 counts[target][key] += share
+        if synapse.sources[0] in observed.shapes and len(synapse.sources) == 1:
+            for target in synapse.targets:  # a WOSS layer's keys per row: its logits' last axis
+                counts[target]["keys"] = observed.shapes[synapse.sources[0]][-1]
     rows = []
     for layer in cm.layers:
-        count = counts[layer.name]
-        memory = (count["weights"] * limits.weight_bits + 7) // 8
-        memory += limits.exponent_bytes if count["weights"] else 0
-        rows.append(LayerResources(layer.name, layer.kind, layer.index, neurons[layer.name], count["weights"],
-                                   count["connections"], count["trace_products"], memory,
-                                   layer_cores(neurons[layer.name], memory, limits)))
-    return LoihiReport(cm.family.name, cm.code.timesteps, cm.steps_per_inference, step_time_us, limits, tuple(rows))
+        c, n = counts[layer.name], neurons[layer.name]
+        terms = c["trace_products"]
+        product_neurons = terms if design == "A1" else 0
+        inhibitors = n // c["keys"] if layer.kind == "woss" else 0
+        synops = c["synops"] + (3 if design == "A1" else 2) * terms + 3 * n * (layer.kind == "woss")
+        spikes = (0 if layer.kind == "readout" else n) + product_neurons + n * (layer.kind == "woss") + 2 * inhibitors
+        rows.append(LayerResources(
+            layer.name, layer.kind, layer.index, n, c["weights"], c["connections"], synops, terms, product_neurons,
+            (3 if design == "A1" else 1) * terms, terms if design == "B" else 0, inhibitors, spikes))
+    return rows
+
+
+def _bound(cm: ConvertedModel, rows: list[LayerResources], costs: LoihiCosts, design: str) -> BoundEstimate:
+    """Cores, chips, step time, steps and energy of the whole network in one bound."""
+    T = cm.code.timesteps
+    cores = [row.cores(costs, design, T) for row in rows]
+    synapses = sum(row.weights + row.product_synapses for row in rows)
+    all_neurons = sum(row.all_neurons for row in rows)
+    chips = max(math.ceil(sum(cores) / costs.cores_per_chip), math.ceil(all_neurons / costs.neurons_per_chip),
+                math.ceil(synapses / costs.synapses_per_chip))
+    work = {}
+    for row, n_cores in zip(rows, cores):
+        per_step = T * n_cores
+        synops, spikes, writes = row.synops / per_step, row.spikes / per_step, row.weight_writes / per_step
+        serviced = row.all_neurons / n_cores
+        active = min(serviced, synops + spikes)
+        terms = (synops * costs.synop_ns,
+                 active * costs.neuron_update_ns + (serviced - active) * costs.neuron_update_idle_ns,
+                 spikes * costs.spike_ns, writes * costs.weight_write_ns)
+        work[row.name] = max(terms) if costs.overlapped else sum(terms)
+    busiest = max(work, key=work.get)
+    barrier = costs.barrier_ns if chips == 1 else costs.multichip_barrier_ns
+    step_ns = barrier + work[busiest] + costs.hops * costs.hop_ns
+    kinds = [row.kind for row in rows]
+    chip_steps = cm.steps_per_inference + cm.n_layers + 2 * kinds.count("woss") + T * kinds.count("logits")
+    synops, spikes = sum(row.synops for row in rows), sum(row.spikes for row in rows)
+    serviced = all_neurons * (2 * T if costs.pipelined else chip_steps)
+    active = min(serviced, synops + spikes)
+    seconds = (2 * T if costs.pipelined else chip_steps) * step_ns * 1e-9
+    energy = {"synops": synops * costs.synop_pj, "spikes": spikes * (costs.spike_pj + costs.hops * costs.hop_pj),
+              "weight_writes": sum(row.weight_writes for row in rows) * costs.weight_write_pj,
+              "neuron_updates": active * costs.neuron_update_pj + (serviced - active) * costs.neuron_update_idle_pj,
+              "static": costs.static_power_w_per_chip * chips * seconds * 1e12}
+    memory = sum(row.memory_bytes(costs, design) for row in rows)
+    return BoundEstimate(costs, sum(cores), chips, memory, step_ns, busiest, chip_steps, T, energy)
+
+
+def resource_estimate(cm: ConvertedModel, *, inputs: Any = None, design: str = "A1",
+                      bounds: tuple[LoihiCosts, ...] = (OPTIMISTIC, PESSIMISTIC)) -> LoihiReport:
+    """Neurons, synapses, state, memory, cores, chips, time and energy of ``cm`` on Loihi 2.
+
+    Args:
+        cm: the converted model.
+        inputs: one batch of model inputs; only the first sample's shape matters. Optional for
+            the image families (a blank image), required for BERT (the sequence length sets the sizes).
+        design: how the trace products' terms are held, one of :data:`DESIGNS` (module docstring).
+        bounds: the parameter sets to evaluate (default: the mapping's optimistic and pessimistic).
+    Raises:
+        ValueError: an unknown design, no bounds, or missing BERT inputs.
+    """
+    if not isinstance(cm, ConvertedModel):
+        raise TypeError(f"expected a ConvertedModel, got {type(cm).__name__}")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS} (docs/loihi2_mapping.md §3), got {design!r}")
+    if not bounds or not all(isinstance(b, LoihiCosts) for b in bounds):
+        raise ValueError("bounds must be one or more LoihiCosts (e.g. loihi.OPTIMISTIC, loihi.PESSIMISTIC)")
+    if inputs is None:
+        inputs = cm.family.example_input(cm.config["architecture"])
+    rows = _layer_counts(cm, _first_sample(cm.family.model_input(inputs)), design)
+    return LoihiReport(cm.family.name, cm.code.timesteps, cm.steps_per_inference, design, tuple(rows),
+                       tuple(_bound(cm, rows, costs, design) for costs in bounds))
 
 
 # --- integer parameters ----------------------------------------------------------------------------------------

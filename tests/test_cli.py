@@ -183,22 +183,19 @@ def test_run_lava_checks_every_prediction_against_the_reference(tmp_path, capsys
 
 
 def test_loihi_report_prints_the_resources_and_writes_json(cli_converted, tmp_path, capsys):
-    from lava_spikedattn.loihi import DEFAULT_STEP_TIME_US
-
     folder, _ = cli_converted
     status, out, err = run(capsys, "loihi-report", folder, "--json", tmp_path / "loihi.json")
     assert status == 0, err
     data = json.loads((tmp_path / "loihi.json").read_text())
-    assert data["step_time_us"] == DEFAULT_STEP_TIME_US and data["steps_per_inference"] == 32 * 40
-    assert "cores" in out and "chips" in out and "8-bit weights" in out
+    assert data["design"] == "A1" and data["steps_per_inference"] == 32 * 40
+    assert set(data["bounds"]) == {"optimistic", "pessimistic"}
+    assert "optimistic:" in out and "pessimistic:" in out and "8-bit weights" in out
     assert data["quantization"]["weights"] and data["quantization"]["neurons"]
-    status, out, _ = run(capsys, "loihi-report", folder, "--step-time-us", "2.5", "--quantization", "--json",
-                         tmp_path / "fast.json")
-    assert "payload exp" in out
-    fast = json.loads((tmp_path / "fast.json").read_text())
-    assert status == 0 and fast["step_time_us"] == 2.5 and fast["chips"] == data["chips"]
-    status, out, _ = run(capsys, "loihi-report", "--help")
-    assert f"default: {DEFAULT_STEP_TIME_US:g}," in " ".join(out.split())  # the help states the real default
+    status, out, _ = run(capsys, "loihi-report", folder, "--design", "B", "--quantization", "--json",
+                         tmp_path / "b.json")
+    assert "payload exp" in out and "design B" in out
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert status == 0 and b["totals"]["weight_writes"] == b["totals"]["trace_products"] > 0
 
 
 # --- help ---------------------------------------------------------------------------------------------------
@@ -248,7 +245,7 @@ BAD_USAGE = {
     "unknown Lava mode": (["run-lava", "folder", "--data", "random", "--mode", "loihi"], "invalid choice: 'loihi'"),
     "no device for Lava": (["run-lava", "folder", "--data", "random", "--device", "cpu"],
                            "unrecognized arguments: --device"),
-    "zero step time": (["loihi-report", "folder", "--step-time-us", "0"], "expected a positive number"),
+    "unknown design": (["loihi-report", "folder", "--design", "C"], "invalid choice: 'C'"),
 }
 
 
