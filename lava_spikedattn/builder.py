@@ -29,6 +29,7 @@ its largest possible value. Runs select the ``fixed_pt`` ProcessModels.
 
 from __future__ import annotations
 
+import gc
 import time
 import typing as ty
 from abc import ABC, abstractmethod
@@ -53,7 +54,7 @@ from lava_spikedattn.procs.spike_source.process import SpikeSource
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 from lava_spikedattn.procs.trace_holder.process import TraceHolder
 from lava_spikedattn.procs.trace_matmul.process import TraceMatMul
-from lava_spikedattn.runtime import LavaSession
+from lava_spikedattn.runtime import LavaSession, created_processes, forget_processes
 from lava_spikedattn.wiring import connect, probe, wire_scores, wire_values
 
 #: Largest graph the builder accepts. Every Lava process is a forked OS process (~7.5 MB, plus its
@@ -107,6 +108,7 @@ class Graph:
     head: TokenLinear | None = None  # the classifier read-out synapse, once built
     source: SpikeSource | None = None  # the input, once built
     input_stats: LayerStats | None = None  # spikes of the input code (None: the input enters as values)
+    created: list = field(default_factory=list)  # every Lava Process of the graph, for forget_processes
 
     def __post_init__(self) -> None:
         self.code: PhaseCode = self.cm.code
@@ -351,15 +353,19 @@ class LavaNetwork:
         return graph, sink, readout_index
 
     def _build(self, x: ty.Any, batch: int) -> tuple[Graph, SpikeSink, int, FamilyBuilder]:
-        graph = Graph(self.cm, batch=batch, fmt=self.fixed_format)
-        family_builder = self.builder_class(graph)
-        graph.head, readout_index = family_builder.build(x)
-        sink = probe(graph.head.a_out, self.steps_per_sample)
-        graph.processes.append(sink)
+        with created_processes() as created:
+            graph = Graph(self.cm, batch=batch, fmt=self.fixed_format)
+            family_builder = self.builder_class(graph)
+            graph.head, readout_index = family_builder.build(x)
+            sink = probe(graph.head.a_out, self.steps_per_sample)
+            graph.processes.append(sink)
+        graph.created = created
         count = self._os_processes(graph)
         if count > MAX_PROCESSES:
+            forget_processes(created)
             raise LavaBuildError(f"the graph has {count} Lava processes in {self.mode} mode, more than the simulator "
                                  f"limit of {MAX_PROCESSES} (each is a forked OS process)")
+        self._release(self.last_graph)
         self.last_graph = graph
         return graph, sink, readout_index, family_builder
 
@@ -403,6 +409,16 @@ class LavaNetwork:
         compiled, self._compiled = self._compiled, None
         if compiled is not None:
             compiled.session.close()
+            if compiled.graph is not self.last_graph:
+                self._release(compiled.graph)
+
+    def _release(self, graph: Graph | None) -> None:
+        """Let a graph be freed (Lava's ProcessServer keeps every Process), unless its workers run.
+        Its processes and ports reference each other: only the cyclic collector frees them, and their
+        shared-memory records are invisible to its thresholds, so collect now."""
+        if graph is not None and (self._compiled is None or graph is not self._compiled.graph):
+            forget_processes(graph.created)
+            gc.collect()
 
     def __enter__(self) -> LavaNetwork:
         return self

@@ -40,6 +40,8 @@ import numpy as np
 import psutil
 from lava.magma.compiler.compiler_graphs import find_processes
 from lava.magma.core.process.message_interface_enum import ActorType
+from lava.magma.core.process.process import ProcessServer
+from lava.magma.core.process.variable import VarServer
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.magma.runtime.mgmt_token_enums import MGMT_COMMAND, MGMT_RESPONSE, enum_equal
@@ -49,7 +51,7 @@ import lava_spikedattn.procs  # noqa: F401 (first: lets Lava set its start metho
 from lava_spikedattn.procs.spike_sink.process import SpikeSink
 from lava_spikedattn.termination import SIGNAL_GUARD, handle_termination_signals
 
-__all__ = ["LavaRunError", "LavaSession", "live_workers", "run_processes"]
+__all__ = ["LavaRunError", "LavaSession", "created_processes", "forget_processes", "live_workers", "run_processes"]
 
 #: Seconds a failing worker gets to report its traceback before the others
 #: are terminated.
@@ -524,3 +526,31 @@ def live_workers(wait_s: float = 5.0) -> list[psutil.Process]:
     while workers() and time.monotonic() < deadline:
         time.sleep(0.05)
     return workers()
+
+
+@contextlib.contextmanager
+def created_processes() -> ty.Iterator[list]:
+    """Collects every Lava Process created inside the block (a Circuit's members too), for
+    :func:`forget_processes` once they are no longer needed; forgets them at once if the block
+    raises."""
+    server = ProcessServer()
+    start = len(server.processes)
+    created: list = []
+    try:
+        yield created
+    except BaseException:
+        forget_processes(server.processes[start:])
+        raise
+    created.extend(server.processes[start:])
+
+
+def forget_processes(processes: ty.Iterable) -> None:
+    """Drop ``processes`` and their Vars from Lava's ProcessServer and VarServer, which keep every
+    Process and Var ever created, with its parameters and shared-memory records: without this a
+    long session (a test split through ``LavaNetwork.simulate``, one graph per batch) keeps every
+    graph and runs out of memory."""
+    ids = {id(process) for process in processes}
+    server, var_server = ProcessServer(), VarServer()
+    server.processes = [process for process in server.processes if id(process) not in ids]
+    var_server.vars = [var for var in var_server.vars if id(var.process) not in ids]
+

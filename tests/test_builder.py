@@ -1,5 +1,7 @@
 """The Lava network builder: a converted tiny Swin run as Lava processes vs the reference engine."""
 
+import weakref
+
 import pytest
 import torch
 from synthetic import grey_task, sentences
@@ -154,3 +156,29 @@ def test_circuit_ports_must_belong_to_its_members():
     with pytest.raises(ValueError, match="does not match shape_out"):
         Circuit(members=[inside], shape_in=(2, 3), shape_out=(3, 2), feeds=[inside.a_in], trace_feeds=[],
                 output=inside.s_out)
+
+
+def test_old_graphs_are_freed(lava_swin, inputs, monkeypatch):
+    """Lava's ProcessServer and VarServer keep every Process and Var ever created: a network
+    drops each graph it replaces (simulate, run with a new layout, a refused build), so a long
+    session holds at most its last graph, and the graph itself is freed."""
+    from lava.magma.core.process.process import ProcessServer
+    from lava.magma.core.process.variable import VarServer
+
+    cm = convert(lava_swin, [grey_task(16, 52)[0]], PhaseCode(1.25, 12))
+    net = build_lava_network(cm)
+    registered = len(ProcessServer().processes), len(VarServer().vars)
+    net.simulate(inputs[:2].double())
+    one_graph = len(ProcessServer().processes) - registered[0], len(VarServer().vars) - registered[1]
+    first = weakref.ref(net.last_graph.created[-1])
+    for start in (2, 4):
+        net.simulate(inputs[start:start + 2].double())
+    assert first() is None
+    net.run(inputs[:1].double())  # a new layout (batch 1): its own graph, compiled
+    net.run(inputs[1:2].double())  # the same layout: the compiled graph again
+    net.close()
+    assert (len(ProcessServer().processes) - registered[0], len(VarServer().vars) - registered[1]) == one_graph
+    monkeypatch.setattr(builder, "MAX_PROCESSES", 5)
+    with pytest.raises(LavaBuildError, match="more than the simulator limit"):
+        net.simulate(inputs[:1].double())
+    assert len(ProcessServer().processes) - registered[0] == one_graph[0]  # the refused graph is gone too
