@@ -21,12 +21,23 @@ output loads and has the recorded SHA-256:
    converted MiniLM as Lava processes (fused, float; :func:`run_lava`), each checked against the
    closed-form engine.
 
+A shorter window: ``--timesteps 8`` converts at T=8 with ``search_base``'s B (T=16 keeps B=1.4),
+``--phase-aware EPOCHS`` fine-tunes the prepared ANN through the converted network's rounding
+(:func:`~lava_spikedattn.phase_aware.finetune_phase_aware`, on the same train sentences) before
+it is converted (the tuned ANN is ``ann_phase_aware.safetensors``), and ``--baseline`` also
+fine-tunes the unprepared MiniLM (GELU, LayerNorm) the same way and evaluates it: what the
+preparation costs. The T=8 recipe of the README::
+
+    python -m lava_spikedattn.text_demo --cache-dir .cache/demo-text-t8 --limit-train all --epochs 3 \
+        --timesteps 8 --phase-aware 1 --baseline
+
 The data set is the Rotten-Tomatoes sentence-polarity corpus SST-2 was built from, not SST-2.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -45,6 +56,7 @@ from lava_spikedattn.evaluate import EvaluationReport
 DATASET = "Rotten-Tomatoes polarity (SST-2 proxy)"
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "demo-text"
 BASE, TIMESTEPS, CONVENTION = 1.4, 16, "exact"
+PHASE_AWARE_LR = 1e-4  # AdamW, cosine decay to 0 over the phase-aware epochs
 # Config keys that are not BertConfig fields (as BertFamily.build_ann drops them).
 _NOT_CONFIG = ("transformers_version", "_name_or_path", "architectures", "_attn_implementation_autoset")
 
@@ -87,21 +99,47 @@ def _length_batched_order(texts: list[str], limit: int | None, batch_size: int, 
     return [i for batch in batches for i in batch] + chosen[full * batch_size:]
 
 
-def _finetune(settings: dict[str, Any], progress: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """(fine-tuned prepared MiniLM, its checkpoint kwargs): seeded head init, data order, dropout."""
-    from lava_spikedattn.ann import finetune, prepare_bert
-    from lava_spikedattn.data import load_minilm_classifier, split_rt_polarity
+def _train_batches(settings: dict[str, Any]) -> Batches:
+    """The fine-tuning batches: ``limit_train`` seeded-random train sentences, length-batched."""
+    from lava_spikedattn.data import split_rt_polarity
 
-    torch.manual_seed(settings["seed"])
-    model, tokenizer = load_minilm_classifier(num_labels=2)
-    kwargs = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_CONFIG}
-    prepared = prepare_bert(model)
     texts, labels = split_rt_polarity()[0]
     order = _length_batched_order(texts, settings["limit_train"], settings["batch_size"], settings["seed"])
-    batches = sentence_batches([texts[i] for i in order], [labels[i] for i in order], tokenizer,
-                               settings["seq_len"], settings["batch_size"])
-    finetune(prepared, batches, epochs=settings["epochs"], lr=settings["lr"], progress=progress)
-    return prepared, kwargs
+    return sentence_batches([texts[i] for i in order], [labels[i] for i in order], _tokenizer(),
+                            settings["seq_len"], settings["batch_size"])
+
+
+def _finetune(settings: dict[str, Any], progress: bool, prepared: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """(fine-tuned MiniLM, its checkpoint kwargs): seeded head init, data order, dropout;
+    ``prepared``: MA-BERT prepared (``prepare_bert``), else the stock model (GELU, LayerNorm)."""
+    from lava_spikedattn.ann import finetune, prepare_bert
+    from lava_spikedattn.data import load_minilm_classifier
+
+    torch.manual_seed(settings["seed"])
+    model, _ = load_minilm_classifier(num_labels=2)
+    kwargs = _config_kwargs(model)
+    if prepared:
+        model = prepare_bert(model)
+    finetune(model, _train_batches(settings), epochs=settings["epochs"], lr=settings["lr"], progress=progress)
+    return model, kwargs
+
+
+def _config_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The checkpoint kwargs of a Hugging Face BERT: its config without the non-BertConfig keys."""
+    return {k: v for k, v in model.config.to_dict().items() if k not in _NOT_CONFIG}
+
+
+def _accuracy(model: nn.Module, batches: Batches) -> float:
+    """Held-out accuracy of a Hugging Face classifier (eval mode, no grad)."""
+    correct = total = 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            labels = batch["labels"]
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(labels)
+    return correct / total
 
 
 def _tokenizer() -> Any:
@@ -136,12 +174,19 @@ def _test_batches(settings: dict[str, Any]) -> Batches:
 def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: int | None = 4000,
         limit_test: int | None = None, seq_len: int = 64, epochs: int = 1, batch_size: int = 32,
         lr: float = 2e-4, calib_batches: int = 8, eval_batch_size: int = 64, seed: int = 0,
+        timesteps: int = TIMESTEPS, phase_aware: int = 0, baseline: bool = False,
         progress: bool = True) -> dict[str, Any]:
-    """Run (or reuse) the three stages; returns the summary with ``stages`` = {stage: "ran"/"cached"}."""
+    """Run (or reuse) the three stages; returns the summary with ``stages`` = {stage: "ran"/"cached"}.
+    ``timesteps``, ``phase_aware`` (epochs, 0: none) and ``baseline``: the module docstring."""
+    from lava_spikedattn.base_search import search_base
     from lava_spikedattn.convert import convert
     from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
     from lava_spikedattn.data import fetch_rt_polarity, split_rt_polarity
     from lava_spikedattn.evaluate import evaluate
+    from lava_spikedattn.phase_aware import finetune_phase_aware
+
+    if timesteps < 1 or phase_aware < 0:
+        raise ValueError(f"timesteps must be >= 1 and phase_aware >= 0, got {timesteps} and {phase_aware}")
 
     fetch_rt_polarity()
     cache_dir = Path(cache_dir)
@@ -151,8 +196,12 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
     summary_path = cache_dir / "summary.json"
     tune = {"model": "all-MiniLM-L6-v2", "limit_train": limit_train, "seq_len": seq_len, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "seed": seed}
-    calib = {**tune, "base": BASE, "timesteps": TIMESTEPS, "convention": CONVENTION, "calib_batches": calib_batches}
-    test = {**calib, "limit_test": limit_test, "eval_batch_size": eval_batch_size, "engine": "closed"}
+    calib = {**tune, "base": BASE if timesteps == TIMESTEPS else "search_base", "timesteps": timesteps,
+             "convention": CONVENTION, "calib_batches": calib_batches}
+    if phase_aware:
+        calib["phase_aware"] = {"epochs": phase_aware, "lr": PHASE_AWARE_LR, "alpha": 0.5, "cosine": True}
+    test = {**calib, "limit_test": limit_test, "eval_batch_size": eval_batch_size, "engine": "closed",
+            "baseline": baseline}
     stages = {}
 
     stamp = None if fresh else _read_stamp(ann_stamp_path, tune)
@@ -174,20 +223,35 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
         stages["finetune"] = "ran"
     ann_stamp = stamp
 
+    tuned_path = cache_dir / "ann_phase_aware.safetensors"
     stamp = None if fresh else _read_stamp(snn_stamp_path, calib)
-    cm = None
+    cm = tuned = None
     if stamp is not None:
         try:
             cm = ConvertedModel.load(snn_path)
-        except ValueError:  # ConvertedModelError
-            pass
-    if cm is not None and cm.config["source_sha256"] == ann_stamp["sha256"]:
+            tuned = load_ann_checkpoint(tuned_path)[0] if phase_aware else ann
+        except (OSError, ValueError):  # ConvertedModelError, a missing or bad checkpoint
+            cm = None
+    if (cm is not None and stamp.get("ann_sha256") == ann_stamp["sha256"]  # made from this ANN
+            and cm.config["source_sha256"] == stamp["source_sha256"] == tensor_sha256(tuned.state_dict())):
         stages["convert"] = "cached"
     else:
         snn_stamp_path.unlink(missing_ok=True)
         start = time.perf_counter()
-        cm = convert(ann, _calibration_batches(calib), PhaseCode(BASE, TIMESTEPS, CONVENTION))
-        stamp = {"settings": calib, "seconds": time.perf_counter() - start}
+        calibration = _calibration_batches(calib)
+        code = PhaseCode(BASE, TIMESTEPS, CONVENTION)
+        if timesteps != TIMESTEPS:
+            probe = convert(ann, calibration, PhaseCode(2.0, timesteps, CONVENTION))
+            code = PhaseCode(round(search_base(probe, timesteps, batches=calibration).base, 2), timesteps, CONVENTION)
+        if phase_aware:
+            tuned, cm = finetune_phase_aware(copy.deepcopy(ann), code, _train_batches(tune), calibration,
+                                             epochs=phase_aware, lr=PHASE_AWARE_LR, alpha=0.5, cosine=True,
+                                             progress=progress)
+            save_ann_checkpoint(tuned, tuned_path, family="bert", model_name="bert", model_kwargs=_config_kwargs(ann))
+        else:
+            tuned, cm = ann, convert(ann, calibration, code)
+        stamp = {"settings": calib, "seconds": time.perf_counter() - start, "ann_sha256": ann_stamp["sha256"],
+                 "source_sha256": cm.config["source_sha256"]}
         cm.save(snn_path)
         _write_json(snn_stamp_path, stamp)
         stages["convert"] = "ran"
@@ -199,9 +263,17 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
         return summary
     summary_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    report = evaluate(ann, cm.to_reference("closed"), _test_batches(test), progress=progress)
+    report = evaluate(tuned, cm.to_reference("closed"), _test_batches(test), progress=progress)
     seconds = time.perf_counter() - start
     result = report.to_json()
+    extra: dict[str, Any] = {}
+    if phase_aware:  # the ANN the phase-aware tuning started from, on the same sentences
+        extra["untuned_ann_accuracy"] = _accuracy(ann, _test_batches(test))
+    if baseline:  # the stock MiniLM (GELU, LayerNorm) fine-tuned the same way: what the preparation costs
+        begin = time.perf_counter()
+        stock, _ = _finetune(tune, progress, prepared=False)
+        extra["unprepared_ann_accuracy"] = _accuracy(stock, _test_batches(test))
+        extra["baseline_seconds"] = time.perf_counter() - begin
     summary = {
         "settings": test, "dataset": DATASET, "code": cm.code.describe(),
         "test_sentences": report.samples, "train_sentences": len(split_rt_polarity()[0][0][:limit_train]),
@@ -210,7 +282,7 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
         "neurons_per_sentence": report.neurons / report.samples if report.samples else None,
         "folding_error": cm.config["calibration"].get("folding_error"),
         "seconds": {"finetune": ann_stamp["seconds"], "convert": snn_stamp["seconds"], "evaluate": seconds},
-        "snn_sha256": cm.config["weights_sha256"], "report": result,
+        "snn_sha256": cm.config["weights_sha256"], "report": result, **extra,
     }
     _write_json(summary_path, summary)
     summary["stages"] = {**stages, "evaluate": "ran"}
@@ -252,7 +324,12 @@ def table(summary: dict[str, Any]) -> str:
     rows = [
         f"MiniLM (all-MiniLM-L6-v2, MA-BERT prepared) on {summary['dataset']}, SNN: {summary['code']}",
         f"  test sentences        {summary['test_sentences']}",
-        f"  ANN accuracy          {percent(summary['ann_accuracy'])}",
+        f"  ANN accuracy          {percent(summary['ann_accuracy'])}"
+        + ("" if "untuned_ann_accuracy" not in summary else
+           f" (phase-aware tuned; before tuning {percent(summary['untuned_ann_accuracy'])})"),
+        *([] if "unprepared_ann_accuracy" not in summary else
+          [f"  unprepared ANN        {percent(summary['unprepared_ann_accuracy'])} (GELU, LayerNorm; fine-tuned "
+           f"the same way)"]),
         f"  SNN accuracy          {percent(summary['snn_accuracy'])}",
         f"  agreement             {percent(summary['agreement'])}",
         (f"  spikes per sentence   {summary['spikes_per_sentence']:,.0f} "
@@ -283,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lava_spikedattn.text_demo",
         description=f"Fine-tune the pre-trained MiniLM (MA-BERT prepared) on {DATASET}, convert it to a "
-                    f"one-spike SNN (B={BASE}, T={TIMESTEPS}) and compare ANN and SNN on the held-out split. "
+                    f"one-spike SNN (B={BASE}, T={TIMESTEPS} by default) and compare ANN and SNN on the held-out "
+                    "split. "
                     "Each stage is cached and reused when its settings match.")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="folder for the fine-tuned ANN, the converted SNN and summary.json "
@@ -302,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-batches", type=int, default=8, metavar="N",
                         help="calibrate the SNN's scales on N batches of train sentences (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of head init, data order, dropout (default: 0)")
+    parser.add_argument("--timesteps", type=int, default=TIMESTEPS, metavar="T",
+                        help=f"window T of the SNN; B from search_base unless T={TIMESTEPS} (B={BASE}) "
+                             f"(default: {TIMESTEPS})")
+    parser.add_argument("--phase-aware", type=int, default=0, metavar="EPOCHS",
+                        help="fine-tune the ANN phase-aware for EPOCHS on the train sentences before converting "
+                             "(default: 0, post-training conversion)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also fine-tune the unprepared MiniLM (GELU, LayerNorm) the same way and evaluate it")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
                         help="torch CPU threads (default: the cores available to this process)")
     parser.add_argument("--lava", type=int, default=3, metavar="N",
@@ -316,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     summary = run(args.cache_dir, fresh=args.fresh, limit_train=args.limit_train, limit_test=args.limit_test,
                   seq_len=args.seq_len, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  calib_batches=args.calib_batches, seed=args.seed, progress=not args.no_progress)
+                  calib_batches=args.calib_batches, seed=args.seed, timesteps=args.timesteps,
+                  phase_aware=args.phase_aware, baseline=args.baseline, progress=not args.no_progress)
     print(table(summary))
     if args.lava > 0:
         lava = run_lava(args.cache_dir, args.lava, progress=not args.no_progress)

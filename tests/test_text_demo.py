@@ -84,3 +84,28 @@ def test_help_names_every_option(capsys):
     for option in ("--cache-dir", "--fresh", "--limit-train", "--limit-test", "--seq-len", "--epochs"):
         assert option in text
     assert build_parser().parse_args(["--limit-train", "all"]).limit_train is None
+
+
+def test_phase_aware_recipe_at_a_shorter_window(tmp_path):
+    """``timesteps=8, phase_aware=1, baseline=True``: B from search_base, the ANN tuned
+    phase-aware before it is converted (the converted model is the tuned checkpoint's), the
+    untuned and the unprepared ANN evaluated on the same sentences; a second run is cached."""
+    options = {**TINY, "timesteps": 8, "phase_aware": 1, "baseline": True}
+    first = run(tmp_path, **options)
+    assert first["stages"] == {"finetune": "ran", "convert": "ran", "evaluate": "ran"}
+    cm = ConvertedModel.load(tmp_path / "snn")
+    tuned, _ = load_ann_checkpoint(tmp_path / "ann_phase_aware.safetensors")
+    untuned, _ = load_ann_checkpoint(tmp_path / "ann.safetensors")
+    assert cm.code.timesteps == 8 and 1.0 < cm.code.base <= 2.0
+    assert cm.config["source_sha256"] == tensor_sha256(tuned.state_dict()) != tensor_sha256(untuned.state_dict())
+    texts, labels = data.split_rt_polarity()[1]
+    tokens = AutoTokenizer.from_pretrained(data.minilm_path(), local_files_only=True)(
+        texts[:16], padding="longest", truncation=True, max_length=TINY["seq_len"], return_tensors="pt")
+    labels = torch.tensor(labels[:16])
+    with torch.no_grad():
+        for model, key in ((tuned, "ann_accuracy"), (untuned, "untuned_ann_accuracy")):
+            assert first[key] == pytest.approx(float((model(**tokens).logits.argmax(-1) == labels).double().mean()))
+    assert 0.0 <= first["unprepared_ann_accuracy"] <= 1.0 and first["baseline_seconds"] > 0
+    second = run(tmp_path, **options)
+    assert second["stages"] == {"finetune": "cached", "convert": "cached", "evaluate": "cached"}
+    assert second["snn_accuracy"] == first["snn_accuracy"]
