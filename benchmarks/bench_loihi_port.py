@@ -15,9 +15,10 @@ Rows (every one over the same images):
   48-bit products, division-free normalisation, integer convert neuron; run in this process by
   ``LavaNetwork.simulate`` (the Lava graph's fixed_pt updates stepped without the Lava runtime)
   in batches of ``--batch``;
-* integer port, 32-bit accumulators: the same with ``FixedFormat(payload_bits=13,
-  accumulator_bits=32)``, the narrowest payload whose trace products fit a 32-bit accumulator
-  (|Σ of 3·16 products| < 3·16·2^24 < 2^31; 16-bit payloads need 37 bits);
+* (not a row) 32-bit accumulators: the first ``--narrow`` images also through the integer network
+  with ``FixedFormat(payload_bits=13, accumulator_bits=32)``, the widest payload whose trace
+  products fit a 32-bit accumulator (|Σ of 3·16 products| < 3·16·2^24 < 2^31; 16-bit payloads
+  need 37 bits): its clipped values and its agreement with the default integer port;
 * Lava fixed_pt: the first ``--lava`` images through the Lava runtime (fused blocks), one at a
   time; its logits must equal the in-process ones of the same images run one at a time, bit for
   bit (max |difference| reported).
@@ -27,7 +28,7 @@ Columns: accuracy, agreement with the ANN's class, same class as the float SNN, 
 wrapped: every state, accumulator and product against its ``FixedFormat`` width) and the seconds
 per image.
 
-Usage: python benchmarks/bench_loihi_port.py [--limit 10000] [--batch 200] [--lava 4]
+Usage: python benchmarks/bench_loihi_port.py [--limit 10000] [--batch 200] [--lava 4] [--narrow 1000]
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="test images (default: all)")
     parser.add_argument("--batch", type=int, default=200, help="images per in-process integer run")
     parser.add_argument("--lava", type=int, default=4, help="images through the Lava fixed_pt runtime")
+    parser.add_argument("--narrow", type=int, default=1000, help="images through the 32-bit-accumulator network")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -65,8 +67,7 @@ def main() -> None:
     images, labels = load_image_dataset(DATASET, "test", args.limit)
     x = fit_images(images, arch["img_size"], arch["in_chans"])
     fmt = FixedFormat()
-    formats = {"integer port": fmt,
-               "integer port, 32-bit accumulators": FixedFormat(payload_bits=13, accumulator_bits=32)}
+    narrow = FixedFormat(payload_bits=13, accumulator_bits=32)
 
     with torch.no_grad():
         logits = {"ANN": in_batches(lambda c: ann(c.float()).double(), x, 500)}
@@ -74,19 +75,21 @@ def main() -> None:
         logits["float SNN, 8-bit weights"] = in_batches(
             quantize_for_loihi(cm, fmt).quantized.to_reference("closed").double(), x.double(), 500)
     clips: dict[str, dict[str, int]] = {}
-    for label, integer_format in formats.items():
+    for label, integer_format, images in (("default widths", fmt, x), ("32-bit accumulators", narrow, x[:args.narrow])):
         net = build_lava_network(cm, fixed_format=integer_format)
         clips[label] = {}
         start = time.perf_counter()
         chunks = []
-        for i, chunk in enumerate(x.double().split(args.batch)):
+        for i, chunk in enumerate(images.double().split(args.batch)):
             chunks.append(net.simulate(chunk))
             for name, count in net.stats()["clips"].items():
                 clips[label][name] = clips[label].get(name, 0) + count
-            print(f"  {label}: {min((i + 1) * args.batch, len(x))}/{len(x)} images", flush=True)
+            print(f"  integer port, {label}: {min((i + 1) * args.batch, len(images))}/{len(images)} images", flush=True)
         if integer_format is fmt:
             seconds = time.perf_counter() - start
-        logits[label] = torch.cat(chunks)
+            logits["integer port"] = torch.cat(chunks)
+        else:
+            narrow_logits = torch.cat(chunks)
     net = build_lava_network(cm, fixed_format=fmt)
 
     lava = build_lava_network(cm, fixed_format=fmt).run_batch(x[:args.lava].double(), batch_size=1, progress=False)
@@ -113,8 +116,10 @@ def main() -> None:
                                                        .float().mean()), 2),
         "logit_diff_vs_float_SNN": round(float((lava - reference[:args.lava]).norm()
                                                / reference[:args.lava].norm()), 4)})
+    narrow_same = int((narrow_logits.argmax(-1) == classes["integer port"][:args.narrow]).sum())
     meta = {"model": str(DEFAULT_MODEL), "images": len(x), "code": cm.code.describe(),
-            "formats": {label: vars(f) for label, f in formats.items()},
+            "formats": {"default widths": vars(fmt), "32-bit accumulators": vars(narrow)},
+            "narrow_images": len(narrow_logits), "narrow_same_class_as_integer_port": narrow_same,
             "integer_port_seconds_per_image": seconds / len(x), "integer_port_clipped_values": clips,
             "lava_same_class_as_integer_port": f"{same_lava}/{args.lava}",
             "lava_max_abs_logit_difference_vs_integer_port": lava_difference}
