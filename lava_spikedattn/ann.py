@@ -15,17 +15,24 @@ and Hugging Face BERT-family classifiers (BERT, RoBERTa, DistilBERT, ELECTRA) in
 
 After ``prepare_*`` the model must be fine-tuned briefly (``finetune``), which
 also calibrates the running statistics of the new norms.
+
+``finetune`` checkpoints after every epoch and resumes (the format: :mod:`lava_spikedattn.training`),
+and trains data-parallel under ``torchrun`` (its docstring).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, WindowAttention
 from timm.models.vision_transformer import Attention, VisionTransformer
@@ -57,6 +64,8 @@ from transformers.models.roberta.modeling_roberta import (
     RobertaIntermediate,
     RobertaSelfAttention,
 )
+
+from lava_spikedattn import training
 
 __all__ = [
     "BERT_FAMILY_MODELS",
@@ -98,6 +107,19 @@ class UnsupportedModuleError(ValueError):
     """A prepared model still contains a module that one-spike phase coding cannot convert."""
 
 
+# The sample weight of this rank in the data-parallel training step in progress (1, or 0 for a rank
+# that repeats a batch to keep step with the others; see ``finetune``), else empty: while set,
+# ChannelBatchNorm and RunningAffineNorm in training mode use the statistics of every rank's batch.
+_sync: list[float] = []
+
+
+def _global_mean(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over dim 0 of every rank's ``values``, their count); differentiable (all-reduce both ways)."""
+    total = training.all_reduce_with_grad(torch.cat([values.sum(0), values.new_tensor([values.shape[0]])])
+                                          * _sync[-1])
+    return total[:-1] / total[-1], total[-1]
+
+
 class ChannelBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the last (channel) axis of an input of any rank.
 
@@ -110,17 +132,31 @@ class ChannelBatchNorm(nn.BatchNorm1d):
     ``y = weight * (x - running_mean) / sqrt(running_var + eps) + bias``.
     The first training batch sets the running statistics outright (instead of
     blending it into the 0/1 init), so a short fine-tune calibrates them without
-    a start-up bias; later batches update them with ``momentum`` as usual.
+    a start-up bias; later batches update them with ``momentum`` as usual. In data-parallel
+    ``finetune`` the batch statistics are those of every process's batch together.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape (..., C) per channel; returns the same shape."""
         flat = x.reshape(-1, x.shape[-1])
+        if self.training and _sync:
+            return self._synchronised(flat).reshape(x.shape)
         if self.training and self.track_running_stats and self.num_batches_tracked == 0:
             with torch.no_grad():  # the momentum update below then blends the batch with itself
                 self.running_mean.copy_(flat.mean(dim=0))
                 self.running_var.copy_(flat.var(dim=0))
         return super().forward(flat).reshape(x.shape)
+
+    def _synchronised(self, flat: torch.Tensor) -> torch.Tensor:
+        """The training forward with the mean and variance of every rank's batch (data-parallel finetune)."""
+        mean, count = _global_mean(flat)
+        var = _global_mean((flat - mean).square())[0]
+        with torch.no_grad():
+            factor = 1.0 if self.num_batches_tracked == 0 else self.momentum
+            self.running_mean.lerp_(mean, factor)
+            self.running_var.lerp_(var * count / (count - 1).clamp(min=1), factor)
+            self.num_batches_tracked += 1
+        return (flat - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 class RunningAffineNorm(nn.Module):
@@ -132,7 +168,8 @@ class RunningAffineNorm(nn.Module):
     training batch sets ``running_phi`` (init 1) outright, later ones update it as
     ``(1 - momentum) * running_phi + momentum * phi``. In eval mode the frozen
     ``running_phi`` is used, so the layer is a fixed per-channel affine map that
-    folds into the adjacent Linear layer.
+    folds into the adjacent Linear layer. In data-parallel ``finetune``, ``phi`` is that of every
+    process's batch together.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -148,7 +185,8 @@ class RunningAffineNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape (..., C) per channel; returns the same shape."""
         if self.training:
-            phi = x.reshape(-1, x.shape[-1]).pow(2).mean(dim=0)
+            squares = x.reshape(-1, x.shape[-1]).pow(2)
+            phi = _global_mean(squares)[0] if _sync else squares.mean(dim=0)
             with torch.no_grad():
                 self.running_phi.lerp_(phi, 1.0 if self.num_batches_tracked == 0 else self.momentum)
                 self.num_batches_tracked += 1
@@ -405,6 +443,8 @@ def finetune(
     progress: bool = True,
     after_epoch: Callable[[int], None] | None = None,
     cosine: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resumed: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Fine-tune (optionally distil) a prepared model; also calibrates its norm statistics.
 
@@ -416,31 +456,59 @@ def finetune(
     after ``max_steps`` optimiser steps; ``after_epoch(epoch)`` is called after each pass, a
     partial last one included (e.g. to recalibrate). ``cosine``: the learning rate decays from
     ``lr`` to 0 over the run, else it stays constant. Returns the student in eval mode.
+
+    ``checkpoint``: a folder written after every epoch (format: :mod:`lava_spikedattn.training`); if it
+    holds a checkpoint, the run resumes after its last epoch (bit for bit as if uninterrupted) and
+    ``resumed(epochs_done)`` is called once the state is restored (e.g. to recalibrate). ``ValueError``
+    if it was written by another run (settings, parameter shapes, starting weights or process count differ).
+
+    Data-parallel under ``torch.distributed`` with N > 1 ranks: every rank passes its own batches
+    (``distributed.shard``); each optimiser step takes one batch per rank and averages the gradients
+    weighted by batch size (a rank out of batches repeats its last with weight 0), and the ChannelBatchNorm
+    and RunningAffineNorm statistics are those of all the step's batches: one process on the ranks'
+    batches concatenated takes the same steps, up to float rounding (other BatchNorms are refused).
+    Rank 0's weights are broadcast first (the teacher must be the same everywhere), so every rank ends with
+    the same weights; rank 0 alone prints and writes the checkpoint. Dropout and drop path draw from each
+    rank's own generator, so they differ from one process's draws.
     """
     student.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
-    try:
-        total = epochs * len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
+    rank, world_size = training.world()
+    if world_size > 1:
+        _check_synchronisable(student)
+        for tensor in student.state_dict().values():
+            dist.broadcast(tensor, 0)
+    parameters = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    per_epoch = training.steps_per_epoch(loader, world_size, device)
+    total = None if per_epoch is None else epochs * per_epoch
     if max_steps is not None:
         total = max_steps if total is None else min(total, max_steps)
     if cosine and total is None:
         raise ValueError("a cosine schedule needs the number of steps: give a sized loader or max_steps")
     schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / total)))
                 if cosine else None)
-    step = 0
-    with tqdm(total=total, desc="finetune", disable=not progress) as bar:
-        for epoch in range(epochs):
+    settings = dict(epochs=epochs, lr=lr, temperature=temperature, alpha=alpha, max_steps=max_steps, cosine=cosine,
+                    teacher=teacher is not None, steps_per_epoch=per_epoch, processes=world_size)
+    folder = None if checkpoint is None else Path(checkpoint)
+    start = training.state_sha256(student) if folder is not None else ""
+    done = step = 0
+    if folder is not None and (folder / training.CHECKPOINT_RECORD).exists():
+        done, step, rng = training.resume(folder, settings, start, student, optimizer, schedule)
+        if resumed is not None:
+            resumed(done)
+        training.set_rng_state(rng)  # after ``resumed``, which may draw from the generators
+    with tqdm(total=total, initial=step, desc="finetune", disable=not progress or rank != 0) as bar:
+        for epoch in range(done, epochs):
             if max_steps is not None and step >= max_steps:
                 break
-            for batch in loader:
+            for batch, weight in _step_batches(loader, world_size, device):
                 if max_steps is not None and step >= max_steps:
                     break
                 args, kwargs, labels = _split_batch(batch, device)
-                logits = _logits(student(*args, **kwargs))
+                with _synchronised(weight) if world_size > 1 else contextlib.nullcontext():
+                    logits = _logits(student(*args, **kwargs))
                 loss = F.cross_entropy(logits, labels)
                 if teacher is not None:
                     with torch.no_grad():
@@ -453,7 +521,11 @@ def finetune(
                     )
                     loss = alpha * kd * temperature**2 + (1.0 - alpha) * loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if world_size > 1:  # the sum of the samples' losses (0 for a repeated batch), see average_gradients
+                    (loss * (weight * labels.shape[0])).backward()
+                    training.average_gradients(parameters, weight * labels.shape[0])
+                else:
+                    loss.backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
@@ -462,4 +534,46 @@ def finetune(
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if after_epoch is not None:
                 after_epoch(epoch)
+            if folder is not None:
+                training.save_checkpoint(folder, student, optimizer, schedule, dict(
+                    epochs_done=epoch + 1, step=step, settings=settings, start_sha256=start))
     return student.eval()
+
+
+# --- data-parallel steps ---------------------------------------------------------------------------------
+def _step_batches(loader: Iterable, world_size: int, device: torch.device | str) -> Iterator[tuple[Any, float]]:
+    """(batch, sample weight) of each optimiser step of one epoch on this rank: its own batches, weight 1;
+    with N > 1 ranks, while another rank has batches left, its last one again with weight 0."""
+    if world_size == 1:
+        yield from ((batch, 1.0) for batch in loader)
+        return
+    batches, previous = iter(loader), None
+    while True:
+        batch = next(batches, None)
+        ranks_with_batch = training.all_reduce_sum(float(batch is not None), device)
+        if ranks_with_batch == 0:
+            return
+        if previous is None and ranks_with_batch < world_size:
+            raise ValueError(f"only {ranks_with_batch:g} of {world_size} processes got a training batch: use more "
+                             f"batches or fewer processes")
+        previous = previous if batch is None else batch
+        yield previous, 0.0 if batch is None else 1.0
+
+
+@contextlib.contextmanager
+def _synchronised(weight: float) -> Iterator[None]:
+    """Norm statistics over every rank's batch while the student runs (``_sync``)."""
+    _sync.append(weight)
+    try:
+        yield
+    finally:
+        _sync.pop()
+
+
+def _check_synchronisable(student: nn.Module) -> None:
+    """Refuse BatchNorms whose statistics data-parallel ``finetune`` would not synchronise."""
+    for name, module in student.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, ChannelBatchNorm):
+            raise ValueError(f"student.{name}: {type(module).__name__} would normalise with each process's own "
+                             f"batch statistics in data-parallel fine-tuning; only ChannelBatchNorm and "
+                             f"RunningAffineNorm are synchronised: prepare the model, or fine-tune in one process")

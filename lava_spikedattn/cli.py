@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
             "image size and repeated over its channels, without normalisation. Under torchrun the\n"
             "calibration batches are sharded and the maxima all-reduced (the result equals one process).\n"
             "--phase-aware first fine-tunes the ANN through the converted network's rounding at the requested\n"
-            "code, on the CPU, in one process (lava_spikedattn.phase_aware.finetune_phase_aware)."))
+            "code, on the CPU, data-parallel under torchrun (lava_spikedattn.phase_aware.finetune_phase_aware)."))
     source = convert.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="NAME",
                         help="the model to build (pretrained weights are never downloaded): "
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="LR", help=f"AdamW learning rate of --phase-aware (default: {PHASE_AWARE_LR:g})")
     convert.add_argument("--train-batches", type=_positive_int, metavar="N",
                          help="--phase-aware trains on the first N batches of the train split (default: all)")
+    convert.add_argument("--phase-aware-checkpoint", type=Path, metavar="FOLDER",
+                         help="--phase-aware checkpoints here after every epoch, and resumes from it (default: none)")
     convert.add_argument("--save-ann", type=Path, metavar="PATH",
                          help="also write the prepared ANN (tuned, with --phase-aware) for `evaluate --ann`")
     convert.add_argument("--out", required=True, type=Path, metavar="FOLDER",

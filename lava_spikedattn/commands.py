@@ -169,8 +169,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.phase_aware is not None:
             lr = args.phase_aware_lr or PHASE_AWARE_LR
             ann_option = "" if args.save_ann is None else f" --ann {args.save_ann}"
+            processes = distributed.world()[1]
             print(f"  phase-aware fine-tuning: {args.phase_aware} epoch(s) of {train_batches} batches of {args.data} "
-                  f"(train split), AdamW lr {lr:g}, on the CPU; converted with the last epoch's scales")
+                  f"(train split), AdamW lr {lr:g}, on the CPU"
+                  f"{f' in {processes} processes' if processes > 1 else ''}; converted with the last epoch's scales")
+            if args.phase_aware_checkpoint is not None:
+                print(f"  fine-tuning checkpoint in {args.phase_aware_checkpoint} (the same command resumes from it)")
             print(f"  how faithful the SNN is to the tuned ANN: spikedattn evaluate {args.out} --data {args.data}"
                   f"{ann_option}")
         if "folding_error" in calibration:
@@ -182,19 +186,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _check_phase_aware(args: argparse.Namespace) -> None:
-    """``--phase-aware`` and its options are consistent, and not asked for under torchrun."""
-    from lava_spikedattn import distributed
-
+    """``--phase-aware`` and its options are consistent; under torchrun it runs on the CPU (gloo)."""
     if args.phase_aware is None:
         given = [option for option, value in (("--phase-aware-lr", args.phase_aware_lr),
-                                              ("--train-batches", args.train_batches)) if value is not None]
+                                              ("--train-batches", args.train_batches),
+                                              ("--phase-aware-checkpoint", args.phase_aware_checkpoint))
+                 if value is not None]
         if given:
             raise UsageError(f"{' and '.join(given)}: only for phase-aware fine-tuning; add --phase-aware EPOCHS or "
                              f"leave out {' and '.join(given)}")
         return
-    if distributed.is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--phase-aware: data-parallel phase-aware fine-tuning is not supported yet; run convert "
-                         "--phase-aware in one process (without torchrun)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _resolve_device(args.device).type == "cuda":
+        raise UsageError(f"--phase-aware under torchrun trains on the CPU, whose processes communicate through "
+                         f"gloo, not the GPUs' nccl; add --device cpu (--device {args.device} means cuda here)")
+    checkpoint = args.phase_aware_checkpoint
+    _check_output("--phase-aware-checkpoint", checkpoint, folder=True)
+    if checkpoint is not None and args.out.absolute() in (checkpoint.absolute(), *checkpoint.absolute().parents):
+        raise UsageError(f"--phase-aware-checkpoint {checkpoint} lies in --out {args.out}, which the converted model "
+                         f"replaces; name a folder outside it")
     if args.no_verify:
         raise UsageError("--no-verify does not apply to --phase-aware (its conversions always verify the folded "
                          "network); leave out --no-verify")
@@ -204,14 +213,17 @@ def _finetune_phase_aware(model: nn.Module, code: PhaseCode, family: ModelFamily
                           calibration: Batches, args: argparse.Namespace) -> tuple[nn.Module, Any, int]:
     """(tuned ANN, its converted model, training batches): ``finetune_phase_aware`` of ``model`` at
     ``code`` on the first ``--train-batches`` batches of the train split (all by default), the
-    scales recalibrated on ``calibration`` after each epoch. On the CPU, where the library trains."""
+    scales recalibrated on ``calibration`` after each epoch. On the CPU, where the library trains; under
+    torchrun each process trains on its share of the batches and calibrates on all of them."""
+    from lava_spikedattn import distributed
     from lava_spikedattn.phase_aware import finetune_phase_aware
 
     limit = None if args.train_batches is None else args.train_batches * args.batch_size
     loader = _batches(family, info, args, "train", limit)
-    tuned, cm = finetune_phase_aware(model.cpu(), code, loader, calibration, epochs=args.phase_aware,
-                                     lr=args.phase_aware_lr or PHASE_AWARE_LR, method=args.method,
-                                     percentile=args.percentile, progress=not args.no_progress)
+    tuned, cm = finetune_phase_aware(model.cpu(), code, distributed.shard(loader), calibration,
+                                     epochs=args.phase_aware, lr=args.phase_aware_lr or PHASE_AWARE_LR,
+                                     method=args.method, percentile=args.percentile, progress=not args.no_progress,
+                                     checkpoint=args.phase_aware_checkpoint)
     return tuned, cm, len(loader)
 
 

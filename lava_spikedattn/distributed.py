@@ -21,6 +21,10 @@ learn is combined so that the result does not depend on how many ranks there are
 * Metrics (``lava_spikedattn.evaluate``) are counts (exact integer sums) and float64 sums kept
   as per-batch partial sums and added with ``math.fsum`` (correctly rounded, so independent of
   the order); the states are combined with :func:`gather_objects`.
+* Fine-tuning (``ann.finetune``, ``phase_aware.finetune_phase_aware``, ``convert --phase-aware``) is
+  data-parallel: each rank trains on its shard, one batch per rank and optimiser step, with gradients
+  and norm statistics combined over the ranks (see ``ann.finetune``; its collectives live in
+  :mod:`lava_spikedattn.training`, as ``ann`` cannot import this module without an import circle).
 
 Without an initialised process group every helper is the 1-process identity.
 """

@@ -26,6 +26,7 @@ affine parameters train.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -123,7 +124,8 @@ def _calibrated(cm: ConvertedModel) -> dict[str, torch.Tensor]:
 def finetune_phase_aware(model: nn.Module, code: PhaseCode, loader: Sequence[Any], calibration: Sequence[Any], *,
                          epochs: int = 1, lr: float = 1e-4, temperature: float = 2.0, alpha: float = 0.5,
                          method: str = "max", percentile: float = 99.99, max_steps: int | None = None,
-                         cosine: bool = False, progress: bool = True) -> tuple[nn.Module, ConvertedModel]:
+                         cosine: bool = False, progress: bool = True, checkpoint: str | os.PathLike | None = None,
+                         ) -> tuple[nn.Module, ConvertedModel]:
     """Fine-tune the prepared ANN ``model`` through the rounding of its converted network at ``code``.
 
     ``loader`` yields training batches as :func:`lava_spikedattn.ann.finetune` takes them (``(x, y)``
@@ -133,6 +135,11 @@ def finetune_phase_aware(model: nn.Module, code: PhaseCode, loader: Sequence[Any
     its rate constant or, with ``cosine``, decaying to 0; ``max_steps``: optimiser steps in all).
     Returns the tuned model (eval mode; ``model`` itself is tuned in place) and its converted
     model, whose closed-form engine computes the training forward.
+
+    ``checkpoint``: a folder for ``ann.finetune``'s checkpoints, resumed from if it holds one (the
+    scales are not stored: they are recalibrated from the restored ANN, which gives them bit for bit).
+    Under ``torchrun`` it trains data-parallel as ``ann.finetune``: ``loader`` is this rank's share of
+    the batches (``distributed.shard``), ``calibration`` all of them (every rank recalibrates alike).
     """
     if not isinstance(code, PhaseCode):
         raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
@@ -147,5 +154,6 @@ def finetune_phase_aware(model: nn.Module, code: PhaseCode, loader: Sequence[Any
         calibrated.append(student.recalibrate(calibration, method, percentile))
 
     ann.finetune(student, loader, teacher, epochs=epochs, lr=lr, temperature=temperature, alpha=alpha,
-                 max_steps=max_steps, progress=progress, after_epoch=recalibrate, cosine=cosine)
+                 max_steps=max_steps, progress=progress, after_epoch=recalibrate, cosine=cosine,
+                 checkpoint=checkpoint, resumed=recalibrate)
     return model.eval(), calibrated[-1]

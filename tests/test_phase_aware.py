@@ -5,6 +5,7 @@ fold, the straight-through rule, and a few steps bring the spiking network close
 import pytest
 import torch
 from synthetic import grey_task, sentences
+from test_finetune_distributed import KilledError, KilledInEpoch
 from tiny_models import prepared_vit, tiny_swin_config, tiny_vit_config, train_tiny_swin
 
 from lava_spikedattn.coding import PhaseCode
@@ -101,6 +102,28 @@ def test_a_few_steps_bring_the_spiking_network_closer_to_its_teacher(swin):
     again = convert(tuned, calibration, SMALL_T)
     assert torch.equal(again.to_reference("closed")(x), after)
     torch.testing.assert_close(PhaseAwareModel.from_converted(tuned, cm)(x), after, rtol=0, atol=0)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(swin, tmp_path):
+    """Killed in epoch 2 and resumed from its checkpoint: the tuned ANN and its converted model equal
+    the uninterrupted run's bit for bit -- the scales are not stored but recalibrated from the
+    restored ANN, and epoch 2 must train with them."""
+    import copy
+
+    calibration = [grey_task(16, 100)[0]]
+    loader = [grey_task(8, 300 + i) for i in range(2)]
+
+    def tune(batches, checkpoint=None):
+        return finetune_phase_aware(copy.deepcopy(swin), SMALL_T, batches, calibration, epochs=2, lr=1e-3,
+                                    progress=False, checkpoint=checkpoint)
+
+    straight, straight_cm = tune(loader)
+    with pytest.raises(KilledError):
+        tune(KilledInEpoch(loader), tmp_path)
+    tuned, cm = tune(loader, tmp_path)
+    assert all(torch.equal(value, straight.state_dict()[key]) for key, value in tuned.state_dict().items())
+    assert cm.weights.keys() == straight_cm.weights.keys()
+    assert all(torch.equal(cm.weights[key], straight_cm.weights[key]) for key in cm.weights)
 
 
 def test_bad_arguments_are_refused(swin):
