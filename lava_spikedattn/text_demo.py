@@ -130,14 +130,15 @@ def _config_kwargs(model: nn.Module) -> dict[str, Any]:
 
 
 def _accuracy(model: nn.Module, batches: Batches) -> float:
-    """Held-out accuracy of a Hugging Face classifier (eval mode, no grad)."""
+    """Held-out accuracy of an ANN classifier (eval mode, no grad)."""
+    from lava_spikedattn.evaluate import ann_logits, split_batch
+
     correct = total = 0
     model.eval()
     with torch.no_grad():
         for batch in batches:
-            labels = batch["labels"]
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            correct += int((logits.argmax(-1) == labels).sum())
+            inputs, labels = split_batch(batch)
+            correct += int((ann_logits(model, inputs).argmax(-1) == labels).sum())
             total += len(labels)
     return correct / total
 

@@ -48,12 +48,11 @@ def saturate(x: np.ndarray, lo: int, hi: int, clips: np.ndarray | None = None) -
 def fit_width(x: np.ndarray, bits: int, clips: np.ndarray) -> np.ndarray:
     """``x`` saturated to a signed ``bits``-wide register; ``clips`` (per element of ``x``, or one
     total in ``clips[0]``) counts the values that did not fit."""
-    limit = 1 << (bits - 1)
-    out = np.clip(x, -limit, limit - 1)
+    out, overflow = FixedFormat.fit(x, bits)
     if clips.shape == out.shape:
-        clips += out != x
+        clips += overflow
     else:
-        clips[0] += int((out != x).sum())
+        clips[0] += int(overflow.sum())
     return out
 
 
