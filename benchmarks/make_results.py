@@ -37,6 +37,10 @@ BENCH_RESULTS = ROOT / "benchmarks" / "results"
 #: The locked packages whose versions the numbers are recorded with.
 VERSIONED = ("torch", "timm", "transformers", "numpy", "lava-nc", "tokenizers", "safetensors")
 SPIKEDATTN = [sys.executable, "-m", "lava_spikedattn.cli"]
+#: MiniLM at T=8 (``make demo-text-t8``); its stages are cached in .cache/demo-text-t8 and reused
+#: when their settings and checksums match (a first run takes about 45 min on 2 cores).
+TEXT_T8 = ["--cache-dir", ".cache/demo-text-t8", "--limit-train", "all", "--epochs", "3", "--timesteps", "8",
+           "--phase-aware", "1", "--baseline"]
 
 
 @dataclass(frozen=True)
@@ -72,30 +76,37 @@ def _collect_demo(folder: str) -> Callable[[], dict[str, Any]]:
     return collect
 
 
-def _collect_text() -> dict[str, Any]:
+def _collect_text(folder: str = "demo-text") -> dict[str, Any]:
+    from lava_spikedattn.converted_model import ConvertedModel
     from lava_spikedattn.evaluate import EvaluationReport
 
-    summary = _read(ROOT / ".cache" / "demo-text" / "summary.json")
+    summary = _read(ROOT / ".cache" / folder / "summary.json")
     report = EvaluationReport.from_json(summary["report"])
     energy = {counting: report.energy(counting) for counting in ("official", "complete")}
     settings = summary["settings"]
-    return {"base": settings["base"], "timesteps": settings["timesteps"], "train_sentences": summary["train_sentences"],
+    code = ConvertedModel.load(ROOT / ".cache" / folder / "snn").code  # B: searched unless T=16
+    return {"base": code.base, "timesteps": code.timesteps, "train_sentences": summary["train_sentences"],
             "epochs": settings["epochs"], "samples": summary["test_sentences"],
             "ann_accuracy": summary["ann_accuracy"], "snn_accuracy": summary["snn_accuracy"],
             "agreement": summary["agreement"], "spikes_per_inference": summary["spikes_per_sentence"],
             "seconds": summary["seconds"],
+            **{key: summary[key] for key in ("untuned_ann_accuracy", "unprepared_ann_accuracy") if key in summary},
             "energy": {c: {"ann_mj": e.ann_total_pj / 1e9, "snn_mj": e.snn_total_pj / 1e9, "ratio": e.ratio}
                        for c, e in energy.items()}}
 
 
+ESTIMATED = ("shipped Swin", "shipped ViT", "Swin-T", "ViT-S", "MiniLM")
+
+
 def _collect_estimate() -> dict[str, Any]:
     rows = {}
-    for name in ("shipped Swin", "shipped ViT", "Swin-T", "ViT-S"):
+    for name in ESTIMATED:
         report = _read(WORK / f"loihi_{name.replace(' ', '_')}.json")
-        rows[name] = {"timesteps": report["timesteps"], "steps": report["steps_per_inference"],
-                      "step_time_us": report["step_time_us"], "chips": report["chips"],
-                      "latency_us": report["latency_us"], "throughput_per_s": report["throughput_per_s"],
-                      **{key: report["totals"][key] for key in ("neurons", "weights", "cores")}}
+        rows[name] = {"timesteps": report["timesteps"], "design": report["design"],
+                      **{key: report["totals"][key] for key in ("neurons", "weights", "trace_products")},
+                      "bounds": {bound: {key: value[key] for key in ("cores", "chips", "step_ns", "chip_steps",
+                                                                       "latency_us", "energy_uj")}
+                                 for bound, value in report["bounds"].items()}}
     return rows
 
 
@@ -133,6 +144,11 @@ STEPS: dict[str, Step] = {
                      [*SPIKEDATTN, "demo", "--model", "vit", "--out", str(WORK / "demo_vit"), "--no-progress"],
                      "as spikedattn demo", "float32 (closed form), float64 (Lava)",
                      "Fashion-MNIST test split, 10 000 images (sweep: first 1 000)", _collect_demo("demo_vit")),
+    "text_t8": Step(f"python -m lava_spikedattn.text_demo {' '.join(TEXT_T8)}",
+                    [sys.executable, "-m", "lava_spikedattn.text_demo", *TEXT_T8, "--no-progress"],
+                    "closed-form reference engine; Lava fused (3 sentences)", "float32",
+                    "Rotten-Tomatoes polarity (SST-2 proxy): all 8 250 train sentences, 2 062 held out",
+                    lambda: _collect_text("demo-text-t8")),
     "text": Step("python -m lava_spikedattn.text_demo --fresh",
                  [sys.executable, "-m", "lava_spikedattn.text_demo", "--fresh", "--no-progress"],
                  "closed-form reference engine", "float32",
@@ -144,7 +160,9 @@ STEPS: dict[str, Step] = {
     "estimate": Step("spikedattn loihi-report weights/swin_fashion_mnist (and weights/vit_fashion_mnist); "
                      "spikedattn convert --model swin_tiny_patch4_window7_224 --data random --calib-batches 1 "
                      "--batch-size 1 --base 1.15 --timesteps 40 --out swin_t && spikedattn loihi-report swin_t "
-                     "(and vit_small_patch16_224)",
+                     "(and vit_small_patch16_224); spikedattn convert --model minilm --data rt-polarity "
+                     "--calib-batches 1 --base 1.4 --timesteps 16 --out minilm && spikedattn loihi-report minilm "
+                     "--seq-len 64",
                      ["sh", "-c", " && ".join(
                          [" ".join([*SPIKEDATTN, "loihi-report", f"weights/{shipped}_fashion_mnist", "--json",
                                     str(WORK / f"loihi_shipped_{label}.json")])
@@ -154,9 +172,15 @@ STEPS: dict[str, Step] = {
                                       "--no-progress", "--out", str(WORK / label), "&&", *SPIKEDATTN, "loihi-report",
                                       str(WORK / label), "--json", str(WORK / f"loihi_{label}.json")])
                             for model, label in (("swin_tiny_patch4_window7_224", "Swin-T"),
-                                                 ("vit_small_patch16_224", "ViT-S"))])],
-                     "resource model (lava_spikedattn.loihi), no run", "-",
-                     "shipped Swin and ViT; Swin-T, ViT-S (random init, converted on 1 random image)",
+                                                 ("vit_small_patch16_224", "ViT-S"))]
+                         + [" ".join([*SPIKEDATTN, "convert", "--model", "minilm", "--data", "rt-polarity",
+                                      "--calib-batches", "1", "--base", "1.4", "--timesteps", "16", "--no-progress",
+                                      "--out", str(WORK / "MiniLM"), "&&", *SPIKEDATTN, "loihi-report",
+                                      str(WORK / "MiniLM"), "--seq-len", "64", "--json",
+                                      str(WORK / "loihi_MiniLM.json")])])],
+                     "resource model (lava_spikedattn.loihi, docs/loihi2_mapping.md), no run", "-",
+                     "shipped Swin and ViT; Swin-T, ViT-S (random init, converted on 1 random image); the bundled "
+                     "pre-trained all-MiniLM-L6-v2 (converted on one batch of rt-polarity sentences, 64 tokens)",
                      _collect_estimate),
     "structure": Step("python benchmarks/make_results.py --only structure", None,
                       "layer graph (no run)", "-", "none (random init; the bundled MiniLM)", _collect_structure),
@@ -252,24 +276,36 @@ def _render_port(results: dict[str, Any]) -> list[str]:
              f"{row['same_class_as_float_SNN_%']:.2f} %", f"{row['logit_diff_vs_float_SNN']:.3f}"]
             for row in port["rows"]]
     meta = port["meta"]
-    clips = "; ".join(f"{label}: {_int(sum(counts.values()))}"
-                      for label, counts in meta["integer_port_clipped_values"].items())
+    clips = {label: _int(sum(counts.values())) for label, counts in meta["integer_port_clipped_values"].items()}
     return [*_table(["network", "accuracy", "agreement with the ANN", "same class as the float SNN",
                      "‖logits − float SNN‖ / ‖float SNN‖"], rows), "",
             f"Integer port: {meta['integer_port_seconds_per_image']:.2f} s per image in process; values clipped at "
-            f"their width (state, accumulator, product) — {clips}. Lava fixed_pt vs in process on the same images: "
+            f"their width (24-bit state, 40-bit accumulators, 48-bit products): {clips['default widths']}. With "
+            f"32-bit accumulators and 13-bit payloads, first {_int(meta['narrow_images'])} images: "
+            f"{clips['32-bit accumulators']} clipped, same class as the integer port on "
+            f"{meta['narrow_same_class_as_integer_port']}. Lava fixed_pt vs in process on the same images: "
             f"same class "
             f"{meta['lava_same_class_as_integer_port']}, max |logit difference| "
             f"{meta['lava_max_abs_logit_difference_vs_integer_port']:g}. " + _caption(results, "port")]
 
 
 def _render_estimate(results: dict[str, Any]) -> list[str]:
-    rows = [[name, f"{row['timesteps']}", _int(row["neurons"]), _int(row["weights"]), row["cores"], row["chips"],
-             _int(row["steps"]), f"{row['latency_us'] / 1e3:.1f} ms at {row['step_time_us']:g} µs/step",
-             f"{_int(row['throughput_per_s'])} /s"]
+    def both(row: dict[str, Any], key: str, fmt: Callable[[float], str]) -> str:
+        cells = [fmt(row["bounds"][bound][key]) for bound in ("optimistic", "pessimistic")]
+        return cells[0] if cells[0] == cells[1] else " – ".join(cells)
+
+    def mj(uj: float) -> str:
+        return f"{uj / 1e3:.2f}" if uj < 1e5 else _int(uj / 1e3)
+
+    rows = [[name, f"{row['timesteps']}", _int(row["neurons"]), _int(row["trace_products"]),
+             both(row, "cores", _int), both(row, "chips", str), both(row, "chip_steps", _int),
+             both(row, "step_ns", lambda ns: f"{ns / 1e3:.1f}"), both(row, "latency_us", lambda us: f"{us / 1e3:.1f}"),
+             both(row, "energy_uj", mj)]
             for name, row in results["steps"]["estimate"]["result"].items()]
-    return [*_table(["model", "T", "neurons", "stored weights (8-bit)", "cores", "chips", "steps", "latency",
-                     "pipelined"], rows), "", _caption(results, "estimate")]
+    return [*_table(["model", "T", "neurons", "trace-product terms", "cores", "chips", "steps on chip",
+                     "µs per step", "latency (ms)", "energy per inference (mJ)"], rows), "",
+            "Each cell: optimistic – pessimistic bound, trace products as product neurons (design A1). "
+            + _caption(results, "estimate")]
 
 
 def _render_structure(results: dict[str, Any]) -> list[str]:
@@ -312,6 +348,21 @@ def _render_lava_network(results: dict[str, Any]) -> list[str]:
                      "steps/s", "max rel. logit diff vs stepped"], rows), "", _caption(results, "lava_network")]
 
 
+def _render_text_t8(results: dict[str, Any]) -> list[str]:
+    text = results["steps"]["text_t8"]["result"]
+    energy = f"{text['energy']['official']['ratio']:.2f} / {text['energy']['complete']['ratio']:.2f}"
+    rows = [["unprepared MiniLM (GELU, LayerNorm)", "-", _pct(text["unprepared_ann_accuracy"]), "-", "-", "-"],
+            ["prepared ANN (MA-BERT: running-affine norms, ReLU)", "-", _pct(text["untuned_ann_accuracy"]), "-", "-",
+             "-"],
+            ["prepared ANN, tuned phase-aware at T=8 (1 epoch)", f"{text['base']:g}, {text['timesteps']}",
+             _pct(text["ann_accuracy"]), _pct(text["snn_accuracy"]), _pct(text["agreement"]), energy]]
+    return [*_table(["network", "B, T", "ANN acc.", "SNN acc.", "agreement", "SNN/ANN energy official / complete"],
+                    rows), "",
+            f"SNN − its ANN: {100 * (text['snn_accuracy'] - text['ann_accuracy']):+.2f} points; all "
+            f"{_int(text['train_sentences'])} train sentences, {text['epochs']} epochs each fine-tuning, "
+            f"{_int(text['samples'])} held-out sentences. " + _caption(results, "text_t8")]
+
+
 def _render_phase_aware(results: dict[str, Any]) -> list[str]:
     rows = [[row["model"], row["conversion"], f"{row['B']:g}, {row['T']}", row["steps"], _pct(row["ANN acc."]),
              _pct(row["SNN acc."]), _pct(row["agreement"]),
@@ -326,7 +377,7 @@ BLOCKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "demo": _render_demo, "demo_lava": _render_demo_lava, "sweep": _render_sweep, "port": _render_port,
     "estimate": _render_estimate, "structure": _render_structure, "convert": _render_convert,
     "engines": _render_engines, "lava_attention": _render_lava_attention, "lava_network": _render_lava_network,
-    "phase_aware": _render_phase_aware,
+    "phase_aware": _render_phase_aware, "text_t8": _render_text_t8,
 }
 BLOCK_RE = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
