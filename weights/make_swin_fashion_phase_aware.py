@@ -18,7 +18,7 @@ from make_swin_fashion import SWIN
 EPOCHS = 4
 LR = 2e-4  # cosine decay to 0 (fashion_recipe.tune); at T=12 constant 2e-4 gave 87.48 %, 5e-4 87.30 %,
 # 1e-3 84.14 %, cosine from 1e-4 87.42 %, from 2e-4 87.78 % (SNN, whole test split)
-ALPHA = 0.5  # distillation weight; the rest is cross-entropy to the labels
+ALPHA = 0.5  # distillation weight; the rest is cross-entropy to the labels (alpha 1 gave 87.44 %)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
