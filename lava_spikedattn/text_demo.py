@@ -264,16 +264,17 @@ def run(cache_dir: Path = DEFAULT_CACHE, *, fresh: bool = False, limit_train: in
         return summary
     summary_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    report = evaluate(tuned, cm.to_reference("closed"), _test_batches(test), progress=progress)
+    held_out = _test_batches(test)
+    report = evaluate(tuned, cm.to_reference("closed"), held_out, progress=progress)
     seconds = time.perf_counter() - start
     result = report.to_json()
     extra: dict[str, Any] = {}
     if phase_aware:  # the ANN the phase-aware tuning started from, on the same sentences
-        extra["untuned_ann_accuracy"] = _accuracy(ann, _test_batches(test))
+        extra["untuned_ann_accuracy"] = _accuracy(ann, held_out)
     if baseline:  # the stock MiniLM (GELU, LayerNorm) fine-tuned the same way: what the preparation costs
         begin = time.perf_counter()
         stock, _ = _finetune(tune, progress, prepared=False)
-        extra["unprepared_ann_accuracy"] = _accuracy(stock, _test_batches(test))
+        extra["unprepared_ann_accuracy"] = _accuracy(stock, held_out)
         extra["baseline_seconds"] = time.perf_counter() - begin
     summary = {
         "settings": test, "dataset": DATASET, "code": cm.code.describe(),
