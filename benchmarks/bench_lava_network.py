@@ -345,48 +345,17 @@ def profiled_run(cm, x: torch.Tensor, mode: str) -> dict:
 
 def _lava_vs_simulate(cm, inputs: list, modes: ty.Sequence[str]) -> dict:
     """Per mode: wall seconds of the first input through Lava (build, compile, start the workers,
-    run, stop) and per input once compiled (the other inputs through the same graph); of simulate
-    (build and step in process) for the first input; and the largest relative logit difference of
-    any of them against the stepped reference.
-
-    Measured in a fresh Python process that loads the converted model, as a user's run starts: Lava
-    forks its workers from the measuring process, and nothing this benchmark ran before (models,
-    engines, freed allocations) is theirs to inherit. Lava runs first, then simulate, then the
-    stepped reference."""
+    run, stop) and per input once compiled; of simulate for the first input; and the largest
+    relative logit difference against the stepped reference. Measured by ``lava_vs_simulate.py`` in
+    a fresh Python process that loads the converted model, as a user's run starts: Lava forks its
+    workers from the measuring process, and nothing this benchmark imported or ran before (timm,
+    transformers, models, engines, freed allocations) is theirs to inherit."""
     with tempfile.TemporaryDirectory() as folder:
         cm.save(Path(folder) / "model")
         torch.save(inputs, Path(folder) / "inputs.pt")
-        subprocess.run([sys.executable, __file__, "--lava-vs-simulate", folder, "--modes", ",".join(modes)],
+        subprocess.run([sys.executable, str(Path(__file__).with_name("lava_vs_simulate.py")), folder, ",".join(modes)],
                        check=True)
         return json.loads((Path(folder) / "result.json").read_text())
-
-
-def measure_lava_vs_simulate(folder: Path, modes: ty.Sequence[str]) -> None:
-    """The measurement of :func:`_lava_vs_simulate`, in this (fresh) process; writes result.json."""
-    from lava_spikedattn.converted_model import ConvertedModel
-
-    cm, inputs = ConvertedModel.load(folder / "model"), torch.load(folder / "inputs.pt")
-    seconds, logits = {}, []
-    for mode in modes:
-        start = time.perf_counter()
-        with build_lava_network(cm, mode=mode) as net:
-            logits.append(net.run(inputs[0]))
-            first_run = time.perf_counter() - start
-            start = time.perf_counter()
-            logits.extend(net.run(x) for x in inputs[1:])
-            seconds[f"{mode} compiled, per input"] = (time.perf_counter() - start) / max(1, len(inputs) - 1)
-            start = time.perf_counter()
-        seconds[f"{mode} first input"] = first_run + time.perf_counter() - start  # + stop
-    start = time.perf_counter()
-    logits.append(build_lava_network(cm).simulate(inputs[0]))
-    seconds["simulate"] = time.perf_counter() - start
-    stepped = cm.to_reference("stepped").double()
-    with torch.no_grad():
-        expected = [stepped(x if isinstance(x, dict) else x.double()) for x in inputs]
-    expected = expected * len(modes) + expected[:1]
-    worst = max(((got - want).abs().max() / want.abs().max()).item()
-                for got, want in zip(logits, expected, strict=True))
-    (folder / "result.json").write_text(json.dumps({"seconds": seconds, "max_rel_diff": worst}))
 
 
 def _bar(what: str, target: str, value: float, met: bool) -> dict:
@@ -479,13 +448,9 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
     parser.add_argument("--no-swin-t", action="store_true", help="skip building full-size Swin-T")
     parser.add_argument("--bars", action="store_true", help="measure issue 14's real-size bars instead")
-    parser.add_argument("--lava-vs-simulate", type=Path, help=argparse.SUPPRESS)  # --bars' fresh process
     args = parser.parse_args()
     if args.bars:
         bars()
-        return
-    if args.lava_vs_simulate:
-        measure_lava_vs_simulate(args.lava_vs_simulate, args.modes.split(","))
         return
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODES]

@@ -66,6 +66,7 @@ from transformers.models.roberta.modeling_roberta import (
 )
 
 from lava_spikedattn import training
+from lava_spikedattn.models.folding import UnsupportedModuleError
 
 __all__ = [
     "BERT_FAMILY_MODELS",
@@ -101,10 +102,6 @@ _FFN_ACTIVATIONS = ((BertIntermediate, "intermediate_act_fn"), (RobertaIntermedi
                     (ElectraIntermediate, "intermediate_act_fn"), (modeling_distilbert.FFN, "activation"))
 # Sentence heads whose activation (RoBERTa: a functional tanh) ``prepare_bert`` replaces with the head.
 _NONLINEAR_HEADS = (RobertaClassificationHead, ElectraClassificationHead)
-
-
-class UnsupportedModuleError(ValueError):
-    """A prepared model still contains a module that one-spike phase coding cannot convert."""
 
 
 # The sample weight of this rank in the data-parallel training step in progress (1, or 0 for a rank

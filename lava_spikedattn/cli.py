@@ -368,8 +368,9 @@ RUNS_LAVA = ("run-lava", "demo")
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
-    from lava_spikedattn.ann import UnsupportedModuleError  # after parsing: --help and usage errors stay fast
+    # after parsing: --help and usage errors stay fast
     from lava_spikedattn.converted_model import ConvertedModelError
+    from lava_spikedattn.models.folding import UnsupportedModuleError
 
     try:
         if args.command in RUNS_LAVA:  # SIGTERM/SIGHUP also between two Lava runs: the same clean exit

@@ -50,8 +50,9 @@ def window(owner: str, code: PhaseCode, start: ty.Any, wait: ty.Any) -> tuple[in
 
 
 def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive: bool = False) -> np.ndarray:
-    """float64 copy of ``value`` that broadcasts to ``shape``; finite (and > 0 if ``positive``)."""
-    arr = np.array(value, dtype=np.float64)
+    """C-contiguous float64 copy of ``value`` that broadcasts to ``shape``; finite (and > 0 if
+    ``positive``)."""
+    arr = np.array(value, dtype=np.float64, order="C")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{owner}: {name} must be finite (found NaN or inf)")
     if positive and np.any(arr <= 0):

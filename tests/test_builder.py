@@ -182,3 +182,28 @@ def test_old_graphs_are_freed(lava_swin, inputs, monkeypatch):
     with pytest.raises(LavaBuildError, match="more than the simulator limit"):
         net.simulate(inputs[:1].double())
     assert len(ProcessServer().processes) - registered[0] == one_graph[0]  # the refused graph is gone too
+
+
+def test_a_converted_model_runs_without_the_ann_libraries(lava_swin, tiny_bert, inputs, tmp_path):
+    """Loading a converted Swin or BERT and building its Lava graph imports neither timm nor
+    transformers (they are needed to convert an ANN): Lava forks every worker from this process,
+    and a fork costs time in proportion to the memory the process holds (timm and transformers
+    add about 250 MB)."""
+    import subprocess
+    import sys
+
+    cms = {"swin": convert(lava_swin, [grey_task(16, 52)[0]], PhaseCode(1.25, 12)),
+           "bert": convert(tiny_bert, [sentences(16, 100)], PhaseCode(1.25, 12))}
+    torch.save({"swin": inputs[:1].double(), "bert": sentences(1, 200)}, tmp_path / "inputs.pt")
+    for name, cm in cms.items():
+        cm.save(tmp_path / name)
+    script = ("import sys, torch\n"
+              "from lava_spikedattn.builder import build_lava_network\n"
+              "from lava_spikedattn.converted_model import ConvertedModel\n"
+              f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+              "for name, x in inputs.items():\n"
+              f"    cm = ConvertedModel.load({str(tmp_path)!r} + '/' + name)\n"
+              "    build_lava_network(cm).build(x)\n"
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'transformers'}))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

@@ -8,7 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["fold_linear"]
+__all__ = ["UnsupportedModuleError", "fold_linear"]
+
+
+class UnsupportedModuleError(ValueError):
+    """A prepared model still contains a module that one-spike phase coding cannot convert."""
 
 
 def fold_linear(linear: nn.Linear, a: torch.Tensor | None = None, c: torch.Tensor | None = None

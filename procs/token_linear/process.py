@@ -64,11 +64,11 @@ class TokenLinear(AbstractProcess):
         shape_in = params.shape_tuple(owner, "shape_in", shape_in)
         in_index = params.index(owner, "in_index", in_index, int(np.prod(shape_in)))
         layout_in = shape_in if in_index is None else in_index.shape
-        weight = np.array(weight, dtype=np.float64)
+        weight = np.asarray(weight, dtype=np.float64)  # params.array below copies it
         if weight.ndim != 2 or weight.shape[1] != layout_in[-1]:
             raise ValueError(f"{owner}: weight must be (out, in) with in = {layout_in[-1]} (the last axis of "
                              f"{'in_index' if in_index is not None else 'shape_in'}), got {weight.shape}")
-        weight = params.array(owner, "weight", weight, weight.shape)
+        weight_t = params.array(owner, "weight", weight.T, weight.T.shape)  # (in, out): a row per input spike
         shape_y = layout_in[:-1] + (weight.shape[0],)
         out_index = params.index(owner, "out_index", out_index, int(np.prod(shape_y)))
         shape_out = shape_y if out_index is None else out_index.shape
@@ -83,7 +83,7 @@ class TokenLinear(AbstractProcess):
             bias = params.array(owner, "bias", np.asarray(bias) / divisor, shape_y)
             timesteps = code.timesteps
         fixed = params.fixed_point(owner, fixed_format, payload_exp=payload_exp, current_exp=current_exp)
-        super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=np.ascontiguousarray(weight.T),
+        super().__init__(shape_in=shape_in, shape_out=shape_out, weight_t=weight_t,
                          in_index=in_index, out_index=out_index,
                          injected_bias=bias, timesteps=timesteps,
                          bias_start=params.non_negative_int(owner, "bias_start", bias_start),

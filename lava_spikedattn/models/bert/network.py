@@ -87,13 +87,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lava_spikedattn.ann import RunningAffineNorm, UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerGraph, LayerSpec
-from lava_spikedattn.models.bert.variants import read_parts
-from lava_spikedattn.models.folding import fold_linear
+from lava_spikedattn.models.folding import UnsupportedModuleError, fold_linear
 
 __all__ = ["BertArchitecture", "SpikingBert", "bert_layer_graph", "bert_weight_shapes", "fold_bert",
            "quantize_embedding"]
@@ -174,6 +172,8 @@ class BertArchitecture:
     def from_model(cls, model: nn.Module) -> BertArchitecture:
         """Architecture of a HF BERT-family classifier (``variants.CLASSIFIERS``); ``ValueError``
         for variants the converter cannot run."""
+        from lava_spikedattn.models.bert.variants import read_parts  # transformers: only to read an ANN
+
         parts = read_parts(model)
         first = parts.layers[0]
         config = cls(
@@ -259,6 +259,8 @@ def bert_weight_shapes(config: BertArchitecture, convention: str) -> dict[str, t
 # --- folding ----------------------------------------------------------------------------------------------
 def _affine(norm: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, c) with norm(x) = a·x + c in eval mode, float64; ``path``: the norm's dotted name."""
+    from lava_spikedattn.ann import RunningAffineNorm  # imports timm and transformers: the ANN side only
+
     if not isinstance(norm, RunningAffineNorm):
         raise UnsupportedModuleError(f"{path}: {type(norm).__name__} cannot be folded; it must be a "
                                      f"RunningAffineNorm with running statistics (run prepare_bert())")
@@ -276,6 +278,8 @@ def fold_bert(model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
     the first neuron layer sees the projected, normalised embedding exactly as the encoder does.
     """
     official = convention == "official"
+    from lava_spikedattn.models.bert.variants import read_parts  # transformers: only to read an ANN
+
     dtype = next(model.parameters()).dtype
     parts = read_parts(model)
     paths = {module: f"model.{name}" for name, module in model.named_modules()}

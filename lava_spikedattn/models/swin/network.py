@@ -25,19 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from lava_spikedattn.ann import UnsupportedModuleError
 from lava_spikedattn.coding import CONVENTIONS, PhaseCode, check_finite
 from lava_spikedattn.energy import Synapse
 from lava_spikedattn.engines import Engine, SpikingNetwork
 from lava_spikedattn.layers import LayerGraph, LayerSpec
-from lava_spikedattn.models.folding import fold_linear
+from lava_spikedattn.models.folding import UnsupportedModuleError, fold_linear
+
+if TYPE_CHECKING:  # timm is needed to convert a Swin, not to run a converted one
+    from timm.models.swin_transformer import SwinTransformer
 
 __all__ = ["BlockGeometry", "SpikingSwin", "StageGeometry", "SwinConfig", "WindowedTransformer", "batchnorm_affine",
            "block_layers", "block_synapses", "block_weight_shapes", "diagonal", "fold_block", "merge_heads",
