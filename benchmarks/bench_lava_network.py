@@ -435,6 +435,12 @@ def bars() -> None:
                         "per input; simulate: build and step in process, first input; closed/ANN best of 5 "
                         "after warm-up"))
     report("bench_lava_bars", rows, meta)
+    print("\nfirst input by phase (s); Lava's runtime floor for as many processes (lava_vs_simulate.py):")
+    for model in ("shipped_swin", "minilm_sized_bert", "swin_t"):
+        for mode, phases in meta[model]["first_input_phases"].items():
+            floor = meta[model]["runtime_floor_phases"][mode]
+            print(f"  {model} {mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items())
+                  + "; floor: " + ", ".join(f"{k} {v:.3f}" for k, v in floor.items()))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
