@@ -9,9 +9,10 @@ The network is pipelined in time exactly as the spec describes (§1.5, W = T): t
 pipeline index n integrates in ``[n·T, (n+1)·T)`` and fires in ``[(n+1)·T, (n+2)·T)``; Lava
 delivers a message within the step it is sent, so a layer's spikes reach the next layer's input
 window directly, and a stream that skips layers (residuals, V) waits in a DelayLine for
-``(n_destination − n_source − 1)·T`` steps. Each block has its own TraceHolder (the trace is a
-function of the step; a message carrying it to every block every step would cost more than the
-block's spikes), one more serves the populations outside blocks.
+``(n_destination − n_source − 1)·T`` steps. Every population is inside a block (a
+:class:`Circuit`): the stem, each transformer block or encoder layer, each patch merging, and the
+read-out head; each block has its own TraceHolder (the trace is a function of the step; a message
+carrying it to every block every step would cost more than the block's spikes).
 
 Populations are tensor-shaped (batch, windows, heads, tokens, dims), so the process count grows
 with depth, not width. Layouts (window partition with the cyclic shift, head split/merge, window
@@ -104,7 +105,7 @@ class Graph:
     fmt: FixedFormat | None = None  # fixed point: the integer format; None: floating point
     processes: list = field(default_factory=list)
     populations: dict[str, ty.Any] = field(default_factory=dict)
-    trace: ty.Any = None
+    trace: TraceHolder | None = None  # created with the graph's first population (:meth:`trace_holder`)
     head: TokenLinear | None = None  # the classifier read-out synapse, once built
     source: SpikeSource | None = None  # the input, once built
     input_stats: LayerStats | None = None  # spikes of the input code (None: the input enters as values)
@@ -114,8 +115,12 @@ class Graph:
         self.code: PhaseCode = self.cm.code
         self.T = self.code.timesteps
         self.layers: dict[str, LayerSpec] = {layer.name: layer for layer in self.cm.layers}
+
+    def trace_holder(self) -> TraceHolder:
+        """The global trace of this graph's populations (one TraceHolder per block)."""
         if self.trace is None:
             self.trace = self.add(TraceHolder(code=self.code, fixed_format=self.fmt))
+        return self.trace
 
     def fixed(self, **exponents) -> dict[str, ty.Any]:
         """Fixed-point keyword arguments of a synapse (its unit exponents), {} in floating point."""
@@ -139,13 +144,28 @@ class Graph:
     def circuit(self, x: Stream, name: str,
                 build: ty.Callable[[Graph, Stream], PhaseNeuron]) -> Stream:
         """A block built by ``build(graph, input stream) → output neuron`` as one :class:`Circuit`."""
+        circuit, final = self._circuit(x, name, build, lambda final: final.s_out)
+        return Stream(circuit.s_out, None, self.layers[final.name].index, tuple(final.s_out.shape), final.payload_exp)
+
+    def head_circuit(self, x: Stream,
+                     build: ty.Callable[[Graph, Stream], tuple[TokenLinear, int]]) -> tuple[ty.Any, int]:
+        """The read-out block (pooling, the classifier synapse) built by ``build(graph, input stream)
+        → (classifier synapse, pipeline index)`` (:meth:`readout`'s) as one :class:`Circuit`;
+        returns the port whose current the host integrates, and the index."""
+        circuit, (self.head, index) = self._circuit(x, "readout", build, lambda built: built[0].a_out)
+        return circuit.s_out, index
+
+    def _circuit(self, x: Stream, name: str, build: ty.Callable[[Graph, Stream], ty.Any],
+                 output: ty.Callable[[ty.Any], ty.Any]) -> tuple[Circuit, ty.Any]:
+        """A Circuit of what ``build`` creates in a block graph fed by ``x``; its output port is
+        ``output(what build returned)``."""
         g, boundary = self.block(), _Boundary(x.shape)
-        final = build(g, Stream(boundary, None, x.index, x.shape, x.payload_exp))
-        shape = tuple(final.s_out.shape)
-        circuit = self.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=shape, feeds=boundary.feeds,
-                                   trace_feeds=[], output=final.s_out, name=name))
+        built = build(g, Stream(boundary, None, x.index, x.shape, x.payload_exp))
+        port = output(built)
+        circuit = self.add(Circuit(members=g.processes, shape_in=x.shape, shape_out=tuple(port.shape),
+                                   feeds=boundary.feeds, trace_feeds=[], output=port, name=name))
         self.link(x.s_out, circuit.s_in)
-        return Stream(circuit.s_out, None, self.layers[final.name].index, shape, final.payload_exp)
+        return circuit, built
 
     def link(self, source, destination) -> None:
         """Connect, or record a block-boundary feed."""
@@ -177,7 +197,7 @@ class Graph:
             kwargs.update(fixed_format=self.fmt, payload_exp=units[0], current_exp=units[1])
         population = self.add(PhaseNeuron(shape=shape, scale=self.scale(name, shape), code=self.code,
                                           signed=spec.signed, start=spec.index * self.T, name=name, **kwargs))
-        self.link(self.trace.s_out, population.trace_in)
+        self.link(self.trace_holder().s_out, population.trace_in)
         self.populations[name] = population
         return population
 
@@ -232,7 +252,7 @@ class Graph:
             units = self.fixed(payload_exp=source.payload_exp, current_exp=self.fmt.current_exponent(largest))
         head = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
                                     bias_start=index * self.T, in_index=in_index, name=key, **units))
-        connect(self.arrive(source.s_out, source.index, index), head.s_in)
+        self.link(self.arrive(source.s_out, source.index, index), head.s_in)
         return head, index
 
     def residual(self, source: Stream, destination) -> None:
@@ -268,9 +288,10 @@ class FamilyBuilder(ABC):
         Runs before anything is built."""
 
     @abstractmethod
-    def build(self, x: ty.Any) -> tuple[TokenLinear, int]:
-        """Every process for the input ``x`` (from :meth:`check_input`); returns the classifier
-        synapse and its pipeline index. The input enters through ``graph.input(self.encode(x))``."""
+    def build(self, x: ty.Any) -> tuple[ty.Any, int]:
+        """Every process for the input ``x`` (from :meth:`check_input`), every population inside a
+        block; returns the read-out port and its pipeline index (:meth:`Graph.head_circuit`). The
+        input enters through ``graph.input(self.encode(x))``."""
 
     @abstractmethod
     def encode(self, x: ty.Any) -> np.ndarray:
@@ -295,7 +316,7 @@ def attention_core(g: Graph, p: str, qkv: dict[str, PhaseNeuron], bias: np.ndarr
     head_shape = tuple(qkv["q_if"].s_out.shape)
     logit_shape = head_shape[:-1] + (head_shape[-2],)
     logits = g.neuron(f"{p}.stdp_qk", logit_shape)
-    woss, inhibitor = wire_scores(g.add, g.link, g.code, qkv["q_if"], qkv["k_if"], logits, g.trace, prefix=p,
+    woss, inhibitor = wire_scores(g.add, g.link, g.code, qkv["q_if"], qkv["k_if"], logits, g.trace_holder(), prefix=p,
                                   woss_start=g.layers[f"{p}.softmax_if"].index * g.T,
                                   bias_start=g.layers[f"{p}.stdp_qk"].index * g.T, bias=bias, key_mask=key_mask,
                                   fmt=g.fmt)
@@ -356,8 +377,8 @@ class LavaNetwork:
         with created_processes() as created:
             graph = Graph(self.cm, batch=batch, fmt=self.fixed_format)
             family_builder = self.builder_class(graph)
-            graph.head, readout_index = family_builder.build(x)
-            sink = probe(graph.head.a_out, self.steps_per_sample)
+            readout, readout_index = family_builder.build(x)
+            sink = probe(readout, self.steps_per_sample)
             graph.processes.append(sink)
         graph.created = created
         count = self._os_processes(graph)

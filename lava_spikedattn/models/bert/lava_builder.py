@@ -67,14 +67,26 @@ class BertBuilder(FamilyBuilder):
         self.key_mask = present[:, None, None, :].numpy()  # (batch, 1, 1, N)
         return one_shot(x.detach().double(), g.code, 1, neuron=g.populations["embeddings_if"])
 
-    def build(self, inputs: Mapping[str, Any]) -> tuple[TokenLinear, int]:
+    def build(self, inputs: Mapping[str, Any]) -> tuple[Any, int]:
+        """All processes for ``inputs`` (the embedding neurons, the encoder layers and the head, a
+        Circuit each); returns the read-out port and its pipeline index."""
         g = self.g
-        embeddings = g.neuron("embeddings_if", (*torch.as_tensor(inputs["input_ids"]).shape, self.config.hidden_size))
-        source = g.input(self.encode(inputs))
-        g.link(source.s_out, embeddings.a_in)
-        s = g.stream(embeddings)
+        shape = (*torch.as_tensor(inputs["input_ids"]).shape, self.config.hidden_size)
+        source = g.input(np.zeros((1, *shape)))  # its data needs the embedding neurons' units: loaded below
+        s = g.circuit(Stream(source.s_out, None, -1, shape), "embeddings", self._embeddings)
+        source.load(self.encode(inputs))  # also sets the key mask the layers need
         for i in range(self.config.num_hidden_layers):
             s = g.circuit(s, f"layers.{i}", lambda sub, x_in, i=i: self._layer(sub, x_in, f"layers.{i}"))
+        return g.head_circuit(s, self._head_members)
+
+    def _embeddings(self, g: Graph, x: Stream) -> PhaseNeuron:
+        """The stem: the host's embeddings, injected one-shot, into the first neurons."""
+        neuron = g.neuron("embeddings_if", x.shape)
+        g.link(x.s_out, neuron.a_in)
+        return neuron
+
+    def _head_members(self, g: Graph, s: Stream) -> tuple[TokenLinear, int]:
+        """The pooler on the first token, then the classifier."""
         b, n, hidden = s.shape
         pooler = g.neuron("pooler_if", (b, hidden))
         first_token = index_positions(s.shape)[:, 0].numpy()

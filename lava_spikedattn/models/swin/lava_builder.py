@@ -77,6 +77,16 @@ class WindowedBuilder(FamilyBuilder):
         g.input_stats = LayerStats(images.numel(), int(encoder.bits.sum()), encoder.saturated)
         return bits if g.fmt is None else bits / full_scale
 
+    def _patch_embed(self, images: torch.Tensor) -> Stream:
+        """The stem block: the bit-serial input (a SpikeSource) into the patch embedding."""
+        source = self.g.input(self.encode(images))
+        x = Stream(source.s_out, None, -1, tuple(source.s_out.shape), 0)
+        return self.g.circuit(x, "patch_embed", self._patch_embed_members)
+
+    def _head(self, x: Stream) -> tuple[Any, int]:
+        """The read-out block (the family's ``_head_members``: [last norm,] pooling, classifier)."""
+        return self.g.head_circuit(x, self._head_members)
+
     def _norm_neuron(self, g: Graph, norm: str, name: str, x: Stream) -> Stream:
         """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
         neuron = g.neuron(name, x.shape)
@@ -139,8 +149,9 @@ class SwinBuilder(WindowedBuilder):
         super().__init__(graph)
         self.config = SwinConfig.from_json(graph.cm.config["architecture"])
 
-    def build(self, images: torch.Tensor) -> tuple[TokenLinear, int]:
-        """All processes for ``images``; returns the classifier synapse and its pipeline index."""
+    def build(self, images: torch.Tensor) -> tuple[Any, int]:
+        """All processes for ``images`` (the stem, the blocks, the patch mergings and the head, a
+        Circuit each); returns the read-out port and its pipeline index."""
         x = self._patch_embed(images)
         for stage in self.config.stages():
             if stage.merge:
@@ -149,30 +160,31 @@ class SwinBuilder(WindowedBuilder):
                 x = self._block(x, block)
         return self._head(x)
 
-    def _patch_embed(self, images: torch.Tensor) -> Stream:
-        g, cfg, b = self.g, self.config, self.g.batch
+    def _patch_embed_members(self, g: Graph, x: Stream) -> PhaseNeuron:
+        cfg, b = self.config, g.batch
         weight = g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1)
         if g.fmt is not None:
             weight = weight * float(g.cm.weights["input_max"])
-        source = g.input(self.encode(images))
         rows, cols = cfg.img_size[0] // cfg.patch_size[0], cfg.img_size[1] // cfg.patch_size[1]
         neuron = g.neuron("patch_embed_if", (b, rows, cols, cfg.embed_dim), bit_serial_input=True)
-        in_index = patchify(index_positions(images.shape), cfg.patch_size).numpy()
+        in_index = patchify(index_positions(x.shape), cfg.patch_size).numpy()
         # The first bias is added undivided on every input step (spec §1.4).
-        g.linear("patch_embed", Stream(source.s_out, None, -1, tuple(images.shape), 0), neuron, in_index=in_index,
-                 weight=weight, bias_divisor=1.0)
-        return g.stream(neuron)
+        g.linear("patch_embed", x, neuron, in_index=in_index, weight=weight, bias_divisor=1.0)
+        return neuron
 
     def _patch_merging(self, x: Stream, stage: int) -> Stream:
-        g, (b, height, width, _) = self.g, x.shape
-        name = f"layers.{stage}.patch_merging_if"
-        out_dim = g.weight(f"layers.{stage}.downsample.weight").shape[0]
-        neuron = g.neuron(name, (b, height // 2, width // 2, out_dim))
-        g.linear(f"layers.{stage}.downsample", x, neuron, in_index=merge_patches(index_positions(x.shape)).numpy())
-        return g.stream(neuron)
+        """A patch merging as its own block."""
+        return self.g.circuit(x, f"layers.{stage}.downsample", lambda g, x_in: self._merging_members(g, x_in, stage))
 
-    def _head(self, x: Stream) -> tuple[TokenLinear, int]:
-        g, (b, height, width, channels) = self.g, x.shape
+    def _merging_members(self, g: Graph, x: Stream, stage: int) -> PhaseNeuron:
+        b, height, width, _ = x.shape
+        out_dim = g.weight(f"layers.{stage}.downsample.weight").shape[0]
+        neuron = g.neuron(f"layers.{stage}.patch_merging_if", (b, height // 2, width // 2, out_dim))
+        g.linear(f"layers.{stage}.downsample", x, neuron, in_index=merge_patches(index_positions(x.shape)).numpy())
+        return neuron
+
+    def _head_members(self, g: Graph, x: Stream) -> tuple[TokenLinear, int]:
+        b, height, width, channels = x.shape
         if self.official:
             x = self._norm_neuron(g, "norm", "last_norm_if", x)
         pool = g.neuron("pool_if", (b, channels))

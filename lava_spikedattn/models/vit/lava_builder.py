@@ -10,6 +10,8 @@ classifier reads the class token's spikes through a gather (token pooling) or a 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -17,6 +19,7 @@ from lava_spikedattn.builder import Graph, Stream, index_positions
 from lava_spikedattn.models.swin.lava_builder import WindowedBuilder
 from lava_spikedattn.models.swin.network import patchify
 from lava_spikedattn.models.vit.network import ViTConfig
+from lava_spikedattn.procs.phase_neuron.process import PhaseNeuron
 from lava_spikedattn.procs.token_linear.process import TokenLinear
 
 __all__ = ["ViTBuilder"]
@@ -29,8 +32,9 @@ class ViTBuilder(WindowedBuilder):
         super().__init__(graph)
         self.config = ViTConfig.from_json(graph.cm.config["architecture"])
 
-    def build(self, images: torch.Tensor) -> tuple[TokenLinear, int]:
-        """All processes for ``images``; returns the classifier synapse and its pipeline index."""
+    def build(self, images: torch.Tensor) -> tuple[Any, int]:
+        """All processes for ``images`` (the stem, the blocks and the head, a Circuit each); returns
+        the read-out port and its pipeline index."""
         x = self._patch_embed(images)
         for block in self.config.blocks():
             x = self._block(x, block)
@@ -42,25 +46,25 @@ class ViTBuilder(WindowedBuilder):
         bits = super().encode(images).reshape(self.g.T, images.shape[0], -1)
         return np.concatenate([bits, np.zeros(bits.shape[:-1] + (1,))], axis=-1)
 
-    def _patch_embed(self, images: torch.Tensor) -> Stream:
-        g, cfg, b = self.g, self.config, self.g.batch
+    def _patch_embed_members(self, g: Graph, x: Stream) -> PhaseNeuron:
+        """The stem's patch embedding, reading the (batch, C·H·W + 1) input code ``x``."""
+        cfg, b = self.config, g.batch
         weight = g.weight("patch_embed.weight").reshape(cfg.embed_dim, -1)
         if g.fmt is not None:
             weight = weight * float(g.cm.weights["input_max"])
-        source = g.input(self.encode(images))
-        pixels = images[0].numel()
+        pixels = x.shape[1] - 1
         positions = index_positions((b, pixels + 1))
-        patches = patchify(positions[:, :pixels].reshape(images.shape), cfg.patch_size).flatten(1, 2)
+        images = (b, cfg.in_chans, *cfg.img_size)
+        patches = patchify(positions[:, :pixels].reshape(images), cfg.patch_size).flatten(1, 2)
         silent = positions[:, pixels:, None].expand(b, cfg.prefix_tokens, patches.shape[-1])
         in_index = torch.cat([silent, patches], dim=1)[:, None].numpy()  # (batch, 1, N, C·ph·pw)
         neuron = g.neuron("patch_embed_if", (b, 1, cfg.tokens, cfg.embed_dim), bit_serial_input=True)
         # The first bias (per token) is added undivided on every input step (spec §1.4).
-        g.linear("patch_embed", Stream(source.s_out, None, -1, (b, pixels + 1), 0), neuron, in_index=in_index,
-                 weight=weight, bias_divisor=1.0)
-        return g.stream(neuron)
+        g.linear("patch_embed", x, neuron, in_index=in_index, weight=weight, bias_divisor=1.0)
+        return neuron
 
-    def _head(self, x: Stream) -> tuple[TokenLinear, int]:
-        g, cfg, b = self.g, self.config, self.g.batch
+    def _head_members(self, g: Graph, x: Stream) -> tuple[TokenLinear, int]:
+        cfg, b = self.config, g.batch
         if self.official:
             x = self._norm_neuron(g, "norm", "last_norm_if", x)
         if cfg.global_pool == "token":
