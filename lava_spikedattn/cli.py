@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="LR", help=f"AdamW learning rate of --phase-aware (default: {PHASE_AWARE_LR:g})")
     convert.add_argument("--train-batches", type=_positive_int, metavar="N",
                          help="--phase-aware trains on the first N batches of the train split (default: all)")
+    convert.add_argument("--learn-scales", action="store_true", default=None,
+                         help="--phase-aware learns the scales (LSQ) instead of recalibrating them after every epoch")
     convert.add_argument("--phase-aware-checkpoint", type=Path, metavar="FOLDER",
                          help="--phase-aware checkpoints here after every epoch, and resumes from it (default: none)")
     convert.add_argument("--save-ann", type=Path, metavar="PATH",

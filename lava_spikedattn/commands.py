@@ -170,9 +170,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
             lr = args.phase_aware_lr or PHASE_AWARE_LR
             ann_option = "" if args.save_ann is None else f" --ann {args.save_ann}"
             processes = distributed.world()[1]
+            scales = "the scales learned" if args.learn_scales else "the last epoch's scales"
             print(f"  phase-aware fine-tuning: {args.phase_aware} epoch(s) of {train_batches} batches of {args.data} "
                   f"(train split), AdamW lr {lr:g}, on the CPU"
-                  f"{f' in {processes} processes' if processes > 1 else ''}; converted with the last epoch's scales")
+                  f"{f' in {processes} processes' if processes > 1 else ''}; converted with {scales}")
             if args.phase_aware_checkpoint is not None:
                 print(f"  fine-tuning checkpoint in {args.phase_aware_checkpoint} (the same command resumes from it)")
             print(f"  how faithful the SNN is to the tuned ANN: spikedattn evaluate {args.out} --data {args.data}"
@@ -190,6 +191,7 @@ def _check_phase_aware(args: argparse.Namespace) -> None:
     if args.phase_aware is None:
         given = [option for option, value in (("--phase-aware-lr", args.phase_aware_lr),
                                               ("--train-batches", args.train_batches),
+                                              ("--learn-scales", args.learn_scales),
                                               ("--phase-aware-checkpoint", args.phase_aware_checkpoint))
                  if value is not None]
         if given:
@@ -213,8 +215,9 @@ def _finetune_phase_aware(model: nn.Module, code: PhaseCode, family: ModelFamily
                           calibration: Batches, args: argparse.Namespace) -> tuple[nn.Module, Any, int]:
     """(tuned ANN, its converted model, training batches): ``finetune_phase_aware`` of ``model`` at
     ``code`` on the first ``--train-batches`` batches of the train split (all by default), the
-    scales recalibrated on ``calibration`` after each epoch. On the CPU, where the library trains; under
-    torchrun each process trains on its share of the batches and calibrates on all of them."""
+    scales recalibrated on ``calibration`` after each epoch (or learned, ``--learn-scales``). On the
+    CPU, where the library trains; under torchrun each process trains on its share of the batches and
+    calibrates on all of them."""
     from lava_spikedattn import distributed
     from lava_spikedattn.phase_aware import finetune_phase_aware
 
@@ -223,7 +226,7 @@ def _finetune_phase_aware(model: nn.Module, code: PhaseCode, family: ModelFamily
     tuned, cm = finetune_phase_aware(model.cpu(), code, distributed.shard(loader), calibration,
                                      epochs=args.phase_aware, lr=args.phase_aware_lr or PHASE_AWARE_LR,
                                      method=args.method, percentile=args.percentile, progress=not args.no_progress,
-                                     checkpoint=args.phase_aware_checkpoint)
+                                     checkpoint=args.phase_aware_checkpoint, learn_scales=bool(args.learn_scales))
     return tuned, cm, len(loader)
 
 

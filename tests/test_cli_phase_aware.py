@@ -97,11 +97,12 @@ def test_the_options_reach_finetune_phase_aware_at_the_searched_base(recorded, t
     status, out, err = run(capsys, "convert", *FAST, "--base", "auto", "--convention", "official", "--method",
                            "percentile", "--percentile", "99.5", "--phase-aware", "3", "--phase-aware-lr", "2e-3",
                            "--train-batches", "2", "--phase-aware-checkpoint", tmp_path / "tuning",
-                           "--out", tmp_path / "snn")
+                           "--learn-scales", "--out", tmp_path / "snn")
     assert status == 0, err
     call = recorded["finetune"]
     assert (call["code"].base, call["code"].timesteps, call["code"].convention) == (1.7, 6, "official")
     assert (call["epochs"], call["lr"], call["method"], call["percentile"]) == (3, 2e-3, "percentile", 99.5)
+    assert call["learn_scales"] is True and "scales learned" in out
     assert call["checkpoint"] == tmp_path / "tuning" and f"fine-tuning checkpoint in {tmp_path / 'tuning'}" in out
     assert (call["loader"], call["calibration"], call["progress"]) == (2, 1, False)
     assert recorded["search"] == {"sha256": call["sha256"], "timesteps": 6}  # searched on the model given to tuning
@@ -116,7 +117,7 @@ def test_by_default_it_trains_on_every_batch_of_the_train_split_at_the_default_r
     assert status == 0, err
     call = recorded["finetune"]
     assert call["loader"] == RANDOM_SAMPLES // 8 and call["lr"] == PHASE_AWARE_LR and "search" not in recorded
-    assert call["checkpoint"] is None
+    assert call["checkpoint"] is None and call["learn_scales"] is False
     assert (call["code"].base, call["code"].convention, call["method"]) == (1.6, "exact", "max")
 
 
@@ -132,6 +133,8 @@ BAD_USAGE = {
                           "--phase-aware-lr: only for phase-aware fine-tuning; add --phase-aware EPOCHS"),
     "train batches without tuning": (["--train-batches", "2"],
                                      "--train-batches: only for phase-aware fine-tuning; add --phase-aware EPOCHS"),
+    "learned scales without tuning": (["--learn-scales"],
+                                      "--learn-scales: only for phase-aware fine-tuning; add --phase-aware EPOCHS"),
     "no verify": (["--phase-aware", "1", "--no-verify"], "--no-verify does not apply to --phase-aware"),
     "checkpoint without tuning": (["--phase-aware-checkpoint", "tuning"],
                                   "--phase-aware-checkpoint: only for phase-aware fine-tuning; add --phase-aware"),

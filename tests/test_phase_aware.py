@@ -80,6 +80,45 @@ def test_straight_through_rule():
     torch.testing.assert_close(grad, ((x.detach() > 0) & (x.detach() <= top)).float())
 
 
+def test_learned_scale_rule():
+    """LSQ: d(decoded)/d(scale) = decoded/scale − x/scale inside the code's range, the top level
+    (±max_level, 0 below zero for ReLU neurons) where it saturates."""
+    scale = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    engine = PhaseAwareEngine(SMALL_T, lambda name, shape: scale.detach(), None,
+                              learned_scale=lambda name, shape: scale)
+    x = torch.tensor([-3.0, -1.0, 0.5, 1.9, 2.5], dtype=torch.float64)
+    for signed in (True, False):
+        decoded = engine.neuron("layer", x, signed=signed)
+        torch.testing.assert_close(decoded.detach(), SMALL_T.quantize(x, scale.detach(), signed))
+        top = 2.0 * SMALL_T.max_level
+        inside = (x.abs() <= top) if signed else ((x > 0) & (x <= top))
+        expected = ((decoded.detach() - x * inside) / 2.0)
+        (grad,) = torch.autograd.grad(decoded, scale, torch.ones_like(x))
+        torch.testing.assert_close(grad, expected.sum())
+        saturated = ~inside & ((x.abs() > top) if signed else (x > top))
+        assert torch.equal(expected[saturated], (decoded.detach() / 2.0)[saturated])  # the top level
+
+
+def test_learned_scales_are_trained_and_stored(swin):
+    """With learn_scales the scales move from their calibration, the converted model stores them
+    (marked learned), and its closed form is the training forward."""
+    import copy
+
+    calibration = [grey_task(64, 100)[0]]
+    x = grey_task(64, 200)[0]
+    loader = [grey_task(64, 300 + i) for i in range(10)]
+    calibrated = convert(swin, calibration, SMALL_T)
+    tuned, cm = finetune_phase_aware(copy.deepcopy(swin), SMALL_T, loader, calibration, epochs=1, lr=1e-2,
+                                     alpha=1.0, progress=False, learn_scales=True)
+    assert cm.config["calibration"]["learned"] is True
+    moved = [key for key in calibrated.weights if key.startswith("scale.")
+             and not torch.allclose(cm.weights[key], calibrated.weights[key], rtol=1e-3)]
+    assert moved  # trained, not recalibrated
+    student = PhaseAwareModel.from_converted(tuned, cm)
+    torch.testing.assert_close(student(x), cm.to_reference("closed")(x), rtol=0, atol=0)
+    assert not torch.equal(cm.to_reference("closed")(x), convert(tuned, calibration, SMALL_T).to_reference("closed")(x))
+
+
 def test_a_few_steps_bring_the_spiking_network_closer_to_its_teacher(swin):
     import copy
 

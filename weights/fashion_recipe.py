@@ -246,14 +246,15 @@ def _measured(report: EvaluationReport) -> dict[str, Any]:
 
 
 def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int, lr: float, alpha: float,
-         cosine: bool = True) -> None:
+         cosine: bool = True, learn_scales: bool = False) -> None:
     """Phase-aware fine-tuning of ``recipe``'s written model at T = ``timesteps`` (default: its own).
 
     Starts from ``weights/<recipe.stem>_ann.safetensors`` with its calibration; B is the written
     model's at its own T, else ``search_base``'s. Measures the post-training conversion at that
     code on the test split, fine-tunes the ANN through the converted network's rounding
     (``finetune_phase_aware``: distillation from the untuned ANN plus cross-entropy, one AdamW from
-    ``lr``, cosine decay to 0 unless ``cosine`` is False, scales recalibrated after each epoch) on
+    ``lr``, cosine decay to 0 unless ``cosine`` is False, scales recalibrated after each epoch, or
+    learned with ``learn_scales``) on
     the training images the ANN was trained on, and writes ``weights/<stem>*`` (``stem`` may be
     ``recipe.stem``: the tuned model replaces the written one) with both measurements in the metrics.
     """
@@ -282,7 +283,7 @@ def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int
     untuned = copy.deepcopy(ann)
     start = time.perf_counter()
     tuned, cm = finetune_phase_aware(ann, code, loader, calibration, epochs=epochs, lr=lr, alpha=alpha,
-                                     cosine=cosine, progress=False, **options)
+                                     cosine=cosine, progress=False, learn_scales=learn_scales, **options)
     training_s = time.perf_counter() - start
     cm.save(folder)
     save_ann_checkpoint(tuned, ann_path, family=recipe.family, model_name=recipe.model_name,
@@ -305,7 +306,8 @@ def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int
         "neurons_per_sample": report.neurons / report.samples, "saturated": report.saturated,
         "logits_cosine": report.output.cosine, "energy": _measured(report)["energy"],
         "post_training": {"ann": f"{recipe.stem}_ann.safetensors (untuned)", **_measured(post)},
-        "phase_aware": {"epochs": epochs, "lr": lr, "alpha": alpha,
+        "phase_aware": {"epochs": epochs, "lr": lr, "alpha": alpha, "scales": "learned" if learn_scales else
+                        "recalibrated after every epoch",
                         "optimizer": f"AdamW, {'cosine decay' if cosine else 'constant lr'}",
                         "images": len(fit_x), "batch_size": BATCH, "seconds": round(training_s, 1),
                         "untuned_ann_accuracy": versus_untuned.ann_accuracy,

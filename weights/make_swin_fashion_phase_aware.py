@@ -26,6 +26,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--stem", help="output file stem (default: swin_fashion_mnist_t<T>)")
+    parser.add_argument("--learn-scales", action="store_true", help="learn the scales instead of recalibrating them")
     args = parser.parse_args()
     tune(SWIN, args.stem or f"{SWIN.stem}_t{args.timesteps}", timesteps=args.timesteps, epochs=args.epochs,
-         lr=args.lr, alpha=ALPHA)
+         lr=args.lr, alpha=ALPHA, learn_scales=args.learn_scales)
