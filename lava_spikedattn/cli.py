@@ -237,16 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "sample in memory: small calibration sets only) (default: max)")
     convert.add_argument("--percentile", type=_positive_float("a number in (0, 100]", 100.0), default=99.99,
                          metavar="P", help="percentile for --method percentile, in (0, 100] (default: 99.99)")
-    convert.add_argument("--no-verify", action="store_true",
-                         help="skip the check that the folded network reproduces the prepared model")
+    convert.add_argument("--no-verify", action="store_true", help="skip checking the fold against the prepared model")
     convert.add_argument("--phase-aware", type=_positive_int, metavar="EPOCHS",
                          help="fine-tune the ANN for EPOCHS epochs through the SNN's rounding first (default: off)")
     convert.add_argument("--phase-aware-lr", type=_positive_float("a positive learning rate like 5e-4"),
                          metavar="LR", help=f"AdamW learning rate of --phase-aware (default: {PHASE_AWARE_LR:g})")
     convert.add_argument("--train-batches", type=_positive_int, metavar="N",
                          help="--phase-aware trains on the first N batches of the train split (default: all)")
-    convert.add_argument("--learn-scales", action="store_true", default=None,
-                         help="--phase-aware learns the scales (LSQ) instead of recalibrating them after every epoch")
+    convert.add_argument("--learn-scales", action="store_true", help="--phase-aware learns the scales (LSQ)")
     convert.add_argument("--phase-aware-checkpoint", type=Path, metavar="FOLDER",
                          help="--phase-aware checkpoints here after every epoch, and resumes from it (default: none)")
     convert.add_argument("--save-ann", type=Path, metavar="PATH",
@@ -370,8 +368,7 @@ RUNS_LAVA = ("run-lava", "demo")
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
-    # after parsing: --help and usage errors stay fast
-    from lava_spikedattn.converted_model import ConvertedModelError
+    from lava_spikedattn.converted_model import ConvertedModelError  # after parsing: --help stays fast
     from lava_spikedattn.models.folding import UnsupportedModuleError
 
     try:

@@ -193,7 +193,7 @@ def _check_phase_aware(args: argparse.Namespace) -> None:
                                               ("--train-batches", args.train_batches),
                                               ("--learn-scales", args.learn_scales),
                                               ("--phase-aware-checkpoint", args.phase_aware_checkpoint))
-                 if value is not None]
+                 if value not in (None, False)]
         if given:
             raise UsageError(f"{' and '.join(given)}: only for phase-aware fine-tuning; add --phase-aware EPOCHS or "
                              f"leave out {' and '.join(given)}")
@@ -226,7 +226,7 @@ def _finetune_phase_aware(model: nn.Module, code: PhaseCode, family: ModelFamily
     tuned, cm = finetune_phase_aware(model.cpu(), code, distributed.shard(loader), calibration,
                                      epochs=args.phase_aware, lr=args.phase_aware_lr or PHASE_AWARE_LR,
                                      method=args.method, percentile=args.percentile, progress=not args.no_progress,
-                                     checkpoint=args.phase_aware_checkpoint, learn_scales=bool(args.learn_scales))
+                                     checkpoint=args.phase_aware_checkpoint, learn_scales=args.learn_scales)
     return tuned, cm, len(loader)
 
 
