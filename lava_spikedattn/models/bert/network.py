@@ -277,9 +277,9 @@ def fold_bert(model: nn.Module, convention: str) -> dict[str, torch.Tensor]:
     embedding norm is weight 1, bias P·c + b. The network then needs no projection stage, and
     the first neuron layer sees the projected, normalised embedding exactly as the encoder does.
     """
-    official = convention == "official"
     from lava_spikedattn.models.bert.variants import read_parts  # transformers: only to read an ANN
 
+    official = convention == "official"
     dtype = next(model.parameters()).dtype
     parts = read_parts(model)
     paths = {module: f"model.{name}" for name, module in model.named_modules()}

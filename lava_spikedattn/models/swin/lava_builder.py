@@ -8,6 +8,7 @@ pooling) are gathers inside the TokenLinear synapses (:func:`~lava_spikedattn.bu
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,14 @@ class WindowedBuilder(FamilyBuilder):
     def _head(self, x: Stream) -> tuple[Any, int]:
         """The read-out block (the family's ``_head_members``: [last norm,] pooling, classifier)."""
         return self.g.head_circuit(x, self._head_members)
+
+    @abstractmethod
+    def _patch_embed_members(self, g: Graph, x: Stream) -> PhaseNeuron:
+        """The stem block's members in ``g``, reading the input code ``x``; returns its neuron."""
+
+    @abstractmethod
+    def _head_members(self, g: Graph, x: Stream) -> tuple[TokenLinear, int]:
+        """The read-out block's members in ``g``; returns ``g.readout``'s (synapse, pipeline index)."""
 
     def _norm_neuron(self, g: Graph, norm: str, name: str, x: Stream) -> Stream:
         """Official convention: a BatchNorm as a diagonal synapse, then a neuron."""
