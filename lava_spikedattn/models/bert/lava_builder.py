@@ -31,9 +31,11 @@ class BertBuilder(FamilyBuilder):
     def __init__(self, graph: Graph) -> None:
         super().__init__(graph)
         cm = graph.cm
-        # the host embedding in float64, as the reference engines compute it; only its tensors are
-        # widened (the whole network in float64 would double the memory every Lava worker forks from)
-        weights = {key: value.double() if key.startswith("embeddings.") else value for key, value in cm.weights.items()}
+        # the host embedding in float64, as the reference engines compute it; only its small tensors are
+        # widened (every Lava worker forks from this process's memory): the word table stays as stored,
+        # its looked-up rows widen exactly when added to the float64 position embeddings
+        weights = {key: value.double() if key.startswith("embeddings.") and key != "embeddings.word_embeddings"
+                   else value for key, value in cm.weights.items()}
         self.network = cm.family.network(cm.config["architecture"], cm.config["convention"], weights, cm.code, "ann")
         self.config = self.network.config
         self.official = graph.code.official
