@@ -5,7 +5,7 @@ Swin at T=12 from ``make_swin_fashion_phase_aware.py``, and the shipped ViT), re
 the closed-form engine (float32, the 10 000 Fashion-MNIST test images):
 
 * post-training: the untuned ANN it started from, converted at the same code (B, T, calibration);
-* phase-aware: the tuned model's converted folder;
+* phase-aware: the tuned model's converted folder (its scales learned or recalibrated);
 
 with the ANN accuracy, the SNN accuracy, agreement with the ANN and the energy per inference (spec
 §7, both countings); models without fine-tuning (the shipped Swin at T=24) as reference points.
@@ -72,7 +72,9 @@ def main() -> None:
             options["percentile"] = metrics["calibration"]["percentile"]
         code = PhaseCode(metrics["base"], metrics["timesteps"])
         rows.append(_row(stem, "post-training", untuned, convert(untuned, calibration, code, **options), test))
-        rows.append(_row(stem, "phase-aware", ann, tuned_cm, test))
+        scales = metrics["phase_aware"]["scales"]
+        rows.append(_row(stem, "phase-aware, learned scales" if scales == "learned" else "phase-aware", ann, tuned_cm,
+                         test))
     report("bench_phase_aware", rows, {"engine": "closed", "dtype": "float32", "test_images": args.limit or 10000,
                                        "data": "Fashion-MNIST test split"})
 

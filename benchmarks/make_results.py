@@ -3,7 +3,7 @@
 
 Each step runs the command a user would run (the demo, the text demo, a benchmark script) in a
 subprocess, then reads what it wrote. ``docs/results.json`` records per step the command, the
-engine, dtype and data behind its numbers, its run time, and the numbers; its ``environment``
+engine, dtype and data behind its numbers, the date it ran, its run time, and the numbers; its ``environment``
 records the machine and the locked versions they were measured with. The README holds each
 block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; ``tests/test_results.py``
 checks that every block equals what :func:`render` makes of the JSON, and that the JSON was made
@@ -221,7 +221,8 @@ def _caption(results: dict[str, Any], *names: str) -> str:
     for name in names:
         step = results["steps"][name]
         parts.append(f"`{step['command']}` ({step['engine']}; {step['dtype']}; {step['data']})")
-    return "Made by " + "; ".join(parts) + f" on {results['environment']['date']}; re-made by `make results`."
+    dates = " and ".join(sorted({results["steps"][name]["date"] for name in names}))
+    return "Made by " + "; ".join(parts) + f" on {dates}; re-made by `make results`."
 
 
 def _render_demo(results: dict[str, Any]) -> list[str]:
@@ -406,7 +407,7 @@ def rewrite_readme(results: dict[str, Any]) -> None:
 def environment() -> dict[str, Any]:
     from importlib import metadata
 
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
+    return {"machine": platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "versions": {name: metadata.version(name) for name in VERSIONED}}
 
 
@@ -434,8 +435,8 @@ def main() -> None:
             if step.argv is not None:
                 subprocess.run(step.argv, cwd=ROOT, check=True)
             results["steps"][name] = {"command": step.command, "engine": step.engine, "dtype": step.dtype,
-                                      "data": step.data, "seconds": round(time.perf_counter() - start, 1),
-                                      "result": step.collect()}
+                                      "data": step.data, "date": time.strftime("%Y-%m-%d"),
+                                      "seconds": round(time.perf_counter() - start, 1), "result": step.collect()}
             results["environment"] = env
             RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     rewrite_readme(results)

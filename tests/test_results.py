@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -43,8 +44,19 @@ def test_readme_block_is_rendered_from_the_results(results, block):
 
 
 def test_rendered_blocks_name_their_command_and_date(results):
+    made = {step["date"] for step in results["steps"].values()}
     for block, text in make_results.render(results).items():
-        assert "Made by `" in text and results["environment"]["date"] in text, block
+        dates = set(re.findall(r"\d{4}-\d{2}-\d{2}", text.split("Made by `")[-1]))
+        assert "Made by `" in text and dates and dates <= made, block
+
+
+def test_a_caption_names_the_dates_its_steps_were_made(results):
+    """A step re-made alone (``--only``) does not re-date the blocks of the others."""
+    steps = {"demo": dict(results["steps"]["demo"], date="2026-01-02"),
+             "text": dict(results["steps"]["text"], date="2026-01-01")}
+    assert make_results._caption({"steps": steps}, "demo").endswith(" on 2026-01-02; re-made by `make results`.")
+    assert make_results._caption({"steps": steps}, "demo", "text").endswith(
+        " on 2026-01-01 and 2026-01-02; re-made by `make results`.")
 
 
 @pytest.mark.slow
