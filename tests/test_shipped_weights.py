@@ -1,7 +1,7 @@
 """The shipped converted models (weights/: the Swin and the ViT of make_swin_fashion.py and
 make_vit_fashion.py, the Swin fine-tuned phase-aware at T=12 and T=8 of make_swin_fashion_phase_aware.py):
-the files load, belong together, and reproduce the measured accuracy on the first Fashion-MNIST
-test images."""
+the files load, belong together, reproduce the measured accuracy on the first Fashion-MNIST
+test images, and run in Lava as on the reference engine."""
 
 import json
 from pathlib import Path
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lava_spikedattn.builder import build_lava_network
 from lava_spikedattn.checkpoint import load_ann_checkpoint
 from lava_spikedattn.cli import main
 from lava_spikedattn.converted_model import ConvertedModel, tensor_sha256
@@ -121,3 +122,15 @@ def test_cli_evaluate_feeds_the_same_images(folder: Path, report: EvaluationRepo
     cli = EvaluationReport.load(path)
     assert (cli.samples, cli.ann_correct, cli.snn_correct, cli.agree) == (
         report.samples, report.ann_correct, report.snn_correct, report.agree)
+
+
+def test_lava_runs_the_reference_network(converted: ConvertedModel) -> None:
+    """Lava (fused) on the first test images gives the closed-form engine's classes and logits."""
+    images = load_fashion_mnist("test", 3)[0]
+    architecture = converted.config["architecture"]
+    images = fit_images(images, architecture["img_size"], architecture["in_chans"]).double()
+    with build_lava_network(converted) as net:
+        lava = torch.cat([net.run(image[None]) for image in images])
+    closed = converted.to_reference("closed").double()(images)
+    assert torch.equal(lava.argmax(-1), closed.argmax(-1))
+    assert ((lava - closed).abs().max() / closed.abs().max()).item() < 1e-9
