@@ -1,7 +1,7 @@
 """Post-training conversion vs phase-aware fine-tuning of the shipped models, on the whole test split.
 
 For each phase-aware model in ``weights/`` (``*_metrics.json`` with a ``phase_aware`` entry: the
-Swin at T=12 from ``make_swin_fashion_phase_aware.py``, and the shipped ViT), re-measured here on
+Swin at T=12 and T=8 from ``make_swin_fashion_phase_aware.py``, and the shipped ViT), re-measured here on
 the closed-form engine (float32, the 10 000 Fashion-MNIST test images):
 
 * post-training: the untuned ANN it started from, converted at the same code (B, T, calibration);

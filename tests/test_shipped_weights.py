@@ -41,6 +41,13 @@ SHIPPED = {"swin_fashion_mnist": ("swin", 0.93), "vit_fashion_mnist": ("vit", 0.
            "swin_fashion_mnist_t12": ("swin", 0.90), "swin_fashion_mnist_t8": ("swin", 0.89)}
 
 
+def first_test_images(converted: ConvertedModel, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` Fashion-MNIST test images, fitted to the model as the command line fits them."""
+    images, labels = load_fashion_mnist("test", n)
+    architecture = converted.config["architecture"]
+    return fit_images(images, architecture["img_size"], architecture["in_chans"]), labels
+
+
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
 def stem(request) -> str:
     return request.param
@@ -75,9 +82,7 @@ def ann(folder: Path) -> tuple[torch.nn.Module, dict]:
 @pytest.fixture(scope="module")
 def report(converted: ConvertedModel, ann: tuple[torch.nn.Module, dict]) -> EvaluationReport:
     """Closed-engine evaluation on the first test images, fed as the command line feeds them."""
-    images, labels = load_fashion_mnist("test", SAMPLES)
-    architecture = converted.config["architecture"]
-    images = fit_images(images, architecture["img_size"], architecture["in_chans"])
+    images, labels = first_test_images(converted, SAMPLES)
     batches = [(images[i:i + BATCH], labels[i:i + BATCH]) for i in range(0, SAMPLES, BATCH)]
     return evaluate(ann[0], converted.to_reference("closed"), batches, progress=False, compare_layers=False)
 
@@ -126,9 +131,7 @@ def test_cli_evaluate_feeds_the_same_images(folder: Path, report: EvaluationRepo
 
 def test_lava_runs_the_reference_network(converted: ConvertedModel) -> None:
     """Lava (fused) on the first test images gives the closed-form engine's classes and logits."""
-    images = load_fashion_mnist("test", 3)[0]
-    architecture = converted.config["architecture"]
-    images = fit_images(images, architecture["img_size"], architecture["in_chans"]).double()
+    images = first_test_images(converted, 3)[0].double()
     with build_lava_network(converted) as net:
         lava = torch.cat([net.run(image[None]) for image in images])
     closed = converted.to_reference("closed").double()(images)
