@@ -170,9 +170,11 @@ def test_percentile_calibration_clips_below_max(tiny, calibration):
     largest scale, which may exceed that neuron's own maximum."""
     batches = calibration[:2]
     by_max = convert(tiny, batches, CODE)
-    cm = convert(tiny, batches, CODE, method="percentile", percentile=99.0)
+    # percentile 90: ReLU neurons silent on 90 % of the samples are many (32-59 per stage-1 MLP on
+    # 2026-12-06); at 99 they are a handful or none, depending on the CPU's float rounding in training
+    cm = convert(tiny, batches, CODE, method="percentile", percentile=90.0)
     assert cm.config["calibration"]["method"] == "percentile"
-    assert cm.config["calibration"]["percentile"] == 99.0
+    assert cm.config["calibration"]["percentile"] == 90.0
     floored_layers = 0
     for layer in cm.layers:
         if layer.scale_shape is not None:
@@ -184,7 +186,7 @@ def test_percentile_calibration_clips_below_max(tiny, calibration):
             assert zeros >= by_max.config["calibration"]["layers"][layer.name]["zero_count"], key
             assert int(floored.sum()) >= zeros, key
             floored_layers += zeros > 0
-    assert floored_layers > 0  # the floor case is exercised (ReLU neurons silent on 99 % of samples)
+    assert floored_layers > 0  # the floor case is exercised (ReLU neurons silent on 90 % of samples)
     key = "scale.layers.0.blocks.0.final_if"  # 32 channels x 128 images per token: a real quantile
     assert bool((cm.weights[key] < by_max.weights[key]).any())
 
