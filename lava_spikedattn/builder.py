@@ -183,6 +183,11 @@ class Graph:
     def weight(self, key: str) -> np.ndarray:
         return self.cm.weights[key].double().numpy()
 
+    def synaptic_weight(self, key: str) -> np.ndarray:
+        """Synapse ``key``'s weight matrix in its stored dtype: TokenLinear keeps float32 weights
+        (they widen exactly to float64 in each product), half the bytes of float64."""
+        return self.cm.weights[f"{key}.weight"].numpy()
+
     def scale(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """Scale of layer ``name`` for a population of ``shape`` (batch axis first; per-position
         scales cut to the sequence length)."""
@@ -224,7 +229,7 @@ class Graph:
         """TokenLinear ``key`` from ``source`` spikes into ``destination``'s input (bias injected
         over its input window)."""
         start = self.layers[destination.name].index * self.T
-        weight = self.weight(f"{key}.weight") if weight is None else weight
+        weight = self.synaptic_weight(key) if weight is None else weight
         bias = self.weight(f"{key}.bias") if bias is None else bias
         synapse = self.add(TokenLinear(shape_in=source.shape, weight=weight, bias=bias, code=self.code,
                                        bias_start=start, bias_divisor=bias_divisor, in_index=in_index,
@@ -240,7 +245,7 @@ class Graph:
         Fixed point: its current unit holds the largest current possible,
         Σ_i |w_oi|·scale_i + |b_o|/bias_divisor."""
         index = next(layer.index for layer in self.cm.layers if layer.kind == "readout")
-        weight, bias = self.weight(f"{key}.weight"), self.weight(f"{key}.bias")
+        weight, bias = self.synaptic_weight(key), self.weight(f"{key}.bias")
         units = {}
         if self.fmt is not None:
             layer = next(layer.name for layer in self.cm.layers if layer.index == source.index)

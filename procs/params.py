@@ -49,10 +49,11 @@ def window(owner: str, code: PhaseCode, start: ty.Any, wait: ty.Any) -> tuple[in
     return start, wait
 
 
-def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive: bool = False) -> np.ndarray:
-    """C-contiguous float64 copy of ``value`` that broadcasts to ``shape``; finite (and > 0 if
+def array(owner: str, name: str, value: ty.Any, shape: tuple[int, ...], positive: bool = False,
+          dtype: type = np.float64) -> np.ndarray:
+    """C-contiguous ``dtype`` copy of ``value`` that broadcasts to ``shape``; finite (and > 0 if
     ``positive``)."""
-    arr = np.array(value, dtype=np.float64, order="C")
+    arr = np.array(value, dtype=dtype, order="C")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{owner}: {name} must be finite (found NaN or inf)")
     if positive and np.any(arr <= 0):

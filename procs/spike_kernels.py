@@ -21,7 +21,7 @@ def spike_matmul(spikes: np.ndarray, weight: np.ndarray) -> np.ndarray:
     leading axes broadcast. Both float64 or both integer (computed in int64).
     """
     dtype = _dtype(spikes)
-    spikes, weight = spikes.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+    spikes, weight = spikes.astype(dtype, copy=False), _weight(weight, dtype)
     if weight.ndim == 2:  # one weight for every row: rows of all leading axes at once
         left, right = spikes.reshape(1, -1, spikes.shape[-1]), weight[None]
         shape = spikes.shape[:-1] + weight.shape[-1:]
@@ -42,7 +42,7 @@ def gathered_spike_matmul(spikes: np.ndarray, index: np.ndarray, weight: np.ndar
     flat = np.ascontiguousarray(spikes, dtype=dtype).reshape(-1)
     rows = np.ascontiguousarray(index, dtype=np.int64).reshape(-1, index.shape[-1])
     out = np.zeros((rows.shape[0], weight.shape[-1]), dtype)
-    _accumulate_gathered(flat, rows, np.ascontiguousarray(weight, dtype=dtype), out)
+    _accumulate_gathered(flat, rows, np.ascontiguousarray(_weight(weight, dtype)), out)
     return out.reshape(index.shape[:-1] + weight.shape[-1:])
 
 
@@ -56,13 +56,23 @@ def _dtype(spikes: np.ndarray) -> type:
     return np.int64 if np.issubdtype(spikes.dtype, np.integer) else np.float64
 
 
+def _weight(weight: np.ndarray, dtype: type) -> np.ndarray:
+    """The weight operand in the kernels' dtype; float32 weights stay float32 beside float64 spikes
+    (half the bytes to read): each widens exactly to float64 in its product."""
+    return weight if dtype is np.float64 and weight.dtype == np.float32 else weight.astype(dtype, copy=False)
+
+
 def _operand(dtype) -> types.Array:
     """A C-contiguous 3-D operand, read-only (it may be a broadcast view); writable ones convert."""
     return types.Array(dtype, 3, "C", readonly=True)
 
 
+# (spikes, weight) dtypes: float64 with float64 or float32 weights, int64 (fixed point)
+_DTYPES = ((types.float64, types.float64), (types.float64, types.float32), (types.int64, types.int64))
+
+
 # Compiled (or loaded from the cache) at import, before Lava forks its workers: they inherit it.
-@njit([void(_operand(dtype), _operand(dtype), types.Array(dtype, 3, "C")) for dtype in (types.float64, types.int64)],
+@njit([void(_operand(dtype), _operand(weight), types.Array(dtype, 3, "C")) for dtype, weight in _DTYPES],
       cache=True, nogil=True)
 def _accumulate(spikes, weight, out):  # pragma: no cover (compiled)
     """out[g] += spikes[g] @ weight[g or 0], one weight row per nonzero spike."""
@@ -79,8 +89,8 @@ def _accumulate(spikes, weight, out):  # pragma: no cover (compiled)
 
 
 @njit([void(types.Array(dtype, 1, "C", readonly=True), types.Array(types.int64, 2, "C", readonly=True),
-            types.Array(dtype, 2, "C", readonly=True), types.Array(dtype, 2, "C"))
-       for dtype in (types.float64, types.int64)], cache=True, nogil=True)
+            types.Array(weight, 2, "C", readonly=True), types.Array(dtype, 2, "C"))
+       for dtype, weight in _DTYPES], cache=True, nogil=True)
 def _accumulate_gathered(flat, index, weight, out):  # pragma: no cover (compiled)
     """out += flat[index] @ weight, one weight row per nonzero gathered spike."""
     rows, inputs = index.shape

@@ -153,6 +153,20 @@ def test_spike_matmul_takes_non_contiguous_operands():
     np.testing.assert_allclose(spike_matmul(left, right), left @ right, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("gathered", [False, True])
+def test_float32_weights_give_the_float64_products_bit_for_bit(gathered):
+    """TokenLinear keeps float32 weights (a converted model stores them so): each widens exactly to
+    float64 in its product, so the outputs equal those of the widened copy to the last bit, and the
+    weights are not widened first (float64 spikes, float64 result)."""
+    spikes = sparse_spikes((3, 4, 7), seed=8)
+    weight = np.random.default_rng(9).standard_normal((7, 5)).astype(np.float32)
+    index = np.random.default_rng(10).integers(0, spikes.size, (6, 7))
+    product = (lambda w: gathered_spike_matmul(spikes, index, w)) if gathered else (lambda w: spike_matmul(spikes, w))
+    got, widened = product(weight), product(weight.astype(np.float64))
+    assert got.dtype == np.float64 and np.array_equal(got, widened)
+    assert not np.array_equal(got, product(weight.astype(np.float64) * (1 + 2**-40)))  # exact: a 2^-40 change shows
+
+
 def test_spike_matmul_reads_only_the_weight_rows_of_spiking_inputs():
     """Event-driven: an input that did not spike costs nothing, so its weight row is never read (a
     dense product would turn a NaN there into NaN outputs)."""

@@ -27,7 +27,8 @@ class TokenLinear(AbstractProcess):
     ``code.bias_divisor`` (S exact, S−1 official; spec §3.2, §5.3), so it integrates to the
     ANN's bias.
 
-    Args (keyword-only): shape_in (the s_in shape); weight (out, in); bias (out,), or any shape that
+    Args (keyword-only): shape_in (the s_in shape); weight (out, in), float64, or float32 kept as
+    float32 (each weight widens exactly to float64 in its product); bias (out,), or any shape that
     broadcasts to y without enlarging it (a per-token bias, e.g. ViT's position embedding), or None; code
     (needed with a bias); bias_start; bias_divisor (default ``code.bias_divisor``; 1 for the first
     layer, whose bias the release adds undivided, spec §1.4); in_index (int array (..., in) of flat s_in positions);
@@ -64,11 +65,13 @@ class TokenLinear(AbstractProcess):
         shape_in = params.shape_tuple(owner, "shape_in", shape_in)
         in_index = params.index(owner, "in_index", in_index, int(np.prod(shape_in)))
         layout_in = shape_in if in_index is None else in_index.shape
-        weight = np.asarray(weight, dtype=np.float64)  # params.array below copies it
+        weight = np.asarray(weight)  # params.array below copies it; float32 stays float32 (exact in the product)
+        weight = weight.astype(np.float32 if weight.dtype == np.float32 else np.float64, copy=False)
         if weight.ndim != 2 or weight.shape[1] != layout_in[-1]:
             raise ValueError(f"{owner}: weight must be (out, in) with in = {layout_in[-1]} (the last axis of "
                              f"{'in_index' if in_index is not None else 'shape_in'}), got {weight.shape}")
-        weight_t = params.array(owner, "weight", weight.T, weight.T.shape)  # (in, out): a row per input spike
+        # (in, out): a row per input spike
+        weight_t = params.array(owner, "weight", weight.T, weight.T.shape, dtype=weight.dtype)
         shape_y = layout_in[:-1] + (weight.shape[0],)
         out_index = params.index(owner, "out_index", out_index, int(np.prod(shape_y)))
         shape_out = shape_y if out_index is None else out_index.shape
