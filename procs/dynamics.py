@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lava_spikedattn.procs.neuron_kernels import phase_update, rows
 from lava_spikedattn.procs.spike_kernels import gathered_spike_matmul, matmul_spikes, spike_matmul
 
 # The membrane reaches B^W·u by W multiplications, so a value exactly at the top level (every
@@ -60,9 +61,12 @@ class PhaseParams:
 
 
 def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: float,
-               divisor: np.ndarray | None = None) -> np.ndarray:
-    """Advance the population to step ``t`` (0-based); returns the graded spikes sign·scale.
+               divisor: np.ndarray | None = None) -> np.ndarray | None:
+    """Advance the population to step ``t`` (0-based); returns the graded spikes sign·scale, or
+    None where no neuron fires (outside the fire window, or none reached its threshold).
 
+    v ← B·v (+ x/scale in the input window); from the fire window on, a neuron not yet fired
+    fires at the first step k with v ≥ θ_k (or v ≤ −θ_k, signed), latching the trace.
     Normalised neurons (``divisor`` = the WOSS spike sum S, taken at the fire-window start)
     either divide the membrane once, ``v ← v/S`` (the release's way), or, with
     ``p.divide_free``, keep ``v`` and compare it with the scaled thresholds ``θ_k·S`` (no
@@ -73,64 +77,60 @@ def phase_step(s: PhaseState, p: PhaseParams, t: int, x: np.ndarray, trace: floa
     that ratio lies within (2k+4)·u ≈ 1e-14 (T = 40) of 1: the fire step is then off by one and
     the value rounds to the other neighbouring level, still within the code's (B−1)/(B+1) bound.
     Rows with S = 0 never fire either way (the dividing path clears their membrane).
+    The per-neuron arithmetic is ``neuron_kernels.phase_update``'s (one compiled pass).
     """
     t_rel = t - p.start
     if not 0 <= t_rel < p.timesteps + p.wait:
-        return np.zeros_like(s.v)
+        return None
     if p.normalized and t_rel == p.wait:
         if p.divide_free:
             s.divisor[...] = divisor
         else:
             safe = np.where(divisor == 0, 1.0, divisor)
             s.v[:] = np.where(divisor == 0, 0.0, s.v / safe)
-    s.v *= p.gain
-    if t_rel < p.timesteps:
-        s.v += x / p.scale
     scaled = p.normalized and p.divide_free
-    if t_rel == p.wait:
-        limit = p.saturation * SATURATION_RTOL
-        if scaled:
-            limit = limit * s.divisor
-        s.saturated[:] = np.abs(s.v) > limit if p.signed else s.v > limit
-        if scaled:
-            s.saturated[s.divisor == 0] = False  # a cleared row (the dividing path zeroes it)
-    spikes = np.zeros_like(s.v)
-    if t_rel < p.wait:
-        return spikes
-    theta = p.thresholds[t_rel - p.wait]
-    if scaled:
-        theta = theta * s.divisor
-    up = s.v >= theta
-    fire = (up ^ (s.v <= -theta)) if p.signed else up  # both: ±1 cancel, as 1 − 1 = 0
-    fire &= ~s.fired
-    if scaled:
-        fire &= s.divisor != 0
-    new = np.flatnonzero(fire)  # the few neurons firing now: update them only (flat views)
-    if new.size:
-        sign = np.where(up.reshape(-1)[new], 1.0, -1.0)
-        spike = sign * np.broadcast_to(p.scale, s.v.shape)[np.unravel_index(new, s.v.shape)]
-        for state, value in ((s.latched, trace), (s.sign, sign), (s.fire_step, t_rel - p.wait), (s.fired, True),
-                             (spikes, spike), (s.trace, trace * spike)):
-            state.reshape(-1)[new] = value
-    return spikes
+    fire_now = t_rel >= p.wait
+    spikes = np.zeros(s.v.shape)
+    scale = np.ascontiguousarray(np.broadcast_to(p.scale, s.v.shape[:-1] + (np.shape(p.scale)[-1:] or (1,))))
+    fired = phase_update(rows(s.v), rows(np.ascontiguousarray(x, dtype=np.float64)), rows(scale), p.gain,
+                         t_rel < p.timesteps, t_rel == p.wait, p.saturation * SATURATION_RTOL, fire_now,
+                         p.thresholds[t_rel - p.wait] if fire_now else 0.0, p.signed,
+                         rows(s.divisor) if scaled else _NO_DIVISOR, scaled, trace, t_rel - p.wait, rows(s.fired),
+                         rows(s.saturated), rows(s.latched), rows(s.sign), rows(spikes), rows(s.fire_step),
+                         rows(s.trace))
+    return spikes if fired else None
 
 
-def trace_product(a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray, official: bool) -> np.ndarray:
+_NO_DIVISOR = np.zeros((1, 1))  # phase_update's divisor where thresholds are not scaled
+
+
+def trace_product(a: np.ndarray | None, a_hat: np.ndarray, b: np.ndarray | None, b_hat: np.ndarray,
+                  official: bool) -> np.ndarray:
     """a @ B̂ + Â @ b − Â_new @ b (b, b̂ already in right-operand layout, (..., d, M)); each term
-    costs the spikes of its spike operand (a, b), not the dense product."""
+    costs the spikes of its spike operand (a, b), not the dense product. ``a`` or ``b`` None: no
+    spike this step, its terms are 0 and not computed (not both)."""
+    if b is None:
+        return spike_matmul(a, b_hat)
+    from_b = matmul_spikes(a_hat, b)
+    if a is None:
+        return from_b
     a_new = np.where(a != 0, np.abs(a_hat) if official else a_hat, 0.0)
-    return spike_matmul(a, b_hat) + matmul_spikes(a_hat, b) - spike_matmul(a_new, b)
+    return spike_matmul(a, b_hat) + from_b - spike_matmul(a_new, b)
 
 
-def trace_matmul(p, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
-    """TraceMatMul at step ``t`` from its proc_params ``p``: factor·product (+ bias), masked keys 0."""
+def trace_matmul(p, t: int, a: np.ndarray | None, a_hat: np.ndarray, b: np.ndarray | None,
+                 b_hat: np.ndarray) -> np.ndarray:
+    """TraceMatMul at step ``t`` from its proc_params ``p``: factor·product (+ bias), masked keys 0.
+    ``a`` / ``b`` None: that operand has no spike this step."""
     if p["transpose_b"]:
-        b, b_hat = np.swapaxes(b, -1, -2), np.swapaxes(b_hat, -1, -2)
-    if a.any() or b.any():
-        out = p["factor"] * trace_product(a, a_hat, b, b_hat, p["official"])
-    else:  # no spike this step: every term is 0
+        b = None if b is None else np.swapaxes(b, -1, -2)
+        b_hat = np.swapaxes(b_hat, -1, -2)
+    if a is None and b is None:  # no spike this step: every term is 0
         out = np.zeros(p["shape_out"])
-    out = np.broadcast_to(out + window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"]), p["shape_out"])
+    else:
+        out = p["factor"] * trace_product(a, a_hat, b, b_hat, p["official"])
+    bias = window_bias(p["injected_bias"], t, p["bias_start"], p["timesteps"])
+    out = np.broadcast_to(out if bias is None else out + bias, p["shape_out"])
     return out if p["present"] is None else np.where(p["present"], out, 0.0)
 
 
@@ -208,13 +208,12 @@ def global_trace(t: int, phase: int, timesteps: int, base: float, trace_start: f
 
 
 def token_linear(x: np.ndarray, weight_t: np.ndarray, in_index: np.ndarray | None,
-                 out_index: np.ndarray | None, bias: np.ndarray | float = 0.0) -> np.ndarray:
+                 out_index: np.ndarray | None, bias: np.ndarray | None = None) -> np.ndarray:
     """Gather the input layout, apply the weight along the last axis (+ bias), gather the output;
     one weight row per input spike (the gather happens inside the product)."""
-    if in_index is None:
-        y = spike_matmul(x, weight_t) + bias
-    else:
-        y = gathered_spike_matmul(x, in_index, weight_t) + bias
+    y = spike_matmul(x, weight_t) if in_index is None else gathered_spike_matmul(x, in_index, weight_t)
+    if bias is not None:
+        y += bias  # in place: y is this step's own array
     return y if out_index is None else y.reshape(-1)[out_index]
 
 
@@ -243,6 +242,7 @@ def bias_on(t: int, start: int, timesteps: int) -> bool:
     return 0 <= t - start < timesteps
 
 
-def window_bias(bias: np.ndarray | None, t: int, start: int, timesteps: int) -> np.ndarray | float:
-    """The per-step injected bias (already divided by the bias divisor) inside its T-step window."""
-    return bias if bias is not None and bias_on(t, start, timesteps) else 0.0
+def window_bias(bias: np.ndarray | None, t: int, start: int, timesteps: int) -> np.ndarray | None:
+    """The per-step injected bias (already divided by the bias divisor) inside its T-step window,
+    else None (nothing to add)."""
+    return bias if bias is not None and bias_on(t, start, timesteps) else None

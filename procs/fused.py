@@ -68,9 +68,10 @@ def _population(member, start: int, end: int, advance: ty.Callable, decode: ty.C
                 membrane: np.ndarray) -> list[Stage]:
     """A spiking population (PhaseNeuron, WossNeuron) active in steps [start, end).
 
-    ``advance(t, read)`` runs its update and returns the spikes; ``decode()`` its trace_out,
-    recomputed only in a step with spikes (it changes only when a neuron fires). Outside the
-    window nothing changes: no update runs, and the outputs are the held values.
+    ``advance(t, read)`` runs its update and returns the spikes, None when no neuron fires;
+    ``decode()`` its trace_out, recomputed only in a step with spikes (it changes only when a
+    neuron fires). Outside the window nothing changes: no update runs, and the outputs are the
+    held values.
     """
     held: dict[str, np.ndarray | None] = {"trace": None}
 
@@ -78,13 +79,16 @@ def _population(member, start: int, end: int, advance: ty.Callable, decode: ty.C
         if t < start:
             return {member.s_out: None, member.trace_out: None, member.v_out: None}
         spikes = advance(t, read) if t < end else None
-        if spikes is not None and spikes.any():
+        if spikes is not None:
             held["trace"] = decode()
-        else:
-            spikes = None
         return {member.s_out: spikes, member.trace_out: held["trace"], member.v_out: membrane}
     inputs = tuple(port for port in member.in_ports)
     return [Stage(inputs, (member.s_out, member.trace_out, member.v_out), run)]
+
+
+def _any(spikes: np.ndarray) -> np.ndarray | None:
+    """A population's spikes as ``_population`` takes them: None when no neuron fired."""
+    return spikes if spikes.any() else None
 
 
 def _inhibitor(member: WossInhibitor, shift: ty.Callable, ramp: ty.Callable, total: ty.Callable,
@@ -176,8 +180,9 @@ def _woss(member: WossNeuron, p) -> list[Stage]:
     v, fired, latched = np.zeros(shape), np.zeros(shape, bool), np.zeros(shape)
 
     def advance(t, read):
-        return dynamics.woss_neuron_step(v, fired, latched, p["fire_record"], params, t, read(member.a_in),
-                                         read(member.shift_in), read(member.theta_in)[0], read(member.trace_in)[0])
+        return _any(dynamics.woss_neuron_step(v, fired, latched, p["fire_record"], params, t, read(member.a_in),
+                                              read(member.shift_in), read(member.theta_in)[0],
+                                              read(member.trace_in)[0]))
     return _population(member, p["start"], p["start"] + p["wait"] + p["timesteps"], advance, latched.copy, v)
 
 
@@ -191,8 +196,8 @@ def _inhibitor_float(member: WossInhibitor, p) -> list[Stage]:
 
 def _matmul(member: TraceMatMul, p) -> list[Stage]:
     def compute(t, read):
-        return dynamics.trace_matmul(p, t, read(member.a_in), read(member.a_trace_in), read(member.b_in),
-                                     read(member.b_trace_in))
+        return dynamics.trace_matmul(p, t, read.spikes(member.a_in), read(member.a_trace_in),
+                                     read.spikes(member.b_in), read(member.b_trace_in))
     return _synapse(member, p, (member.a_in, member.a_trace_in, member.b_in, member.b_trace_in), member.a_out,
                     compute, (member.a_in, member.b_in))
 
@@ -228,8 +233,8 @@ def _phase_fixed(member: PhaseNeuron, p) -> list[Stage]:
         p["fire_record"], p["saturation_record"], p["clip_record"], np.zeros(shape, np.int64))
 
     def advance(t, read):
-        return dynamics_fixed.phase_step_fixed(state, params, t, read(member.a_in), int(read(member.trace_in)[0]),
-                                               read(member.div_in))
+        return _any(dynamics_fixed.phase_step_fixed(state, params, t, read(member.a_in),
+                                                    int(read(member.trace_in)[0]), read(member.div_in)))
     return _population(member, member.start, member.end, advance,
                        lambda: dynamics_fixed.decoded_fixed(state, params), state.v)
 
@@ -244,7 +249,7 @@ def _woss_fixed(member: WossNeuron, p) -> list[Stage]:
                                                        read(member.a_in), read(member.shift_in),
                                                        int(read(member.theta_in)[0]), int(read(member.trace_in)[0]))
         p["clip_record"][0] = clips.sum()
-        return spikes
+        return _any(spikes)
     return _population(member, p["start"], p["start"] + p["wait"] + p["timesteps"], advance, latched.copy, v)
 
 
@@ -362,6 +367,10 @@ class Reader:
     def quiet(self, port) -> bool:
         """No source of ``port`` sent anything non-zero this step."""
         return not self._present(port)
+
+    def spikes(self, port) -> np.ndarray | None:
+        """What ``port`` reads, None where it is quiet (a spike port: no spike, no work)."""
+        return None if self.quiet(port) else self(port)
 
     def __call__(self, port) -> np.ndarray:
         present = self._present(port)

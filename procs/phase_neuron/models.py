@@ -51,7 +51,8 @@ class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel, precision=FLOAT):
     def _step(self, t: int, x: np.ndarray, trace: np.generic, divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         state = dynamics.PhaseState(self.v, self.fired, self.sign, self.latched, self.fire_step,
                                     self.proc_params["saturation_record"], self._trace, self._divisor)
-        return dynamics.phase_step(state, self.params, t, x, trace, divisor), self._trace
+        spikes = dynamics.phase_step(state, self.params, t, x, trace, divisor)
+        return (self._zeros(self.s_out) if spikes is None else spikes), self._trace
 
 
 @implements(proc=PhaseNeuron, protocol=AsyncProtocol)

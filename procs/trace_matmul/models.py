@@ -34,7 +34,8 @@ class PyTraceMatMulModelFloat(AbstractTraceMatMulModel, precision=FLOAT):
     """The three-term rule (``dynamics.trace_product``) on whole tensors."""
 
     def _step(self, t: int, a: np.ndarray, a_hat: np.ndarray, b: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
-        return dynamics.trace_matmul(self.proc_params, t, a, a_hat, b, b_hat)
+        return dynamics.trace_matmul(self.proc_params, t, a if a.any() else None, a_hat, b if b.any() else None,
+                                     b_hat)
 
 
 @implements(proc=TraceMatMul, protocol=AsyncProtocol)
