@@ -24,8 +24,11 @@ ACCURACY_MARGIN = 0.03
 # with the ANN 0.945 (189 of 200; full test set: 0.9532). Degraded copies of the shipped model fail:
 # run at T=16 (B=1.42) agreement 0.92; T=12 (B=1.6) accuracy 0.835, agreement 0.89; stage-2 scales
 # halved agreement 0.89.
-# ViT, the same images: SNN accuracy 0.880 (full test set: 0.8762), agreement 0.96 (192 of 200; full
-# test set: 0.9434). Run at T=16 (B=1.43) agreement 0.95, at T=12 (B=1.6) 0.89: both fail.
+# ViT, phase-aware with learned scales, the same images: SNN accuracy 0.870 (full test set: 0.8816),
+# agreement with its tuned ANN 0.95 (190 of 200; full: 0.9400). Run at T=12 (B=1.6) agreement 0.92: it
+# fails. Agreement does not single out the code here (at T=16, B=1.43: 0.945; at T=32, B=1.22: 0.955;
+# the untuned ANN's post-training conversion at the same code: 0.95): the floor
+# only catches a code far off, the accuracy check the rest.
 # Swin at T=12, phase-aware with learned scales: SNN accuracy 0.885 (full test set: 0.8873), agreement
 # with its tuned ANN 0.92 (184 of 200; full: 0.9008). The untuned ANN's post-training conversion at the
 # same code agrees with the tuned ANN on 0.885: it fails. The SNN is better than its tuned ANN, so
@@ -37,7 +40,7 @@ ACCURACY_MARGIN = 0.03
 # untuned ANN's post-training conversion at the same code agrees with the tuned ANN on 0.745); the
 # accuracy check carries the test.
 #: stem of the shipped files (weights/<stem>*) → (family, least agreement on the first 200 images)
-SHIPPED = {"swin_fashion_mnist": ("swin", 0.93), "vit_fashion_mnist": ("vit", 0.955),
+SHIPPED = {"swin_fashion_mnist": ("swin", 0.93), "vit_fashion_mnist": ("vit", 0.94),
            "swin_fashion_mnist_t12": ("swin", 0.90), "swin_fashion_mnist_t8": ("swin", 0.89)}
 
 

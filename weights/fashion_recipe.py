@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,10 +257,14 @@ def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int
     ``lr``, cosine decay to 0 unless ``cosine`` is False, scales recalibrated after each epoch, or
     learned with ``learn_scales``) on
     the training images the ANN was trained on, and writes ``weights/<stem>*`` (``stem`` may be
-    ``recipe.stem``: the tuned model replaces the written one) with both measurements in the metrics.
+    ``recipe.stem``: the tuned model replaces the written one, and the untuned ANN is kept as
+    ``<stem>_untuned_ann.safetensors``) with both measurements in the metrics.
     """
     source = json.loads((OUT / f"{recipe.stem}_metrics.json").read_text())
-    ann, _ = load_ann_checkpoint(OUT / f"{recipe.stem}_ann.safetensors")
+    untuned_path = OUT / f"{recipe.stem}_ann.safetensors"
+    ann, _ = load_ann_checkpoint(untuned_path)
+    if stem == recipe.stem:  # the tuned files replace the written ones: keep the untuned ANN beside them
+        untuned_path = Path(shutil.copyfile(untuned_path, OUT / f"{stem}_untuned_ann.safetensors"))
     folder, ann_path, metrics_path = OUT / stem, OUT / f"{stem}_ann.safetensors", OUT / f"{stem}_metrics.json"
     train_x, train_y, test_x, test_y = _start(recipe)
     fit_x, fit_y = train_x[:-VALIDATION], train_y[:-VALIDATION]
@@ -291,9 +296,12 @@ def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int
     cm = ConvertedModel.load(folder)
     report = evaluate(tuned, cm.to_reference("closed"), test, progress=False)
     versus_untuned = evaluate(untuned, cm.to_reference("closed"), test, progress=False, compare_layers=False)
+    held_out = batches(train_x[-VALIDATION:], train_y[-VALIDATION:])  # not trained on: to choose settings by
+    held = evaluate(tuned, cm.to_reference("closed"), held_out, progress=False, compare_layers=False)
     print(report.table())
     print(f"phase-aware, {code.describe()}: SNN {report.snn_accuracy:.4f} (its ANN {report.ann_accuracy:.4f}, the "
-          f"untuned ANN {versus_untuned.ann_accuracy:.4f}), {training_s:.0f} s of training", flush=True)
+          f"untuned ANN {versus_untuned.ann_accuracy:.4f}), {training_s:.0f} s of training; held-out images: SNN "
+          f"{held.snn_accuracy:.4f} (ANN {held.ann_accuracy:.4f})", flush=True)
     keep = ("seed", "torch_threads", "versions", "model_name", "model_kwargs", "parameters", "data", "input",
             "training", "selection")
     metrics = {key: source[key] for key in keep if key in source}
@@ -305,13 +313,15 @@ def tune(recipe: Recipe, stem: str, *, timesteps: int | None = None, epochs: int
         "agreement": report.agreement, "spikes_per_sample": report.spikes / report.samples,
         "neurons_per_sample": report.neurons / report.samples, "saturated": report.saturated,
         "logits_cosine": report.output.cosine, "energy": _measured(report)["energy"],
-        "post_training": {"ann": f"{recipe.stem}_ann.safetensors (untuned)", **_measured(post)},
+        "post_training": {"ann": f"{untuned_path.name} (untuned)", **_measured(post)},
         "phase_aware": {"epochs": epochs, "lr": lr, "alpha": alpha, "scales": "learned" if learn_scales else
                         "recalibrated after every epoch",
                         "optimizer": f"AdamW, {'cosine decay' if cosine else 'constant lr'}",
                         "images": len(fit_x), "batch_size": BATCH, "seconds": round(training_s, 1),
                         "untuned_ann_accuracy": versus_untuned.ann_accuracy,
-                        "agreement_with_untuned_ann": versus_untuned.agreement},
+                        "agreement_with_untuned_ann": versus_untuned.agreement,
+                        "held_out": {"images": held.samples, "ann_accuracy": held.ann_accuracy,
+                                     "snn_accuracy": held.snn_accuracy, "agreement": held.agreement}},
         "source_sha256": cm.config["source_sha256"], "folder_bytes": folder_bytes(folder),
         "ann_checkpoint_bytes": ann_path.stat().st_size,
     })
