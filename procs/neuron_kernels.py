@@ -33,9 +33,9 @@ def phase_update(v, x, scale, gain, integrate, check, limit, fire_now, theta, si
     v ← v·gain (+ x/scale if ``integrate``); if ``check``, saturated ← |v| > limit (v > limit
     unsigned); if ``fire_now``, a neuron not yet fired fires where v ≥ θ (or v ≤ −θ, signed; both
     at once cancel): fired, latched = trace, sign = ±1, spikes = sign·scale, fire_step = k,
-    trace_out = trace·spike. ``scaled`` (divide-free
-    normalisation) multiplies limit and θ by the row divisor, and rows with divisor 0 neither
-    saturate nor fire. ``scale`` has one column (per row) or the population's.
+    trace_out = trace·spike. ``scaled`` (divide-free normalisation) multiplies limit and θ by the
+    row divisor, and rows with divisor 0 neither saturate nor fire. ``scale`` has one column (per
+    row) or the population's.
     """
     n_rows, n_cols = v.shape
     per_row = scale.shape[1] == 1
