@@ -8,7 +8,8 @@ Run from the repository root::
 images), then ``fashion_recipe.tune`` fine-tunes it phase-aware at that code, its scales learned,
 and replaces the written model with the tuned one (the post-training numbers stay in the metrics).
 Writes ``weights/vit_fashion_mnist/`` (the converted model), ``weights/vit_fashion_mnist_ann.safetensors``
-(the tuned prepared ANN) and ``weights/vit_fashion_mnist_metrics.json``.
+(the tuned prepared ANN), ``weights/vit_fashion_mnist_untuned_ann.safetensors`` (the ANN as trained)
+and ``weights/vit_fashion_mnist_metrics.json``.
 """
 
 from fashion_recipe import Recipe, make, tune
